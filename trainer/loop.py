@@ -1,0 +1,240 @@
+"""One training trial: schedule, clipping, probes, checkpoints, divergence, streaming metrics.
+
+`run_trial` knows nothing of Ray. The orchestrator plugs in through `TrialHooks` (report to Tune,
+attach checkpoints); the standalone CLI plugs in a printer. Order within a step S:
+(eval/probe of the model after S updates) -> train step -> log scalars -> flush -> (checkpoint). Rows for S are therefore on disk
+before the checkpoint of S exists, and a restore at S truncates later rows, so no key repeats.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from .config import TrialConfig
+from .metrics import probe
+from .model import GPT
+from .optim import build_optimizers, lr_factor, set_lr
+from .schema import empty_trial_row
+from .sink import TrialSink
+from .storage import ResultsDir
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FLUSH_SECONDS = 30.0
+
+
+class TrialHooks:
+    """Callbacks from the loop; every method is optional (no-op by default)."""
+
+    def on_start(self, row: dict, resumed_step: int | None) -> None: ...
+
+    def on_step(self, step: int, info: dict) -> None: ...
+
+    def on_report(self, step: int, metrics: dict, checkpoint_dir: Path | None) -> None:
+        """After each eval and each checkpoint; `checkpoint_dir` holds a checkpoint just saved."""
+
+    def on_end(self, row: dict) -> None: ...
+
+
+def pick_device(cfg: TrialConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(cfg.device)
+
+
+def autocast_for(cfg: TrialConfig, device: torch.device):
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def save_checkpoint(folder: Path, state: dict) -> None:
+    """Atomic: a reader (or a restore after SIGKILL) sees the old checkpoint or the new one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / CHECKPOINT_FILE)
+
+
+def load_checkpoint(folder: Path) -> dict | None:
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Trial:
+    """State of one run; `run()` drives it to the end."""
+
+    def __init__(self, cfg: TrialConfig, results: ResultsDir, trial_id: str, tokens: data_mod.TokenData,
+                 hooks: TrialHooks, checkpoint_dir: Path | None, resume_from: Path | None):
+        self.cfg, self.results, self.trial_id, self.tokens = cfg, results, trial_id, tokens
+        self.hooks, self.checkpoint_dir, self.resume_from = hooks, checkpoint_dir, resume_from
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = pick_device(cfg)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormals in Newton-Schulz made Muon steps 3x slower on CPU
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(cfg).to(self.device)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizers = build_optimizers(self.model, cfg, self.device)
+        self.autocast = autocast_for(cfg, self.device)
+        self.sink = TrialSink(results, trial_id)
+        to_dev = lambda a: torch.from_numpy(a).to(self.device)
+        self.val = [(to_dev(x), to_dev(y)) for x, y in data_mod.val_batches(tokens, cfg)]
+        self.probe_inputs = to_dev(data_mod.probe_batch(tokens, cfg))
+        self.step = 0  # next step to run
+        self.wall_prior = 0.0  # wall seconds spent before a restore
+        self.last_train_loss = math.nan
+        self.last_val_loss = math.nan
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _state(self, wall_s: float) -> dict:
+        state = {
+            "step": self.step,
+            "wall_s": wall_s,
+            "trial_id": self.trial_id,
+            "config_json": self.cfg.canonical_json(),
+            "model": self.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "last_train_loss": self.last_train_loss,
+            "last_val_loss": self.last_val_loss,
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def _restore(self) -> int | None:
+        state = load_checkpoint(self.resume_from) if self.resume_from is not None else None
+        if state is None:
+            self.sink.truncate_after(-1)  # a fresh start owns its trial's folders: drop stale rows
+            return None
+        if state["config_json"] != self.cfg.canonical_json():
+            raise ValueError(f"checkpoint in {self.resume_from} belongs to a different config; refusing to resume")
+        self.model.load_state_dict(state["model"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.step, self.wall_prior = int(state["step"]), float(state["wall_s"])
+        self.last_train_loss, self.last_val_loss = state["last_train_loss"], state["last_val_loss"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self.sink.truncate_after(self.step - 1)  # rows of steps >= self.step will be replayed
+        return self.step
+
+    # ---- measurements ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _evaluate(self, step: int) -> dict:
+        self.model.eval()
+        with self.autocast:
+            losses = [self.forward(x, y)[1].item() for x, y in self.val]
+            result = probe(self.model, self.probe_inputs)
+        self.model.train()
+        self.last_val_loss = float(np.mean(losses))
+        self.sink.scalar(step, "val_loss", self.last_val_loss)
+        for name, layer, head, tensor, value in result.scalars:
+            self.sink.scalar(step, name, value, layer=layer, head=head, tensor=tensor)
+        for (layer, tensor), sigma in result.spectra.items():
+            self.sink.spectrum(step, layer, tensor, sigma)
+        summary = {"val_loss": self.last_val_loss}
+        for tensor in ("q", "k"):  # head- and layer-averaged normalised PR, a handy live signal
+            prs = [v for n, _, _, t, v in result.scalars if n == "pr" and t == tensor]
+            summary[f"pr_{tensor}"] = float(np.mean(prs)) / self.cfg.d_head
+        return summary
+
+    def _is_checkpoint_step(self, step: int) -> bool:
+        every = self.cfg.checkpoint_every
+        return self.checkpoint_dir is not None and every > 0 and (step + 1) % every == 0 and step < self.cfg.steps - 1
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        row = self._row(status="running")
+        resumed = self._restore()
+        self.hooks.on_start(row, resumed)
+        t_start, last_flush = time.perf_counter(), time.perf_counter()
+        status, diverged_step = "completed", None
+        wall = lambda: self.wall_prior + time.perf_counter() - t_start
+        while self.step < cfg.steps:
+            step = self.step
+            # Evals at step s measure the model after s updates: step 0 is the initialisation.
+            report = self._evaluate(step) if step % cfg.eval_every == 0 else {}
+            factor = lr_factor(step, cfg)
+            set_lr(self.optimizers, factor)
+            x, y = (torch.from_numpy(a).to(self.device, non_blocking=True) for a in data_mod.train_batch(self.tokens, cfg, step))
+            with self.autocast:
+                _, loss = self.forward(x, y)
+            loss.backward()
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            for opt in self.optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            loss_value = loss.item()
+            self.last_train_loss = loss_value
+            self.step = step + 1
+            tokens = self.step * self.tokens_per_step
+            info = {"train_loss": loss_value, "lr": cfg.lr * factor, "grad_norm": grad_norm, "tokens": tokens, "wall_s": wall()}
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                for name, value in info.items():
+                    self.sink.scalar(step, name, value)
+            if not math.isfinite(loss_value) or loss_value > cfg.max_loss:
+                status, diverged_step = "diverged", step
+                break
+            self.hooks.on_step(step, info)
+            checkpoint = self._is_checkpoint_step(step)
+            if report or checkpoint or time.perf_counter() - last_flush > FLUSH_SECONDS:
+                self.sink.flush()  # before the checkpoint: rows up to `step` are on disk when it exists
+                last_flush = time.perf_counter()
+            if checkpoint:
+                save_checkpoint(self.checkpoint_dir, self._state(wall()))
+            if report or checkpoint:
+                report.update(step=step, train_loss=loss_value, tokens=tokens, wall_s=wall(), status="running")
+                self.hooks.on_report(step, report, self.checkpoint_dir if checkpoint else None)
+        if status == "completed":  # the final eval, after the last update
+            report = self._evaluate(cfg.steps)
+            report.update(step=cfg.steps, train_loss=self.last_train_loss, tokens=self.step * self.tokens_per_step,
+                          wall_s=wall(), status="running")
+            self.sink.flush()
+            self.hooks.on_report(cfg.steps, report, None)
+        self.sink.flush()
+        row = self._row(status=status, wall_s=wall(), diverged_step=diverged_step)
+        self.hooks.on_end(row)
+        return row
+
+    def _row(self, status: str, wall_s: float = 0.0, diverged_step: int | None = None) -> dict:
+        cfg = self.cfg
+        finite = lambda v: v if v is not None and math.isfinite(v) else None
+        row = empty_trial_row()
+        row.update(
+            trial_id=self.trial_id, optimizer=cfg.optimizer, qk_norm=cfg.qk_norm, width=cfg.width,
+            depth=cfg.depth, n_heads=cfg.n_heads, d_head=cfg.d_head, lr=cfg.lr, seed=cfg.seed,
+            steps_planned=cfg.steps, steps_done=self.step, tokens=self.step * self.tokens_per_step,
+            status=status, final_train_loss=finite(self.last_train_loss),
+            final_val_loss=finite(self.last_val_loss), wall_s=wall_s, corpus_hash=self.tokens.corpus_hash,
+            config_json=cfg.canonical_json(), diverged_step=diverged_step,
+        )
+        return row
+
+
+def run_trial(cfg: TrialConfig, results: ResultsDir | str, *, trial_id: str | None = None,
+              tokens: data_mod.TokenData | None = None, hooks: TrialHooks | None = None,
+              checkpoint_dir: Path | None = None, resume_from: Path | None = None) -> dict:
+    """Train one trial, streaming rows under `results`; returns its trials.parquet row."""
+    results = results if isinstance(results, ResultsDir) else ResultsDir(results)
+    tokens = tokens if tokens is not None else data_mod.load_tokens(cfg)
+    trial = Trial(cfg, results, trial_id or cfg.trial_id(), tokens, hooks or TrialHooks(), checkpoint_dir, resume_from)
+    return trial.run()

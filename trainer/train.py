@@ -1,0 +1,126 @@
+"""`python -m trainer.train`: one trial without Ray, writing the same layout as a sweep.
+
+    python -m trainer.train --config trial.yaml --out DIR [--set key=value ...]
+    python -m trainer.train --smoke --out DIR          # tiny CPU trial, every metric, < 1 minute
+
+Re-running with the same --out and config resumes from the trial's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml
+from .data import load_tokens
+from .loop import TrialHooks, run_trial
+from .provenance import now_iso, provenance
+from .schema import CHECKPOINTS_DIR, SWEEP_JSON
+from .storage import ResultsDir
+from .trials import read_trials, write_trials
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ConsolePrinter(TrialHooks):
+    """Progress lines for a human: step, loss, tokens/s, ETA; plus eval lines. Keeps trials.parquet current."""
+
+    def __init__(self, results: ResultsDir, steps: int, every_s: float = 2.0, stream=sys.stdout):
+        self.results, self.steps, self.every_s, self.stream = results, steps, every_s, stream
+        self.t0 = self.last = time.perf_counter()
+        self.first_step = 0
+
+    def on_start(self, row, resumed_step):
+        write_trials(self.results, [row])
+        self.first_step = resumed_step or 0
+        self.t0 = self.last = time.perf_counter()
+        where = f"resuming at step {resumed_step}" if resumed_step else "starting"
+        print(f"trial {row['trial_id']}: {where}, {self.steps} steps", file=self.stream, flush=True)
+
+    def on_step(self, step, info):
+        now = time.perf_counter()
+        if now - self.last < self.every_s and step != self.steps - 1:
+            return
+        self.last = now
+        done = step + 1 - self.first_step
+        rate = done / max(now - self.t0, 1e-9)
+        tok_s = rate * info["tokens"] / (step + 1)
+        eta = (self.steps - step - 1) / max(rate, 1e-9)
+        print(f"step {step + 1:>6}/{self.steps} | loss {info['train_loss']:.4f} | lr {info['lr']:.2e} | "
+              f"{tok_s / 1000:.1f}k tok/s | ETA {format_duration(eta)}", file=self.stream, flush=True)
+
+    def on_report(self, step, metrics, checkpoint_dir):
+        if "val_loss" in metrics:
+            print(f"  eval @ {step}: val_loss {metrics['val_loss']:.4f} | PR(q)/d_head {metrics['pr_q']:.3f} | "
+                  f"PR(k)/d_head {metrics['pr_k']:.3f}", file=self.stream, flush=True)
+
+    def on_end(self, row):
+        write_trials(self.results, [row])
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="trial YAML (fields of TrialConfig)")
+    p.add_argument("--out", required=True, help="results folder (local path or pyarrow filesystem URI)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field; repeatable; applied after the YAML")
+    p.add_argument("--smoke", action="store_true", help="built-in tiny CPU trial (under a minute)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    return p.parse_args(argv)
+
+
+def resolve_config(args) -> TrialConfig:
+    base = dict(SMOKE) if args.smoke else {}
+    if args.config:
+        base.update(load_yaml(args.config))
+    return build_config(base, args.overrides)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        tokens = load_tokens(cfg)  # corpus errors surface before anything is written
+        results = ResultsDir(args.out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trial_id = cfg.trial_id()
+    checkpoint_dir = None
+    if results.is_local:
+        checkpoint_dir = results.local_path(CHECKPOINTS_DIR, trial_id)
+    resume_from = None if args.fresh else checkpoint_dir
+    finished = [r for r in read_trials(results) if r["trial_id"] == trial_id and r["status"] in ("completed", "diverged")]
+    if finished and not args.fresh:
+        print(f"trial {trial_id} already {finished[0]['status']} in {results.uri}; --fresh reruns it")
+        return 0
+    started = now_iso()
+    if results.exists(SWEEP_JSON):
+        started = results.read_json(SWEEP_JSON).get("started_at", started)
+    meta = {"name": trial_id, "kind": "trial", "n_trials": 1, "started_at": started, "finished_at": None,
+            "config": cfg.model_dump(), "corpus_hash": tokens.corpus_hash, "corpus_source": tokens.source,
+            **provenance()}
+    results.write_json(meta, SWEEP_JSON)
+    printer = ConsolePrinter(results, cfg.steps)
+    row = run_trial(cfg, results, trial_id=trial_id, tokens=tokens, hooks=printer,
+                    checkpoint_dir=checkpoint_dir, resume_from=resume_from)
+    results.write_json({**meta, "finished_at": now_iso()}, SWEEP_JSON)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    losses = f"train {fmt(row['final_train_loss'])}, val {fmt(row['final_val_loss'])}"
+    if row["status"] == "diverged":
+        print(f"trial {trial_id} diverged at step {row['diverged_step']} ({losses}); rows up to then are kept")
+    else:
+        print(f"trial {trial_id} {row['status']}: {row['steps_done']} steps, {row['tokens']} tokens, "
+              f"{row['wall_s']:.1f} s, final loss {losses}")
+    print(f"results in {results.uri}; report: python -m analysis.report {results.uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
