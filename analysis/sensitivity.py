@@ -1,0 +1,71 @@
+"""Loss against learning rate per arm, the best LR, and LR sensitivity (Wortsman et al. 2023).
+
+LR sensitivity of an arm = mean over its LR grid of min(L(lr), L_init) - min over lr of L(lr),
+where L(lr) is the final val loss and L_init the loss at initialisation. A diverged trial counts
+as L_init (min(inf, L_init)); L(lr) averages over seeds after that clipping. Trials still
+running, pruned or failed are left out.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+ARM = ("optimizer", "qk_norm", "width")
+
+
+def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
+    """Per (arm, lr): mean clipped final val loss over seeds, and counts."""
+    init = finals.group_by(*ARM).agg(pl.col("init_loss").mean().alias("arm_init_loss"))
+    keep = pl.col("status").is_in(["completed", "diverged"])
+    if "data_complete" in finals.columns:  # metrics cut short by a skipped part: no final loss
+        keep = keep & pl.col("data_complete").fill_null(True)
+    df = finals.filter(keep).join(init, on=ARM, how="left")
+    loss = pl.when(pl.col("status") == "diverged").then(pl.col("arm_init_loss")).otherwise(
+        pl.col("final_val_loss")
+    )
+    # min(L, L_init); a null init means no clipping, a null loss stays null
+    clipped = pl.when(loss.is_not_null()).then(pl.min_horizontal(loss, pl.col("arm_init_loss")))
+    return (
+        df.with_columns(clipped.alias("loss"))
+        .group_by(*ARM, "lr")
+        .agg(
+            pl.col("loss").mean().alias("mean_loss"),
+            pl.col("loss").std().alias("sd_loss"),
+            pl.col("loss").is_not_null().sum().alias("n_seeds"),
+            (pl.col("status") == "diverged").sum().alias("n_diverged"),
+            pl.col("arm_init_loss").first().alias("init_loss"),
+        )
+        .sort(*ARM, "lr")
+    )
+
+
+def best_lrs(curve: pl.DataFrame) -> pl.DataFrame:
+    """The LR with the lowest mean clipped loss, per arm."""
+    return (
+        curve.filter(pl.col("mean_loss").is_not_null() & pl.col("mean_loss").is_not_nan())
+        .sort(*ARM, "mean_loss", "lr")
+        .group_by(*ARM, maintain_order=True)
+        .first()
+        .select(*ARM, pl.col("lr").alias("best_lr"), pl.col("mean_loss").alias("best_loss"))
+    )
+
+
+def lr_sensitivity(finals: pl.DataFrame) -> pl.DataFrame:
+    curve = lr_curve(finals)
+    best = best_lrs(curve)
+    return (
+        curve.group_by(*ARM)
+        .agg(
+            pl.len().alias("n_lrs"),
+            pl.col("lr").min().alias("lr_min"),
+            pl.col("lr").max().alias("lr_max"),
+            pl.col("mean_loss").mean().alias("mean_loss_over_grid"),
+            pl.col("n_diverged").sum().alias("n_diverged"),
+            pl.col("init_loss").first().alias("init_loss"),
+        )
+        .join(best, on=ARM, how="left")
+        .with_columns((pl.col("mean_loss_over_grid") - pl.col("best_loss")).alias("lr_sensitivity"))
+        .select(*ARM, "n_lrs", "lr_min", "lr_max", "best_lr", "best_loss", "init_loss",
+                "lr_sensitivity", "n_diverged")
+        .sort(*ARM)
+    )
