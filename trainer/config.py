@@ -103,13 +103,13 @@ class TrialConfig(BaseModel):
     def trial_id(self) -> str:
         """Readable and unique: axes first, then a hash of the whole config."""
         digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
-        return f"{self.optimizer}_{self.qk_norm}_w{self.width}_lr{self.lr:.0e}_s{self.seed}_{digest}"
+        return f"{self.optimizer}_{self.qk_norm}_w{self.width}_lr{self.lr:.3g}_s{self.seed}_{digest}"
 
 
 SMOKE = dict(
     corpus="stdlib", width=32, depth=2, d_head=16, seq_len=64, batch_size=8, steps=40, warmup=4,
     eval_every=10, checkpoint_every=20, lr=1e-2, probe_seqs=2, eval_batches=2, device="cpu",
-    max_corpus_bytes=2_000_000,
+    max_corpus_bytes=2_000_000, threads=1,  # one thread: a tiny model gains nothing from two, and loses a lot on a busy machine
 )
 
 
