@@ -33,6 +33,14 @@ def _as_list(value: Any) -> Any:
     return [value]
 
 
+def check_train_keys(value: dict) -> dict:
+    """A `train:` block may only hold TrialConfig fields."""
+    unknown = sorted(set(value) - set(TrialConfig.model_fields))
+    if unknown:
+        raise ValueError(f"unknown trial setting(s) {unknown}; see trainer/config.py for the field names")
+    return value
+
+
 class FromStudy(BaseModel):
     """LRs from an lr_study: each arm's best LR times each multiplier."""
 
@@ -105,10 +113,7 @@ class SweepSpec(BaseModel):
     @field_validator("train")
     @classmethod
     def _known_train_keys(cls, value: dict) -> dict:
-        unknown = sorted(set(value) - set(TrialConfig.model_fields))
-        if unknown:
-            raise ValueError(f"unknown trial setting(s) {unknown}; see trainer/config.py for the field names")
-        return value
+        return check_train_keys(value)
 
     @model_validator(mode="after")
     def _axis_once(self) -> "SweepSpec":
@@ -170,6 +175,8 @@ def check_results(location: str, name: str) -> ResultsDir:
     existing = path if path.exists() else path.parent
     if path.exists() and not path.is_dir():
         raise ConfigError(f"results: {location!r} is a file, not a folder")
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"results: {str(existing)!r} is a file, not a folder (got {location!r})")
     if not existing.is_dir():
         raise ConfigError(f"results: folder {location!r} does not exist, nor does its parent {str(existing)!r}")
     target = path / name
@@ -305,9 +312,7 @@ class LRStudySpec(BaseModel):
     @field_validator("train")
     @classmethod
     def _known_train_keys(cls, value: dict) -> dict:
-        unknown = sorted(set(value) - set(TrialConfig.model_fields))
-        if unknown:
-            raise ValueError(f"unknown trial setting(s) {unknown}; see trainer/config.py for the field names")
+        check_train_keys(value)
         taken = sorted(set(value) & {"optimizer", "qk_norm", "width", "lr"})
         if taken:
             raise ValueError(f"{taken} are set by the arms and the search; remove them from train:")
