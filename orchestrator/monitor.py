@@ -121,6 +121,10 @@ class SweepMonitor(tune.Callback):
             if row["status"] == "running":
                 row.update(status="failed", error="interrupted before it finished (the sweep stopped); it runs again")
                 self.dirty = True
+        for attempt in self.attempts:  # nor can attempts it left open (SIGKILL, a lost head node)
+            if attempt.get("outcome") is None:
+                attempt.update(outcome="interrupted", ended_at=attempt.get("ended_at") or now_iso())
+                self.dirty = True
         self.flush(force=True)
 
     # ---- bookkeeping ---------------------------------------------------------------------

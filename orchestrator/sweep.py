@@ -96,10 +96,24 @@ def prepare(args) -> Prepared:
         previous = results.read_json(SWEEP_JSON)
         planned = set(previous.get("trial_ids") or [])
         if planned and planned != {c.trial_id() for c in configs}:
-            raise ConfigError(f"--resume: the grid in {path} is not the one of the interrupted sweep in {results.uri}; "
-                              "run without --resume (finished trials are kept and not run again)")
+            changed = changed_settings(previous.get("config") or {}, spec.model_dump(mode="json"))
+            what = f" ({'; '.join(changed)})" if changed else ""
+            raise ConfigError(f"--resume: the trials in {path} are not those of the interrupted sweep in "
+                              f"{results.uri}{what}; run without --resume (finished trials are kept and not run "
+                              "again)")
     tokens = load_corpora(configs)
     return Prepared(spec, path, configs, results, tokens, address, args.num_cpus)
+
+
+def changed_settings(before: dict, after: dict, limit: int = 4) -> list[str]:
+    """'train.steps: 400 -> 500' for each grid axis or train setting that differs between two specs."""
+    changes = []
+    for section in ("grid", "train"):
+        old, new = before.get(section) or {}, after.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changes.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes[:limit] + ([f"and {len(changes) - limit} more"] if len(changes) > limit else [])
 
 
 # ---- sweep.json ------------------------------------------------------------------------------

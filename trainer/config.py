@@ -136,15 +136,31 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: what went wrong' on one line (PyYAML's own message spans several)."""
+    mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    what = ", ".join(p for p in parts if p) or str(exc)
+    return f"{where}: {' '.join(what.split())}"
+
+
 def load_yaml(path: str | Path) -> dict:
     """A YAML mapping from a file, or a ConfigError that names the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {bad!r})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
+        raise ConfigError(f"{path}: malformed YAML{_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

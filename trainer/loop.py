@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -66,11 +67,24 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     os.replace(tmp, folder / CHECKPOINT_FILE)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded safely: tampered with, corrupt, or not written by this trainer."""
+
+
 def load_checkpoint(folder: Path) -> dict | None:
+    """The checkpoint in `folder`, or None. Loaded with weights_only=True: tensors and plain data only,
+    so a planted pickle cannot run code; anything else raises CheckpointError."""
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        why = (f"it holds {found.group(1)}, which is not tensors or plain data" if found
+               else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}")
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({why}); refusing to resume from it. "
+                              "Delete it to start this trial afresh") from None
 
 
 class Trial:

@@ -9,13 +9,14 @@ Re-running with the same --out and config resumes from the trial's last checkpoi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml
 from .data import load_tokens
-from .loop import TrialHooks, run_trial
+from .loop import CheckpointError, TrialHooks, run_trial
 from .provenance import now_iso, provenance
 from .schema import CHECKPOINTS_DIR, SWEEP_JSON
 from .storage import ResultsDir
@@ -82,12 +83,30 @@ def resolve_config(args) -> TrialConfig:
     return build_config(base, args.overrides)
 
 
+def check_out(location: str) -> ResultsDir:
+    """--out, checked before anything is written: a local folder may be missing (it is created), but the
+    nearest folder that exists must be a folder this user may write into; a URI must open."""
+    try:
+        results = ResultsDir(location)
+    except Exception as exc:  # pyarrow raises several types for bad URIs / credentials
+        raise ConfigError(f"out: cannot open {location!r}: {exc}") from None
+    if results.is_local:
+        existing = Path(results.root)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"out: {str(existing)!r} is a file, not a folder (got {location!r})")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"out: folder {str(existing)!r} is not writable (got {location!r})")
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
         tokens = load_tokens(cfg)  # corpus errors surface before anything is written
-        results = ResultsDir(args.out)
+        results = check_out(args.out)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -108,8 +127,12 @@ def main(argv=None) -> int:
             **provenance()}
     results.write_json(meta, SWEEP_JSON)
     printer = ConsolePrinter(results, cfg.steps)
-    row = run_trial(cfg, results, trial_id=trial_id, tokens=tokens, hooks=printer,
-                    checkpoint_dir=checkpoint_dir, resume_from=resume_from)
+    try:
+        row = run_trial(cfg, results, trial_id=trial_id, tokens=tokens, hooks=printer,
+                        checkpoint_dir=checkpoint_dir, resume_from=resume_from)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     results.write_json({**meta, "finished_at": now_iso()}, SWEEP_JSON)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     losses = f"train {fmt(row['final_train_loss'])}, val {fmt(row['final_val_loss'])}"
