@@ -99,12 +99,11 @@ class Failure(BaseModel):
     max_retries: int = Field(2, ge=-1, description="retries from the last checkpoint; -1 = unlimited")
 
 
-class SweepSpec(BaseModel):
-    """One sweep file."""
+class RunSpec(BaseModel):
+    """What sweep and lr_study files share: a name, the shared trial settings, resources, retries, results."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=NAME_PATTERN, description="becomes <results>/<name>; letters, digits, - and _")
-    grid: Grid
     train: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by every trial")
     resources: Resources = Field(default_factory=Resources)
     failure: Failure = Field(default_factory=Failure)
@@ -114,6 +113,12 @@ class SweepSpec(BaseModel):
     @classmethod
     def _known_train_keys(cls, value: dict) -> dict:
         return check_train_keys(value)
+
+
+class SweepSpec(RunSpec):
+    """One sweep file."""
+
+    grid: Grid
 
     @model_validator(mode="after")
     def _axis_once(self) -> "SweepSpec":
@@ -297,17 +302,11 @@ class Search(BaseModel):
         return self
 
 
-class LRStudySpec(BaseModel):
+class LRStudySpec(RunSpec):
     """One lr_study file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=NAME_PATTERN, description="becomes <results>/<name>")
     arms: Arms = Field(default_factory=Arms)
     search: Search = Field(default_factory=Search)
-    train: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by every trial")
-    resources: Resources = Field(default_factory=Resources)
-    failure: Failure = Field(default_factory=Failure)
-    results: str = Field("./results", description="local folder or pyarrow filesystem URI")
 
     @field_validator("train")
     @classmethod
