@@ -22,6 +22,13 @@ SPECTRA_DIR = "spectra"
 CHECKPOINTS_DIR = "checkpoints"
 
 STATUSES = ("running", "completed", "diverged", "pruned", "failed")
+# A finished trial is never run again (a sweep skips it; the report treats it as final).
+FINISHED_STATUSES = ("completed", "diverged")
+OPTIMIZERS = ("adamw", "muon")
+# QK-Norm variants, in report order: "none" is the baseline every variant is compared with.
+QK_NORM_VARIANTS = ("none", "rms", "rms_frozen", "layer")
+# One arm of the grid: trials that differ only in lr and seed.
+ARM = ("optimizer", "qk_norm", "width")
 TENSORS = ("wq", "wk", "q", "k")
 
 # Scalar series, one value per step (layer, head and tensor are null).
