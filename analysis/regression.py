@@ -7,8 +7,11 @@ with standard errors clustered by seed (trials sharing a seed share data order a
 inference with (clusters - 1) degrees of freedom. The interaction coefficient
 `qk_norm=V x optimizer=O` is how much the effect of V differs under O from under the baseline
 optimizer. Interaction p-values are Holm-corrected over all interaction terms of one selection.
-With fewer than 2 seeds the errors fall back to HC1 (heteroskedasticity-robust, unclustered);
-with fewer than 5 seeds clustered intervals are wide and only roughly calibrated (noted).
+
+Clustered errors with G clusters have G - 1 degrees of freedom and are calibrated only with many
+clusters: the regression runs only with at least MIN_CLUSTERS seed clusters; with fewer, every
+row is "not run" with a note, and the interaction is judged by the per-pair
+difference-in-differences (`analysis.paradox.did_table`), which does not need clusters.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import polars as pl
 from .paradox import BASELINE, METRICS, select, variants
 from .stats import CI_LEVEL, holm
 
+MIN_CLUSTERS = 20
 COLUMNS = ["selection", "metric", "term", "coef", "se", "ci_low", "ci_high", "p_value", "p_holm",
            "n", "n_clusters", "cov_type", "note"]
 
@@ -63,6 +67,12 @@ def regress(finals: pl.DataFrame, selection: str = "all_lrs") -> pl.DataFrame:
             rows.append(dict(selection=selection, metric=metric, n=d.height,
                              note=f"not enough data (no completed trials with qk_norm={BASELINE})"))
             continue
+        G = d.get_column("seed").n_unique()
+        if G < MIN_CLUSTERS:
+            rows.append(dict(selection=selection, metric=metric, n=d.height, n_clusters=G,
+                             note=f"not run: {G} seed clusters < {MIN_CLUSTERS} (clustered errors "
+                                  "need many clusters); see the difference-in-differences table"))
+            continue
         X, names = _design(d, ref)
         y = d.get_column(metric).to_numpy()
         if d.height <= X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
@@ -87,16 +97,9 @@ def regress(finals: pl.DataFrame, selection: str = "all_lrs") -> pl.DataFrame:
 def _fit(sm, X, y, names, d, selection, metric) -> list[dict]:
     seeds = d.get_column("seed").to_numpy()
     G = np.unique(seeds).size
-    note = ""
-    if G >= 2:
-        groups = np.unique(seeds, return_inverse=True)[1]
-        fit = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
-        cov = "cluster(seed)"
-        if G < 5:
-            note = f"only {G} seed clusters: intervals are wide and roughly calibrated"
-    else:
-        fit = sm.OLS(y, X).fit(cov_type="HC1")
-        cov, note = "HC1", "one seed: errors not clustered"
+    groups = np.unique(seeds, return_inverse=True)[1]
+    fit = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    cov, note = "cluster(seed)", ""
     ci = fit.conf_int(alpha=1 - CI_LEVEL)
     rows = []
     for i, name in enumerate(names):

@@ -1,7 +1,8 @@
 """`python -m analysis.report RESULTS_DIR [--out DIR]`: the report a researcher reads.
 
 RESULTS_DIR is one sweep folder (trials.parquet, sweep.json, metrics/, spectra/), or a folder
-holding exactly one. Writes into --out (default RESULTS_DIR/report):
+holding exactly one, on a local disk or behind a pyarrow filesystem URI (s3://bucket/prefix/<sweep>).
+Writes into --out (default RESULTS_DIR/report, which for a URI is in the bucket too):
 
     summary.md  paradox.csv  collapse.csv  verdict.json
     tables/*.csv, tables/*.tex   figures/*.png
@@ -16,24 +17,59 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import polars as pl
 
-from trainer.schema import STATUSES
+from trainer.errors import ConfigError
+from trainer.safeio import EXIT_ENVIRONMENT, check_out_dir, environment_problem, safe_mkdir, safe_write_text
+from trainer.schema import ARM, STATUSES
 
 from . import figures
 from .collapse import collapse_per_arm, collapse_per_trial, width_scaling
-from .features import build_features, final_values
-from .load import ResultsError, load_results
-from .paradox import ALPHA, paradox_table
-from .regression import regress
-from .sensitivity import lr_curve, lr_sensitivity
+from .features import Features, build_features, final_values, layer_finals
+from .load import Results, ResultsError, UriPath, as_path, find_sweep_dir, load_results
+from .paradox import ALPHA
+from .sensitivity import best_lrs, lr_curve, lr_sensitivity
 from .summary import markdown, terminal
 from .tables import write_table
-from .verdict import build_verdict
+from .verdict import build_verdict, paradox_results
 
-ARM = ["optimizer", "qk_norm", "width"]
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the report shows, computed in memory by `analyse` (nothing written)."""
+
+    results: Results  # the checked sweep folder: sweep.json, trials, the part files read
+    features: Features  # PR curves, final metric values and row counts from the part files
+    finals: pl.DataFrame  # one row per trial: final loss and PR / d_head (tables/finals.csv)
+    collapse_trial: pl.DataFrame  # collapse fit per trial, metric and tensor
+    collapse_arm: pl.DataFrame  # fits per arm and LR: status counts, rates with t intervals
+    scaling: pl.DataFrame  # log-log slopes over width (tables/width_scaling.csv)
+    paradox: pl.DataFrame  # paired differences, variant minus none, all LRs (paradox.csv)
+    paradox_best: pl.DataFrame  # the same at each arm's best LR per width
+    regression: pl.DataFrame  # metric ~ qk_norm x optimizer + ..., both selections
+    # (run only with >= 20 seed clusters)
+    cells: pl.DataFrame  # paired effects per (width, lr) cell, per width at the best LR, and the
+    # deciding rows (tables/paradox_cells.csv; columns in analysis.paradox.CELL_COLUMNS)
+    layers: pl.DataFrame  # best-LR paired effects of final PR q/k per layer
+    interaction: pl.DataFrame  # optimizer x QK-Norm: difference in differences, both selections
+    robust: pl.DataFrame  # bias-corrected and centred q/k PR effects, both selections
+    brackets: pl.DataFrame  # each arm's best LR, and whether the LR grid brackets it
+    lr_curve: pl.DataFrame  # final val loss per arm and LR
+    sensitivity: pl.DataFrame  # LR sensitivity per arm
+    status: pl.DataFrame  # trials per arm and status
+    verdict: dict  # verdict.json, JSON-safe
+
+    @property
+    def partial(self) -> bool:
+        """True while the sweep has not finished (running trials, no finished_at, ...)."""
+        return self.verdict["partial"]
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """Every table of the report by field name (finals, paradox, collapse_arm, ...): Polars DataFrames."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), pl.DataFrame)}
 
 
 def status_table(trials: pl.DataFrame) -> pl.DataFrame:
@@ -42,26 +78,27 @@ def status_table(trials: pl.DataFrame) -> pl.DataFrame:
     wide = pl.DataFrame({**{c: [] for c in ARM}}, schema={"optimizer": pl.String, "qk_norm": pl.String,
                                                           "width": pl.Int64})
     if counts.height:
-        wide = counts.pivot(on="status", index=ARM, values="len")
+        wide = counts.pivot(on="status", index=list(ARM), values="len")
     for s in STATUSES:
         if s not in wide.columns:
             wide = wide.with_columns(pl.lit(0, pl.UInt32).alias(s))
     wide = wide.select(*ARM, *[pl.col(s).fill_null(0).cast(pl.Int64) for s in STATUSES])
-    return wide.with_columns(pl.sum_horizontal(*STATUSES).alias("total")).sort(ARM)
+    return wide.with_columns(pl.sum_horizontal(*STATUSES).alias("total")).sort(*ARM)
 
 
-def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA) -> dict:
-    """Everything the report shows, computed and held in memory (nothing written)."""
+def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA) -> Report:
+    """Load a sweep folder and compute every table of the report (nothing written)."""
     res = load_results(results_dir)
     feats = build_features(res)
     finals = final_values(res.trials, feats)
     per_trial = collapse_per_trial(feats.curves, finals)
     per_arm = collapse_per_arm(per_trial, n_boot=min(n_boot, 1000), seed=seed)
-    table_all = paradox_table(finals, "all_lrs", n_boot=n_boot, seed=seed)
-    table_best = paradox_table(finals, "best_lr", n_boot=n_boot, seed=seed)
-    reg = pl.concat([regress(finals, "all_lrs"), regress(finals, "best_lr")])
+    px = paradox_results(finals, layer_finals(finals, feats))
     by_status = {s: int(n) for s, n in res.trials.group_by("status").len().sort("status").iter_rows()}
     reasons = res.partial_reasons()
+    gaps = finals.filter(~pl.col("data_complete")).height
+    if gaps:  # a completed trial with a lost or skipped part is not a finished result
+        reasons.append(f"{gaps} completed trial(s) miss metric steps their schedule planned (incomplete_trials)")
     design = {c: sorted(res.trials.get_column(c).drop_nulls().unique().to_list())
               for c in ("optimizer", "qk_norm", "width", "lr", "seed", "depth", "d_head", "steps_planned")}
     context = {
@@ -82,18 +119,20 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
             "skipped_files": [list(s) for s in res.skipped],
         },
     }
-    verdict = build_verdict(table_all, table_best, reg, context, alpha)
-    return dict(
+    verdict = build_verdict(px, context, alpha)
+    return Report(
         results=res, features=feats, finals=finals, collapse_trial=per_trial, collapse_arm=per_arm,
-        scaling=width_scaling(per_trial), paradox=table_all, paradox_best=table_best,
-        regression=reg, lr_curve=lr_curve(finals), sensitivity=lr_sensitivity(finals),
+        scaling=width_scaling(per_trial, best_lrs(lr_curve(finals))), paradox=px.pooled, paradox_best=px.best,
+        regression=px.regression, cells=px.cells, layers=px.layers, interaction=px.did,
+        robust=px.robust, brackets=px.brackets, lr_curve=lr_curve(finals), sensitivity=lr_sensitivity(finals),
         status=status_table(res.trials), verdict=verdict,
     )
 
 
 def collapse_csv(per_trial: pl.DataFrame, per_arm: pl.DataFrame) -> pl.DataFrame:
     """collapse.csv: level=trial rows (one per trial, metric, tensor), then level=arm rows
-    (medians over an arm's completed trials, with *_ci_low / *_ci_high)."""
+    (one per arm and LR over its completed trials, with *_ci_low / *_ci_high and fit-status
+    counts; analysis.collapse.collapse_per_arm)."""
     t = per_trial.with_columns(pl.lit("trial").alias("level"))
     frames = [t]
     if per_arm.height:
@@ -105,40 +144,74 @@ def collapse_csv(per_trial: pl.DataFrame, per_arm: pl.DataFrame) -> pl.DataFrame
     return df.select(first + [c for c in df.columns if c not in first])
 
 
-def write_report(r: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tables, figs = out / "tables", out / "figures"
-    tables.mkdir(exist_ok=True)
-    figs.mkdir(exist_ok=True)
-    partial = r["verdict"]["partial"]
-    r["paradox"].write_csv(out / "paradox.csv")
-    collapse_csv(r["collapse_trial"], r["collapse_arm"]).write_csv(out / "collapse.csv")
-    (out / "verdict.json").write_text(json.dumps(r["verdict"], indent=2, allow_nan=False) + "\n")
-    for name, key, caption in [
-        ("status", "status", "Trials per arm and status"),
-        ("paradox", "paradox", "Paired differences (variant minus none), all LRs"),
-        ("paradox_best_lr", "paradox_best", "Paired differences at each arm's best LR per width"),
-        ("regression", "regression", "metric ~ qk_norm x optimizer + log(width) + log(lr)"),
-        ("collapse_by_arm", "collapse_arm", "Collapse fits per arm: medians, 95% bootstrap CI"),
-        ("width_scaling", "scaling", "Log-log slopes over width"),
-        ("lr_sensitivity", "sensitivity", "LR sensitivity per arm (Wortsman et al. 2023)"),
-        ("loss_vs_lr", "lr_curve", "Final val loss per arm and LR"),
+def write_report(r: Report, out: Path) -> None:
+    """Every report file, each written whole (temporary name, then rename) and never through a
+    symlink: a crafted results folder cannot redirect a write outside `out` (trainer.safeio)."""
+    out = safe_mkdir(out)
+    tables, figs = safe_mkdir(out / "tables"), safe_mkdir(out / "figures")
+    safe_write_text(out / "paradox.csv", r.paradox.write_csv())
+    safe_write_text(out / "collapse.csv", collapse_csv(r.collapse_trial, r.collapse_arm).write_csv())
+    safe_write_text(out / "verdict.json", json.dumps(r.verdict, indent=2, allow_nan=False) + "\n")
+    for name, df, caption in [
+        ("status", r.status, "Trials per arm and status"),
+        ("paradox", r.paradox, "Paired differences (variant minus none), all LRs"),
+        ("paradox_best_lr", r.paradox_best, "Paired differences at each arm's best LR per width"),
+        ("regression", r.regression, "metric ~ qk_norm x optimizer + log(width) + log(lr)"),
+        ("paradox_cells", r.cells, "Paired differences per (width, lr) cell and at the best LR"),
+        ("paradox_layers", r.layers, "Paired differences of final PR per layer, best LR"),
+        ("interaction", r.interaction, "Difference in differences: optimizer x QK-Norm"),
+        ("paradox_robustness", r.robust, "Bias-corrected and centred q/k PR: paired differences"),
+        ("lr_bracketing", r.brackets, "Best LR per arm and whether the LR grid brackets it"),
+        ("collapse_by_arm", r.collapse_arm,
+         "Collapse fits per arm and LR: fit-status counts, geometric-mean rate of fitted seeds "
+         "(95% t CI on log rate), censored falls counted"),
+        ("width_scaling", r.scaling, "Log-log slopes over width at a fixed LR and at the best LR"),
+        ("lr_sensitivity", r.sensitivity, "LR sensitivity per arm (Wortsman et al. 2023)"),
+        ("loss_vs_lr", r.lr_curve, "Final val loss per arm and LR"),
     ]:
-        write_table(r[key], tables, name, caption)
-    r["finals"].write_csv(tables / "finals.csv")  # one row per trial: CSV only
-    finals = r["finals"]
-    figures.pr_over_training(r["features"].curves, finals, figs / "pr_over_training.png", partial)
-    figures.loss_vs_pr(finals, figs / "loss_vs_pr.png", partial)
-    figures.lr_sensitivity(r["lr_curve"], figs / "lr_sensitivity.png", partial, finals)
-    figures.collapse_rate_vs_width(r["collapse_arm"], figs / "collapse_rate_vs_width.png", partial,
-                                   finals)
-    (out / "summary.md").write_text(markdown(r))
+        write_table(df, tables, name, caption)
+    finals, partial = r.finals, r.partial
+    safe_write_text(tables / "finals.csv", finals.write_csv())  # one row per trial: CSV only
+    figures.draw_all(r, figs)  # every figure: forest, PR at best LR and per LR, spectra, ...
+    safe_write_text(out / "summary.md", markdown(r))
+
+
+def publish_report(r: Report, out) -> Path | UriPath:
+    """write_report into a local folder, or, for a URI (s3://...), into a temporary local folder
+    that is then uploaded with pyarrow (each object one PUT); returns where the report is."""
+    target = as_path(out)
+    if not isinstance(target, UriPath):
+        write_report(r, target)
+        return target
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    with tempfile.TemporaryDirectory(prefix="qk-report-") as tmp:
+        write_report(r, Path(tmp))
+        target.fs.create_dir(target.key, recursive=True)
+        pafs.copy_files(tmp, target.key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
+    return target
+
+
+def check_out(results_dir, out) -> None:
+    """The local report folder (--out, or <sweep>/report): not a symlink, not a file, not under a
+    file. A URI (s3://...) is checked when it is written."""
+    target = out
+    if target is None:
+        found = find_sweep_dir(results_dir)
+        if not isinstance(found, Path):
+            return
+        target = found / "report"
+    if "://" in str(target) and not str(target).startswith("file://"):
+        return
+    check_out_dir(str(target).removeprefix("file://"), "--out")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     ap.add_argument("results_dir", help="a sweep folder (holding trials.parquet), or its parent")
-    ap.add_argument("--out", help="report folder (default: RESULTS_DIR/report)")
+    ap.add_argument("--out", help="report folder or URI (default: RESULTS_DIR/report, in the bucket for a URI)")
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     ap.add_argument("--alpha", type=float, default=ALPHA, help="significance level (default 0.05)")
@@ -152,15 +225,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        r = analyse(args.results_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha)
-    except ResultsError as e:
+        check_out(args.results_dir, args.out)  # before the analysis: a bad --out fails in milliseconds
+        report = analyse(args.results_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha)
+    except (ResultsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else r["results"].sweep_dir / "report"
-    r["out"] = str(out)
-    write_report(r, out)
+    try:
+        out = publish_report(report, args.out or report.results.sweep_dir / "report")
+    except ConfigError as e:  # a symlink planted while the analysis ran
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - only the machine's failures become one line
+        problem = environment_problem(e)
+        if problem is None:
+            raise
+        print(f"error: writing the report: {problem}; free space (or fix the file system) and run it again",
+              file=sys.stderr)
+        return EXIT_ENVIRONMENT
     if not args.quiet:
-        sys.stdout.write(terminal(r))
+        sys.stdout.write(terminal(report, out))
         print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -4,19 +4,32 @@ LR sensitivity of an arm = mean over its LR grid of min(L(lr), L_init) - min ove
 where L(lr) is the final val loss and L_init the loss at initialisation. A diverged trial counts
 as L_init (min(inf, L_init)); L(lr) averages over seeds after that clipping. Trials still
 running, pruned or failed are left out.
+
+An arm is (optimizer, qk_norm, width), plus `init_key` when the finals carry it (a sweep that
+varies init / init_std tunes each initialisation separately and never mixes them).
+
+Bracketing: an arm's best LR is interior when its LR grid (the LRs with a finished trial) has
+an LR below and an LR above it; an optimum at the lowest or highest LR tried (or a grid of fewer
+than 3 LRs) is an edge optimum, and the true optimum may lie outside the grid.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-ARM = ("optimizer", "qk_norm", "width")
+from trainer.schema import ARM, FINISHED_STATUSES
+
+
+def arm_keys(df: pl.DataFrame) -> list[str]:
+    """The columns that define an arm in this frame: ARM, plus init_key when present."""
+    return [*ARM, *(["init_key"] if "init_key" in df.columns else [])]
 
 
 def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
     """Per (arm, lr): mean clipped final val loss over seeds, and counts."""
+    ARM = arm_keys(finals)  # noqa: N806
     init = finals.group_by(*ARM).agg(pl.col("init_loss").mean().alias("arm_init_loss"))
-    keep = pl.col("status").is_in(["completed", "diverged"])
+    keep = pl.col("status").is_in(FINISHED_STATUSES)
     if "data_complete" in finals.columns:  # metrics cut short by a skipped part: no final loss
         keep = keep & pl.col("data_complete").fill_null(True)
     df = finals.filter(keep).join(init, on=ARM, how="left")
@@ -41,6 +54,7 @@ def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
 
 def best_lrs(curve: pl.DataFrame) -> pl.DataFrame:
     """The LR with the lowest mean clipped loss, per arm."""
+    ARM = arm_keys(curve)  # noqa: N806
     return (
         curve.filter(pl.col("mean_loss").is_not_null() & pl.col("mean_loss").is_not_nan())
         .sort(*ARM, "mean_loss", "lr")
@@ -51,6 +65,7 @@ def best_lrs(curve: pl.DataFrame) -> pl.DataFrame:
 
 
 def lr_sensitivity(finals: pl.DataFrame) -> pl.DataFrame:
+    ARM = arm_keys(finals)  # noqa: N806
     curve = lr_curve(finals)
     best = best_lrs(curve)
     return (
@@ -67,5 +82,26 @@ def lr_sensitivity(finals: pl.DataFrame) -> pl.DataFrame:
         .with_columns((pl.col("mean_loss_over_grid") - pl.col("best_loss")).alias("lr_sensitivity"))
         .select(*ARM, "n_lrs", "lr_min", "lr_max", "best_lr", "best_loss", "init_loss",
                 "lr_sensitivity", "n_diverged")
+        .sort(*ARM)
+    )
+
+
+def bracketing(curve: pl.DataFrame) -> pl.DataFrame:
+    """Per arm: best_lr, the grid's lr_min / lr_max / n_lrs, and `interior` (an LR tried below and
+    above the best), `edge` ("low", "high" or null)."""
+    ARM = arm_keys(curve)  # noqa: N806
+    ok = curve.filter(pl.col("mean_loss").is_not_null() & pl.col("mean_loss").is_not_nan())
+    grid = ok.group_by(*ARM).agg(pl.len().alias("n_lrs"), pl.col("lr").min().alias("lr_min"),
+                                 pl.col("lr").max().alias("lr_max"))
+    best = best_lrs(curve)
+    return (
+        best.join(grid, on=ARM, how="left")
+        .with_columns(
+            ((pl.col("best_lr") > pl.col("lr_min")) & (pl.col("best_lr") < pl.col("lr_max")))
+            .alias("interior"),
+            pl.when(pl.col("best_lr") <= pl.col("lr_min")).then(pl.lit("low"))
+            .when(pl.col("best_lr") >= pl.col("lr_max")).then(pl.lit("high"))
+            .alias("edge"),
+        )
         .sort(*ARM)
     )

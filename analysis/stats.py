@@ -1,4 +1,6 @@
-"""Small statistical helpers: seeded bootstrap intervals, paired tests, Holm's correction."""
+"""Small statistical helpers: t intervals of means (the intervals of every mean paired difference
+in the report), paired tests, Holm's correction, and a seeded percentile bootstrap (kept for
+medians; it under-covers for means of few pairs: 81% at n = 4)."""
 
 from __future__ import annotations
 
@@ -65,4 +67,58 @@ def holm(p: np.ndarray) -> np.ndarray:
     order = ok[np.argsort(p[ok], kind="stable")]
     adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def mean_ci(d: np.ndarray, level: float = CI_LEVEL):
+    """(mean, low, high, p_value) of the mean of d along its last axis: the one-sample t interval and the
+    two-sided t-test of mean 0, the pair that agree (0 outside the interval iff p < 1 - level).
+
+    Vectorised: d may be (..., n); NaN entries are not allowed (drop them first). With n < 2, or
+    all entries equal, interval and p are NaN (the mean is still given). This replaces the
+    percentile bootstrap for means of paired differences: at n = 4 the percentile bootstrap covers
+    ~81%, the t interval 95% for normal differences (tests/test_analysis_decisions.py measures it).
+    """
+    d = np.asarray(d, float)
+    n = d.shape[-1]
+    with np.errstate(all="ignore"):
+        m = d.mean(axis=-1) if n else np.full(d.shape[:-1], np.nan)
+        if n < 2:
+            nan = np.full(np.shape(m), np.nan)
+            return m, nan, nan.copy(), nan.copy()
+        sd = d.std(axis=-1, ddof=1)
+        se = sd / np.sqrt(n)
+        tq = stats.t.ppf(0.5 + level / 2, n - 1)
+        ok = se > 1e-12 * np.maximum(np.abs(m), 1e-300)
+        t = np.where(ok, m / np.where(ok, se, 1.0), np.nan)
+        p = np.where(ok, 2 * stats.t.sf(np.abs(t), n - 1), np.nan)
+        lo = np.where(ok, m - tq * se, np.nan)
+        hi = np.where(ok, m + tq * se, np.nan)
+    return m, lo, hi, p
+
+
+def wilcoxon_p(d: np.ndarray) -> float:
+    """Two-sided p of the Wilcoxon signed-rank test (NaN when undefined: all d zero)."""
+    try:
+        return float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else np.nan
+    except ValueError:
+        return np.nan
+
+
+def paired_summary(d: np.ndarray, level: float = CI_LEVEL, min_n: int = 2,
+                   wilcoxon: bool = True) -> dict:
+    """n_pairs, mean_diff, ci_low, ci_high (t interval), p_value (paired t), p_wilcoxon, sd_diff
+    and dz (mean / sd, the standardised effect) of one vector of paired differences."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    out = dict(n_pairs=int(d.size), mean_diff=float(d.mean()) if d.size else np.nan,
+               ci_low=np.nan, ci_high=np.nan, p_value=np.nan, p_wilcoxon=np.nan,
+               sd_diff=float(d.std(ddof=1)) if d.size > 1 else np.nan, dz=np.nan)
+    if d.size >= max(min_n, 2):
+        _, lo, hi, p = mean_ci(d, level)
+        out.update(ci_low=float(lo), ci_high=float(hi), p_value=float(p))
+        if wilcoxon:
+            out["p_wilcoxon"] = wilcoxon_p(d)
+        if out["sd_diff"] > 0:
+            out["dz"] = out["mean_diff"] / out["sd_diff"]
     return out

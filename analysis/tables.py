@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
+from trainer.safeio import safe_mkdir, safe_write_text
+
 _TEX_ESCAPE = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
                "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
 
@@ -70,6 +72,6 @@ def to_text(df: pl.DataFrame, max_rows: int = 40) -> str:
 
 def write_table(df: pl.DataFrame, folder: Path, name: str, caption: str = "") -> None:
     """tables/<name>.csv and tables/<name>.tex"""
-    folder.mkdir(parents=True, exist_ok=True)
-    df.write_csv(folder / f"{name}.csv")
-    (folder / f"{name}.tex").write_text(to_latex(df, caption))
+    folder = safe_mkdir(folder)
+    safe_write_text(folder / f"{name}.csv", df.write_csv())
+    safe_write_text(folder / f"{name}.tex", to_latex(df, caption))

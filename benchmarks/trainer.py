@@ -1,11 +1,15 @@
 """Trainer throughput on CPU: tokens/s with and without the probe, and Muon vs AdamW step time.
 
-    python -m benchmarks.trainer [--widths 128 256] [--steps 101] [--threads 2]
+    python -m benchmarks.trainer [--widths 128 256] [--steps 101] [--threads 2] [--only reference|probe] [--compile]
 
-Model as in the issue: depth 2, d_head 32, batch 32 x 128, byte tokens from the stdlib corpus.
+Model: depth 2, d_head 32, batch 32 x 128, byte tokens from the stdlib corpus, the trainer's default
+probe (32 held-out sequences, log-spaced early probes then every 50 steps, over --steps 300).
+First, the project's model against a plain nanoGPT-style reference with the same shapes (fused qkv
+Linear, causal SDPA, GELU MLP, LayerNorm, learned positions, tied head): forward + backward + AdamW
+step, no metrics, the two interleaved round by round; the ratio is project/reference throughput.
 Every figure is a ratio inside one run (this machine is noisy). Probe overhead is reported two ways:
-measured (tokens/s with the default cadence vs none) and derived (one eval's cost divided by
-eval_every train steps), the latter being far less noisy.
+measured (tokens/s with the default cadence vs none) and derived (the cost of every eval of the
+schedule, each timed alone, divided by the training time), the latter being far less noisy.
 """
 
 from __future__ import annotations
@@ -16,11 +20,92 @@ import time
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
+from trainer.cadence import eval_steps, regular_steps
 from trainer.config import TrialConfig
-from trainer.data import load_tokens
+from trainer.data import load_tokens, train_batch
 from trainer.loop import Trial, TrialHooks
+from trainer.model import GPT
+from trainer.optim import build_optimizers
 from trainer.storage import ResultsDir
+
+
+class ReferenceBlock(nn.Module):
+    """nanoGPT's block (bias=False): one fused qkv Linear, causal SDPA, GELU MLP, pre-LayerNorm."""
+
+    def __init__(self, width: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(width, bias=False), nn.LayerNorm(width, bias=False)
+        self.c_attn = nn.Linear(width, 3 * width, bias=False)
+        self.c_proj = nn.Linear(width, width, bias=False)
+        self.c_fc = nn.Linear(width, 4 * width, bias=False)
+        self.mlp_proj = nn.Linear(4 * width, width, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class ReferenceGPT(nn.Module):
+    """nanoGPT's model.py with these shapes: token + learned position embeddings, tied head."""
+
+    def __init__(self, cfg: TrialConfig):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.width)
+        self.h = nn.ModuleList(ReferenceBlock(cfg.width, cfg.n_heads) for _ in range(cfg.depth))
+        self.ln_f = nn.LayerNorm(cfg.width, bias=False)
+        self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight
+        for p in self.parameters():
+            if p.ndim == 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def versus_reference(cfg: TrialConfig, tokens, rounds: int = 10, steps_per_round: int = 3,
+                     compile_: bool = False) -> dict[str, float]:
+    """Median seconds of forward + backward + AdamW step (+ zero_grad) for the project's GPT (its own
+    optimizer groups), the reference (nanoGPT's groups: decay on 2-D) and, with `compile_`, the
+    project's GPT under torch.compile; interleaved round by round so that load drift hits all alike."""
+    torch.manual_seed(0)
+    project = GPT(cfg)
+    reference = ReferenceGPT(cfg)
+    ref_groups = [{"params": [p for p in reference.parameters() if p.ndim == 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in reference.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    runs = {"project": (project, build_optimizers(project, cfg, torch.device("cpu"))),
+            "reference": (reference, [torch.optim.AdamW(ref_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)])}
+    if compile_:
+        compiled = GPT(cfg)
+        runs["compiled"] = (torch.compile(compiled), build_optimizers(compiled, cfg, torch.device("cpu")))
+    batches = [tuple(torch.from_numpy(a) for a in train_batch(tokens, cfg, s)) for s in range(4)]
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds + 1):  # round 0 warms up (and compiles)
+        for name, (model, optimizers) in runs.items():
+            for i in range(steps_per_round):
+                x, y = batches[i % len(batches)]
+                t0 = time.perf_counter()
+                _, loss = model(x, y)
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 class StepClock(TrialHooks):
@@ -32,16 +117,22 @@ class StepClock(TrialHooks):
 
 
 def timed_run(cfg: TrialConfig, tokens) -> tuple[float, float, float]:
-    """Train-step seconds (evals included where they fall), one eval's seconds, and optimizer-step seconds."""
+    """Train-step seconds (evals included where they fall), the seconds of all evals of the schedule,
+    and optimizer-step seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         trial = Trial(cfg, ResultsDir(tmp), "bench", tokens, StepClock(), None, None)
         trial.run()
         gaps = np.diff(np.array(trial.hooks.stamps))[1:]  # skip step 0 (warm-up + first eval)
         # Without evals the median is the robust step time; with evals the mean carries their cost.
         step_s = float(np.median(gaps) if cfg.eval_every > cfg.steps else np.mean(gaps))
-        t0 = time.perf_counter()
-        trial._evaluate(0)
-        eval_s = time.perf_counter() - t0
+        eval_s = 0.0
+        for step in eval_steps(cfg):  # median of 3 timings each; a regular step also computes val loss
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                trial._evaluate(step if step in regular_steps(cfg) else 1)
+                times.append(time.perf_counter() - t0)
+            eval_s += float(np.median(times))
         grads = [(p, torch.randn_like(p) * 1e-3) for p in trial.model.parameters()]
         opt_times = []
         for _ in range(5):
@@ -57,8 +148,11 @@ def timed_run(cfg: TrialConfig, tokens) -> tuple[float, float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--steps", type=int, default=101)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=("reference", "probe"), help="run only the reference comparison or the probe table")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (3 steps each) of the reference comparison")
+    p.add_argument("--compile", action="store_true", help="also time the project's model under torch.compile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = dict(depth=2, d_head=32, batch_size=32, seq_len=128, steps=args.steps, warmup=5,
@@ -66,17 +160,29 @@ def main(argv=None) -> int:
     tokens = load_tokens(TrialConfig(**base))
     tok_per_step = base["batch_size"] * base["seq_len"]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps, {tok_per_step} tokens/step")
-    print(f"{'width':>5} {'optimizer':>9} {'tok/s no-probe':>15} {'tok/s probe@50':>15} {'overhead meas.':>15} "
+    if args.only != "probe":
+        print(f"{'width':>5} {'project tok/s':>14} {'nanoGPT-style tok/s':>20} {'ratio':>6}"
+              + (f" {'compiled tok/s':>15} {'ratio':>6}" if args.compile else ""))
+        for width in args.widths:
+            s = versus_reference(TrialConfig(**base, width=width), tokens, args.rounds, compile_=args.compile)
+            line = (f"{width:>5} {tok_per_step / s['project']:>14,.0f} {tok_per_step / s['reference']:>20,.0f} "
+                    f"{s['reference'] / s['project']:>5.2f}x")
+            if args.compile:
+                line += f" {tok_per_step / s['compiled']:>15,.0f} {s['reference'] / s['compiled']:>5.2f}x"
+            print(line, flush=True)
+        if args.only == "reference":
+            return 0
+    print(f"{'width':>5} {'optimizer':>9} {'tok/s no-probe':>15} {'tok/s probe':>15} {'overhead meas.':>15} "
           f"{'overhead derived':>17} {'step ms':>8} {'opt.step ms':>12}")
     for width in args.widths:
         step_ms = {}
         for optimizer in ("adamw", "muon"):
-            cfg_off = TrialConfig(**base, width=width, optimizer=optimizer, eval_every=10**9)
+            cfg_off = TrialConfig(**base, width=width, optimizer=optimizer, eval_every=10**9, eval_schedule="every")
             cfg_on = TrialConfig(**base, width=width, optimizer=optimizer, eval_every=50)
-            off_s, eval_s, opt_s = timed_run(cfg_off, tokens)
-            on_s, _, _ = timed_run(cfg_on, tokens)
+            off_s, _, opt_s = timed_run(cfg_off, tokens)
+            on_s, evals_s, _ = timed_run(cfg_on, tokens)
             measured = on_s / off_s - 1
-            derived = eval_s / (50 * off_s)
+            derived = evals_s / (args.steps * off_s)
             step_ms[optimizer] = off_s * 1000
             print(f"{width:>5} {optimizer:>9} {tok_per_step / off_s:>15,.0f} {tok_per_step / on_s:>15,.0f} "
                   f"{measured:>15.1%} {derived:>17.2%} {off_s * 1000:>8.1f} {opt_s * 1000:>12.1f}", flush=True)

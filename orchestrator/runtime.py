@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 for _key, _value in {
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # the legacy reporter is silent at verbose=0; the new one still prints boxes
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # tune_core.logger_callbacks adds result.json, CSV, TensorBoard
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
     "TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
 }.items():
@@ -174,7 +173,3 @@ def quiet_tune_logging() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):  # per-trial tracebacks, "did not complete"
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def eprint(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)

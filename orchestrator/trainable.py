@@ -23,12 +23,13 @@ from ray import tune
 from trainer.config import TrialConfig
 from trainer.data import TokenData, corpus_key
 from trainer.loop import TrialHooks, run_trial
+from trainer.schema import FINISHED_STATUSES
 from trainer.storage import ResultsDir
 from trainer.trials import read_trials
 
+from .records import OBJECTIVE, RUNG_STEP, TrialReport
+
 TRIAL_KEY = "trial"  # param_space key holding the TrialConfig fields of one grid point
-RUNG_STEP = "rung_step"  # the time attribute for schedulers (ASHA)
-FINISHED = ("completed", "diverged")
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,14 @@ class TuneHooks(TrialHooks):
 
     def __init__(self, cfg: TrialConfig, trial_id: str, options: TrainableOptions, resumed: bool):
         self.cfg, self.trial_id, self.options, self.resumed = cfg, trial_id, options, resumed
-        self.context = {
+        self.context: TrialReport = {
             "sweep_trial_id": trial_id,
             "attempt": uuid.uuid4().hex[:12],
             "node_id": ray.get_runtime_context().get_node_id(),
             "steps_planned": cfg.steps,
         }
-        self.last: dict = {"val_loss": math.nan, "pr_q": math.nan, "pr_k": math.nan}
+        # The latest eval, repeated in every report so that each carries the current val loss and PRs.
+        self.last: TrialReport = {"val_loss": math.nan, "pr_q": math.nan, "pr_k": math.nan}
         self.resumed_step: int | None = None
 
     def on_start(self, row, resumed_step):
@@ -71,8 +73,9 @@ class TuneHooks(TrialHooks):
 
     def on_report(self, step, metrics, checkpoint_dir):
         self.last.update({k: v for k, v in metrics.items() if k in self.last})
-        result = {**self.context, **self.last, **metrics, "resumed_step": self.resumed_step, "final": False}
-        result["objective"] = self._objective(result.get(self.options.objective), diverged=False)
+        result: TrialReport = {**self.context, **self.last, **metrics, "resumed_step": self.resumed_step,
+                               "final": False}
+        result[OBJECTIVE] = self._objective(result.get(self.options.objective), diverged=False)
         if step < self.cfg.steps:  # ASHA's clock; absent from the eval after the last update, so a
             result[RUNG_STEP] = step  # scheduler never stops a trial that has finished training
         if checkpoint_dir is not None:
@@ -89,14 +92,14 @@ class TuneHooks(TrialHooks):
             return float(penalty)
         return float(value)
 
-    def final_result(self, row: dict, skipped: bool = False) -> dict:
+    def final_result(self, row: dict, skipped: bool = False) -> TrialReport:
         last_step = max((row.get("steps_done") or 0) - 1, 0)
-        result = {**self.context, **self.last, "step": last_step, "status": row["status"],
+        result: TrialReport = {**self.context, **self.last, "step": last_step, "status": row["status"],
                   "train_loss": row.get("final_train_loss"), "val_loss": row.get("final_val_loss"),
                   "tokens": row.get("tokens"), "wall_s": row.get("wall_s"), "resumed_step": self.resumed_step,
                   "final": True, "skipped": skipped, "row_json": json.dumps(row)}
-        result["objective"] = self._objective(result["val_loss"], diverged=row["status"] == "diverged")
-        return {k: (math.nan if v is None else v) for k, v in result.items()}
+        result[OBJECTIVE] = self._objective(result["val_loss"], diverged=row["status"] == "diverged")
+        return {k: (math.nan if v is None else v) for k, v in result.items()}  # type: ignore[return-value]
 
 
 def finished_row(results: ResultsDir, trial_id: str) -> dict | None:
@@ -105,15 +108,16 @@ def finished_row(results: ResultsDir, trial_id: str) -> dict | None:
         rows = read_trials(results)
     except Exception:  # a half-visible file on an eventually consistent store: just run the trial
         return None
-    return next((r for r in rows if r["trial_id"] == trial_id and r["status"] in FINISHED), None)
+    return next((r for r in rows if r["trial_id"] == trial_id and r["status"] in FINISHED_STATUSES), None)
 
 
 def train_trial(config: dict, tokens: dict[tuple, TokenData], options: TrainableOptions) -> None:
     """The function Tune runs for every trial."""
     cfg = trial_config(config)
     trial_id = cfg.trial_id()
-    if cfg.threads == 0:
-        torch.set_num_threads(max(1, options.threads))
+    if cfg.threads == 0:  # the CPUs Ray gave this trial (resources.per_width may differ by width)
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        torch.set_num_threads(max(1, int(assigned or options.threads)))
     results = ResultsDir(options.results_uri)
     checkpoint = tune.get_checkpoint()
     hooks = TuneHooks(cfg, trial_id, options, resumed=checkpoint is not None)

@@ -13,7 +13,7 @@ import pytest
 from analysis.features import build_features, final_values
 from analysis.load import ResultsError, load_results
 from analysis.report import main
-from analysis.synthetic import SyntheticSpec, trial_finals, write_results
+from tests.synthetic_data import SyntheticSpec, trial_finals, write_results
 
 SMALL = dict(optimizers=("adamw",), qk_norms=("none", "rms"), widths=(64,), lrs=(1e-2,),
              seeds=(0, 1, 2), steps=100, eval_every=25, spectra="ends")

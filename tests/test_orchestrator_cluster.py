@@ -15,8 +15,7 @@ import time
 import polars as pl
 import pytest
 
-from orchestrator.monitor import ATTEMPTS_FILE
-from trainer.schema import METRICS_KEY, SWEEP_JSON, TRIALS_FILE
+from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SWEEP_JSON, TRIALS_FILE
 
 from .test_orchestrator_spec import write_spec
 

@@ -38,6 +38,12 @@ def test_lr_study_resumes_and_feeds_a_sweep(tmp_path, capsys):
     trials = pl.read_parquet(folder / TRIALS_FILE)
     assert trials.height == 12 and set(trials["status"]) <= {"completed", "pruned", "diverged"}
     assert json.loads((folder / SWEEP_JSON).read_text())["kind"] == "lr_study"
+    assert len(list((folder / "tune").glob("arms-*"))) == 1  # every arm in one Tuner, not one Tuner per arm
+    storage = f"sqlite:///{folder / 'studies' / 'optuna.db'}"
+    for arm in ARMS:  # intermediate values keyed by training step, not by report number: the last is step 40
+        for trial in optuna.load_study(study_name=arm, storage=storage).trials:
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                assert max(trial.intermediate_values) == 40, trial.intermediate_values
 
     # Running it again adds trials to the same studies (and explores new LRs).
     assert lr_study.main(args) == 0

@@ -54,17 +54,11 @@ def test_default_spec_gives_the_report_real_pairs():
     assert all(c.device == "cpu" for c in configs)
 
 
-def test_embedded_default_is_sweeps_default_yaml(monkeypatch):
-    from orchestrator import spec as spec_module
-    from orchestrator.defaults import DEFAULT_SWEEP_YAML
-
-    def no_sweeps_folder(*args):
-        raise ConfigError("config: cannot find sweeps/default.yaml")
-
-    assert DEFAULT_SWEEP_YAML == (SWEEPS_DIR / "default.yaml").read_text()
-    monkeypatch.setattr(spec_module, "default_config_path", no_sweeps_folder)
+def test_the_default_is_the_bundled_default_yaml():
+    """No --config: sweeps/default.yaml (shipped in the wheel as orchestrator/sweeps/default.yaml;
+    tests/test_sweep_cli.py builds the wheel and loads it from there)."""
     spec, source = load_spec(None)
-    assert source == "<embedded default>" and spec == load_spec(SWEEPS_DIR / "default.yaml")[0]
+    assert source == str(SWEEPS_DIR / "default.yaml") and spec == load_spec("default")[0]
 
 
 def test_smoke_spec_has_every_axis_at_minimum_size():
@@ -229,3 +223,17 @@ def test_configerror_is_what_expand_raises(tmp_path):
     spec, _ = load_spec(write_spec(tmp_path, grid={"width": [40]}))
     with pytest.raises(ConfigError):
         expand(spec)
+
+
+def test_init_can_be_a_grid_axis(tmp_path):
+    from orchestrator.spec import SweepSpec, expand, spec_summary
+
+    spec = SweepSpec.model_validate({
+        "name": "init", "grid": {"optimizer": ["adamw"], "qk_norm": ["none", "rms"], "width": [32],
+                                 "lr": [1e-2], "seed": [0], "init_std": [0.02, 0.05], "init": ["normal", "torch"]},
+        "train": {"d_head": 16, "steps": 10, "warmup": 2},
+    })
+    configs = expand(spec)
+    assert len(configs) == 2 * 2 * 2 and len({c.trial_id() for c in configs}) == 8
+    assert {(c.init, c.init_std) for c in configs} == {("normal", 0.02), ("normal", 0.05), ("torch", 0.02), ("torch", 0.05)}
+    assert "init_std 2" in spec_summary(spec, configs) and "init 2" in spec_summary(spec, configs)

@@ -8,9 +8,8 @@ import polars as pl
 import pytest
 
 from orchestrator import sweep
-from orchestrator.monitor import ATTEMPTS_FILE
 from orchestrator.spec import SWEEPS_DIR, expand, load_spec
-from trainer.schema import METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
+from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 
 from .test_orchestrator_spec import write_spec
 

@@ -18,9 +18,8 @@ import polars as pl
 import pytest
 
 from orchestrator import sweep
-from orchestrator.monitor import ATTEMPTS_FILE
 from orchestrator.spec import expand, load_spec
-from trainer.schema import METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
+from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 
 from .test_orchestrator_cluster import run_logged
 from .test_orchestrator_spec import write_spec
@@ -189,7 +188,9 @@ def test_a_new_driver_settles_what_a_killed_one_left_open(tmp_path):
     outcome — is settled by the next driver before it runs anything (not left open forever)."""
     import pyarrow as pa
 
-    from orchestrator.monitor import ATTEMPTS_SCHEMA, SweepMonitor, planned_row
+    from orchestrator.monitor import SweepMonitor
+    from trainer.schema import ATTEMPTS_SCHEMA
+    from trainer.trials import trial_row as planned_row
     from trainer.config import TrialConfig
     from trainer.storage import ResultsDir
     from trainer.trials import read_trials, write_trials

@@ -24,8 +24,10 @@ def train(*args, timeout=120):
 
 
 def read(out: Path):
-    metrics = pl.read_parquet(out / "metrics" / "**" / "*.parquet", hive_partitioning=False)
-    spectra = pl.read_parquet(out / "spectra" / "**" / "*.parquet", hive_partitioning=False)
+    # trial_id is stored dictionary-encoded (see trainer.schema.TRIAL_ID_FILE_TYPE): a string to readers
+    as_str = pl.col("trial_id").cast(pl.String)
+    metrics = pl.read_parquet(out / "metrics" / "**" / "*.parquet", hive_partitioning=False).with_columns(as_str)
+    spectra = pl.read_parquet(out / "spectra" / "**" / "*.parquet", hive_partitioning=False).with_columns(as_str)
     trials = pl.read_parquet(out / "trials.parquet")
     return metrics, spectra, trials
 

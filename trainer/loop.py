@@ -8,8 +8,8 @@ before the checkpoint of S exists, and a restore at S truncates later rows, so n
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import re
 import time
 from contextlib import nullcontext
@@ -19,13 +19,16 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from .cadence import eval_steps, regular_steps
 from .config import TrialConfig
 from .metrics import probe
 from .model import GPT
 from .optim import build_optimizers, lr_factor, set_lr
-from .schema import empty_trial_row
+from .safeio import safe_write_bytes
+from .schema import WEIGHTS_DIR
 from .sink import TrialSink
 from .storage import ResultsDir
+from .trials import trial_row
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FLUSH_SECONDS = 30.0
@@ -62,9 +65,9 @@ def autocast_for(cfg: TrialConfig, device: torch.device):
 def save_checkpoint(folder: Path, state: dict) -> None:
     """Atomic: a reader (or a restore after SIGKILL) sees the old checkpoint or the new one."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / CHECKPOINT_FILE)
+    buf = io.BytesIO()  # serialised in memory, so a full disk is an OSError (ENOSPC), not torch's RuntimeError
+    torch.save(state, buf)
+    safe_write_bytes(folder / CHECKPOINT_FILE, buf.getvalue())  # temporary name + rename; removed on failure
 
 
 class CheckpointError(RuntimeError):
@@ -107,7 +110,11 @@ class Trial:
         self.sink = TrialSink(results, trial_id)
         to_dev = lambda a: torch.from_numpy(a).to(self.device)
         self.val = [(to_dev(x), to_dev(y)) for x, y in data_mod.val_batches(tokens, cfg)]
-        self.probe_inputs = to_dev(data_mod.probe_batch(tokens, cfg))
+        probe_x, probe_y = data_mod.heldout_windows(tokens, cfg.probe_seqs, cfg.seq_len)
+        self.probe_inputs, self.probe_targets = to_dev(probe_x), to_dev(probe_y)
+        # With the defaults the val windows are the probe windows: one forward gives both.
+        self.val_is_probe = cfg.probe_seqs == cfg.eval_batches * cfg.batch_size
+        self.eval_at, self.val_at = set(eval_steps(cfg)), regular_steps(cfg)
         self.step = 0  # next step to run
         self.wall_prior = 0.0  # wall seconds spent before a restore
         self.last_train_loss = math.nan
@@ -154,16 +161,22 @@ class Trial:
     def _evaluate(self, step: int) -> dict:
         self.model.eval()
         with self.autocast:
-            losses = [self.forward(x, y)[1].item() for x, y in self.val]
-            result = probe(self.model, self.probe_inputs)
+            result = probe(self.model, self.probe_inputs, self.probe_targets)
+            if self.val_is_probe:
+                val_loss = result.loss
+            elif step in self.val_at:
+                val_loss = float(np.mean([self.forward(x, y)[1].item() for x, y in self.val]))
+            else:
+                val_loss = None
         self.model.train()
-        self.last_val_loss = float(np.mean(losses))
-        self.sink.scalar(step, "val_loss", self.last_val_loss)
+        if val_loss is not None:
+            self.last_val_loss = val_loss
+            self.sink.scalar(step, "val_loss", val_loss)
+        summary = {"val_loss": self.last_val_loss}  # the latest one: Tune's schedulers want it in every report
         for name, layer, head, tensor, value in result.scalars:
             self.sink.scalar(step, name, value, layer=layer, head=head, tensor=tensor)
         for (layer, tensor), sigma in result.spectra.items():
             self.sink.spectrum(step, layer, tensor, sigma)
-        summary = {"val_loss": self.last_val_loss}
         for tensor in ("q", "k"):  # head- and layer-averaged normalised PR, a handy live signal
             prs = [v for n, _, _, t, v in result.scalars if n == "pr" and t == tensor]
             summary[f"pr_{tensor}"] = float(np.mean(prs)) / self.cfg.d_head
@@ -185,7 +198,7 @@ class Trial:
         while self.step < cfg.steps:
             step = self.step
             # Evals at step s measure the model after s updates: step 0 is the initialisation.
-            report = self._evaluate(step) if step % cfg.eval_every == 0 else {}
+            report = self._evaluate(step) if step in self.eval_at else {}
             factor = lr_factor(step, cfg)
             set_lr(self.optimizers, factor)
             x, y = (torch.from_numpy(a).to(self.device, non_blocking=True) for a in data_mod.train_batch(self.tokens, cfg, step))
@@ -225,23 +238,25 @@ class Trial:
             self.sink.flush()
             self.hooks.on_report(cfg.steps, report, None)
         self.sink.flush()
+        if cfg.save_final and status == "completed":
+            self._save_final()
         row = self._row(status=status, wall_s=wall(), diverged_step=diverged_step)
         self.hooks.on_end(row)
         return row
 
+    def _save_final(self) -> None:
+        """weights/<trial_id>.pt: the model's state dict (CPU tensors) and what produced it; plain
+        data only, so `torch.load(path, weights_only=True)` loads it."""
+        state = {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                 "trial_id": self.trial_id, "step": self.step, "config_json": self.cfg.canonical_json()}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.results.write_bytes(buf.getvalue(), WEIGHTS_DIR, f"{self.trial_id}.pt")
+
     def _row(self, status: str, wall_s: float = 0.0, diverged_step: int | None = None) -> dict:
-        cfg = self.cfg
-        finite = lambda v: v if v is not None and math.isfinite(v) else None
-        row = empty_trial_row()
-        row.update(
-            trial_id=self.trial_id, optimizer=cfg.optimizer, qk_norm=cfg.qk_norm, width=cfg.width,
-            depth=cfg.depth, n_heads=cfg.n_heads, d_head=cfg.d_head, lr=cfg.lr, seed=cfg.seed,
-            steps_planned=cfg.steps, steps_done=self.step, tokens=self.step * self.tokens_per_step,
-            status=status, final_train_loss=finite(self.last_train_loss),
-            final_val_loss=finite(self.last_val_loss), wall_s=wall_s, corpus_hash=self.tokens.corpus_hash,
-            config_json=cfg.canonical_json(), diverged_step=diverged_step,
-        )
-        return row
+        return trial_row(self.cfg, self.tokens.corpus_hash, status, trial_id=self.trial_id, steps_done=self.step,
+                         final_train_loss=self.last_train_loss, final_val_loss=self.last_val_loss, wall_s=wall_s,
+                         diverged_step=diverged_step)
 
 
 def run_trial(cfg: TrialConfig, results: ResultsDir | str, *, trial_id: str | None = None,

@@ -6,6 +6,14 @@ From singular values s (any batch shape (..., n), non-negative):
   erank       exp(H(s / sum s))          effective rank (Roy & Vetterli 2007)
   stable_rank sum s^2 / max s^2
 From activations x (..., N, d): axis_share = max_i E[x_i^2] / sum_i E[x_i^2], in [1/d, 1].
+
+Activation PR is measured on a finite probe (N tokens), and a finite sample spreads the spectrum, so
+PR is biased low by roughly c/N. Beside `pr` (uncentred, the contract) the probe records
+  pr_centred        PR of the token-centred activations (the mean direction removed)
+  pr_bias           split-half jackknife estimate of PR's small-sample bias: mean PR of the two halves
+                    of the probe (split by sequence) minus PR of the whole; PR - pr_bias is the
+                    bias-corrected PR (if bias ~ c/N, PR_N/2 - PR_N = PR_N - PR_inf)
+  pr_centred_bias   the same for pr_centred
 """
 
 from __future__ import annotations
@@ -54,6 +62,25 @@ def axis_share(x: torch.Tensor) -> torch.Tensor:
     return energy.amax(-1) / energy.sum(-1).clamp_min(EPS)
 
 
+def activation_prs(x: torch.Tensor, sequences: int) -> dict[str, torch.Tensor]:
+    """x (H, N, D) with N = sequences x T tokens -> per-head pr, pr_centred and their split-half biases.
+
+    Spectra come from the D x D Gram matrix in float64 (N >> D, so this is cheap and exact enough)."""
+    def pr_of(a: torch.Tensor) -> torch.Tensor:
+        gram = a.double().transpose(-1, -2) @ a.double()
+        s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+        return participation_ratio(s)
+
+    centred = x - x.mean(-2, keepdim=True)
+    out = {"pr": pr_of(x), "pr_centred": pr_of(centred)}
+    if sequences >= 2:  # halves by whole sequences: tokens within a sequence are correlated
+        cut = (sequences // 2) * (x.shape[-2] // sequences)
+        for name, fn in (("pr", lambda a: a), ("pr_centred", lambda a: a - a.mean(-2, keepdim=True))):
+            halves = (pr_of(fn(x[..., :cut, :])) + pr_of(fn(x[..., cut:, :]))) / 2
+            out[f"{name}_bias"] = halves - out[name]
+    return out
+
+
 def attention_entropy(probs: torch.Tensor) -> torch.Tensor:
     """probs (B, H, T, T) -> (H,): mean over batch and query positions of the entropy, nats."""
     ent = -(probs * probs.clamp_min(EPS).log()).sum(-1)
@@ -66,15 +93,17 @@ class ProbeResult:
 
     spectra: dict[tuple[int, str], np.ndarray]
     scalars: list[tuple[str, int, int, str | None, float]]
+    loss: float | None = None  # mean cross-entropy on the probe batch, when targets were given
 
 
 @torch.no_grad()
-def probe(model: GPT, inputs: torch.Tensor) -> ProbeResult:
-    """Forward the fixed probe batch with recording on; compute every rank statistic per layer and head."""
+def probe(model: GPT, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> ProbeResult:
+    """Forward the fixed probe batch with recording on; compute every rank statistic per layer and head
+    (and the loss on the same batch when `targets` are given: the val loss comes free)."""
     was_training = model.training
     model.eval()
     record: list[dict] = []
-    model(inputs, record=record)
+    _, loss = model(inputs, targets, record=record)
     model.train(was_training)
     H, D = model.cfg.n_heads, model.cfg.d_head
     spectra, scalars = {}, []
@@ -94,9 +123,13 @@ def probe(model: GPT, inputs: torch.Tensor) -> ProbeResult:
             if tensor in ("q", "k"):
                 for head, value in enumerate(axis_share(mat).tolist()):
                     scalars.append(("axis_share", layer, head, tensor, value))
+                for name, values in activation_prs(mat, inputs.shape[0]).items():
+                    if name != "pr":  # `pr` itself comes from svdvals above, like every spectrum metric
+                        for head, value in enumerate(values.tolist()):
+                            scalars.append((name, layer, head, tensor, value))
         entropy = attention_entropy(rec["probs"])
         max_logit = rec["logits"].float().amax(dim=(0, 2, 3))  # masked entries are -inf
         for head in range(H):
             scalars.append(("attn_entropy", layer, head, None, float(entropy[head])))
             scalars.append(("max_logit", layer, head, None, float(max_logit[head])))
-    return ProbeResult(spectra=spectra, scalars=scalars)
+    return ProbeResult(spectra=spectra, scalars=scalars, loss=None if loss is None else float(loss))

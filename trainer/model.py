@@ -9,6 +9,12 @@ QK-Norm variants (applied per head to q and k, before RoPE):
 The hot path is `F.scaled_dot_product_attention(is_causal=True)`. A probe pass (`record=[]`)
 computes attention explicitly and records per layer the post-norm, pre-RoPE q and k and the
 attention logits and probabilities; the metrics module turns those into rank statistics.
+
+Speed without changing the math (tests/test_model_speed.py checks logits and every gradient against a
+plain transcription): q, k, v run as one matmul against their concatenated weights (they stay three
+Parameters, so Muon orthogonalises each and the probe slices wq/wk per head); RoPE is one fused
+rotation over whole rows with precomputed tables; RMSNorm has a hand-written CPU backward, and the
+gains of the block norms are folded into the weight of the Linear that reads them.
 """
 
 from __future__ import annotations
@@ -20,55 +26,161 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import TrialConfig
+from .schema import QK_NORM_VARIANTS
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: torch has no fused RMSNorm kernel for the CPU, and
+    autograd's backward of F.rms_norm's decomposition makes about ten passes over x, where this one
+    makes six. y = xhat * w with xhat = x * rstd, rstd = (mean(x^2) + eps)^-1/2; then with p = g * xhat:
+    dw = sum over rows of p, dx = rstd * (g * w - xhat * (p @ w) / C)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, rstd, weight)
+        return xhat if weight is None else xhat * weight
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        xhat, rstd, weight = ctx.saved_tensors
+        C = xhat.shape[-1]
+        p = (grad * xhat).reshape(-1, C)  # (N, C)
+        if weight is None:
+            dot, dw, gw = p.sum(-1), None, grad
+        else:
+            dot, dw, gw = torch.mv(p, weight), p.sum(0), grad * weight
+        coef = dot.view(rstd.shape).div_(C)
+        return torch.addcmul(gw, xhat, coef, value=-1).mul_(rstd), dw, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameter, same eps default, same math) with a faster fp32 CPU path.
+
+    `normalize` is the norm without its gain: a block whose norm feeds a single Linear multiplies
+    the gain into that Linear's weight instead, (xhat * g) W^T = xhat (W diag g)^T, a C x C' product
+    per step in place of two passes over the B x T x C activations (forward and backward).
+    """
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+            return F.rms_norm(x, self.normalized_shape, None, eps)  # fused kernels on CUDA / by inductor
+        return _RMSNormCPU.apply(x, None, eps)
+
+    def fold(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight of the Linear that reads this norm's output, with the gain multiplied in."""
+        return weight if self.weight is None else weight * self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+            return super().forward(x)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _RMSNormCPU.apply(x, self.weight, eps)
+
+
+# One constructor per variant of trainer.schema.QK_NORM_VARIANTS (checked below, so a new variant
+# cannot be added to the vocabulary without a module here).
+QK_NORMS = {
+    "none": lambda d_head: nn.Identity(),
+    "rms": lambda d_head: RMSNorm(d_head, elementwise_affine=True),
+    "rms_frozen": lambda d_head: RMSNorm(d_head, elementwise_affine=False),
+    "layer": lambda d_head: nn.LayerNorm(d_head, elementwise_affine=True),
+}
+assert tuple(QK_NORMS) == QK_NORM_VARIANTS, "keep in step with trainer.schema.QK_NORM_VARIANTS"
 
 
 def make_qk_norm(kind: str, d_head: int) -> nn.Module:
-    if kind == "none":
-        return nn.Identity()
-    if kind == "rms":
-        return nn.RMSNorm(d_head, elementwise_affine=True)
-    if kind == "rms_frozen":
-        return nn.RMSNorm(d_head, elementwise_affine=False)
-    if kind == "layer":
-        return nn.LayerNorm(d_head, elementwise_affine=True)
-    raise ValueError(f"qk_norm: unknown variant {kind!r}")
+    if kind not in QK_NORMS:
+        raise ValueError(f"qk_norm: unknown variant {kind!r}")
+    return QK_NORMS[kind](d_head)
 
 
 def rope_tables(seq_len: int, d_head: int, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, d_head/2)."""
+    """cos, sin of shape (T, d_head/2): pair i of position t turns by t * base^(-2i/d_head)."""
     inv_freq = 1.0 / base ** (torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of the last dim; x is (B, H, T, D)."""
+def rope_rotation(seq_len: int, d_head: int, n_heads: int, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables in the form `apply_rope` uses, (T, n_heads * d_head) each: per head, cos twice and
+    (-sin, sin). Laid out over whole rows so that the elementwise passes run over C contiguous values
+    per token rather than d_head/2."""
+    cos, sin = rope_tables(seq_len, d_head, base)
+    return torch.cat((cos, cos), -1).repeat(1, n_heads), torch.cat((-sin, sin), -1).repeat(1, n_heads)
+
+
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (x2, x1) along the last dim (B, T, H, D), into a new contiguous (B, T, H*D) tensor."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return torch.cat((x[..., half:], x[..., :half]), -1).flatten(2)
+
+
+class _Rope(torch.autograd.Function):
+    """y = x * cos + swap(x) * sin_signed = (x1 cos - x2 sin, x2 cos + x1 sin) per head: each pair
+    (x1_i, x2_i) turned by its angle. The gradient of a rotation is the rotation by minus the angle:
+    dx = g * cos + swap(g * sin_signed). Three passes each way; the sliced form took seven forward."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        B, T, H, D = x.shape
+        return _swap_halves(x).mul_(sin).addcmul_(x.flatten(2), cos).view(B, T, H, D)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        B, T, H, D = grad.shape
+        g = grad.reshape(B, T, H * D)
+        return _swap_halves((g * sin).view(B, T, H, D)).addcmul_(g, cos).view(B, T, H, D), None, None
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's last dim. x is (B, T, H, D), any strides
+    whose (H, D) block is contiguous; cos, sin from `rope_rotation` with at least T rows and H*D columns.
+    The tables follow x's dtype (bf16 under autocast; a no-op in fp32)."""
+    B, T, H, D = x.shape
+    cos, sin = (t[:T, : H * D].to(x.dtype) for t in (cos, sin))
+    return _Rope.apply(x, cos, sin)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: TrialConfig):
         super().__init__()
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
-        # Separate q/k/v/o so Muon orthogonalises each projection on its own and the
-        # probe can slice wq, wk per head: head h owns rows [h*d_head, (h+1)*d_head).
+        # Separate q/k/v/o parameters so Muon orthogonalises each projection on its own and the
+        # probe can slice wq, wk per head (head h owns rows [h*d_head, (h+1)*d_head)); the forward
+        # still runs q, k, v as ONE matmul against their concatenation (a 3C x C copy per step, far
+        # cheaper than three passes over the activations).
         self.wq = nn.Linear(cfg.width, cfg.width, bias=False)
         self.wk = nn.Linear(cfg.width, cfg.width, bias=False)
         self.wv = nn.Linear(cfg.width, cfg.width, bias=False)
         self.wo = nn.Linear(cfg.width, cfg.width, bias=False)
         self.q_norm = make_qk_norm(cfg.qk_norm, cfg.d_head)
         self.k_norm = make_qk_norm(cfg.qk_norm, cfg.d_head)
+        self.plain_qk = cfg.qk_norm == "none"
 
-    def forward(self, x, cos, sin, record: list | None = None):
+    def forward(self, x, cos, sin, record: list | None = None, norm: RMSNorm | None = None):
+        """x (B, T, C); with `norm`, x is its normalised input without the gain, which is folded into wq/wk/wv."""
         B, T, C = x.shape
-        split = lambda t: t.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
-        q = self.q_norm(split(self.wq(x)))
-        k = self.k_norm(split(self.wk(x)))
-        v = split(self.wv(x))
-        q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H = self.n_heads
+        w_qkv = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))  # (3C, C)
+        if norm is not None:
+            w_qkv = norm.fold(w_qkv)
+        qkv = F.linear(x, w_qkv).view(B, T, 3, H, self.d_head)
+        if self.plain_qk:  # no QK-Norm: rotate q and k in one go, (B, T, 2H, D)
+            qk, v = qkv.split((2, 1), dim=2)
+            q, k = qk.unbind(2)  # pre-RoPE, for the probe
+            q_rot, k_rot = apply_rope(qk.flatten(2, 3), cos, sin).split(H, dim=2)
+            v = v.squeeze(2)
+        else:
+            q, k, v = qkv.unbind(2)  # (B, T, H, D) views
+            q, k = self.q_norm(q), self.k_norm(k)
+            q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q_rot, k_rot, v = (t.transpose(1, 2) for t in (q_rot, k_rot, v))  # (B, H, T, D)
         if record is None:
             y = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
         else:
@@ -77,7 +189,8 @@ class Attention(nn.Module):
             logits = logits.masked_fill(~mask, float("-inf"))
             probs = logits.float().softmax(dim=-1)
             y = probs.to(v.dtype) @ v
-            record.append({"q": q.detach(), "k": k.detach(), "logits": logits.detach(), "probs": probs.detach()})
+            record.append({"q": q.detach().transpose(1, 2), "k": k.detach().transpose(1, 2),  # (B, H, T, D)
+                           "logits": logits.detach(), "probs": probs.detach()})
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -87,21 +200,24 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.width, cfg.mlp_ratio * cfg.width, bias=False)
         self.down = nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width, bias=False)
 
-    def forward(self, x):
-        return self.down(F.gelu(self.up(x)))
+    def forward(self, x, norm: RMSNorm | None = None):
+        """With `norm`, x is its normalised input without the gain, which is folded into `up`."""
+        w_up = self.up.weight if norm is None else norm.fold(self.up.weight)
+        return self.down(F.gelu(F.linear(x, w_up)))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: TrialConfig):
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.width)
+        self.norm1 = RMSNorm(cfg.width)
         self.attn = Attention(cfg)
-        self.norm2 = nn.RMSNorm(cfg.width)
+        self.norm2 = RMSNorm(cfg.width)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, record=None):
-        x = x + self.attn(self.norm1(x), cos, sin, record)
-        return x + self.mlp(self.norm2(x))
+        # norm1's and norm2's gains are folded into the next Linear (see RMSNorm.normalize)
+        x = x + self.attn(self.norm1.normalize(x), cos, sin, record, norm=self.norm1)
+        return x + self.mlp(self.norm2.normalize(x), norm=self.norm2)
 
 
 class GPT(nn.Module):
@@ -110,27 +226,29 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm_f = nn.RMSNorm(cfg.width)
+        self.norm_f = RMSNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.seq_len, cfg.d_head)
-        self.register_buffer("rope_cos", cos, persistent=False)
+        cos, sin = rope_rotation(cfg.seq_len, cfg.d_head, 2 * cfg.n_heads)  # wide enough for q and k at once
+        self.register_buffer("rope_cos", cos, persistent=False)  # (T, 2C)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init)
-        for block in self.blocks:  # GPT-2 style: shrink residual writes by depth
-            for proj in (block.attn.wo, block.mlp.down):
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.depth))
+        if cfg.init == "normal":
+            self._init_normal(cfg.init_std)
 
-    @staticmethod
-    def _init(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
+    def _init_normal(self, std: float) -> None:
+        """GPT-2's scheme: every matrix N(0, std), residual writes shrunk by 1/sqrt(2 depth)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+        for block in self.blocks:
+            for proj in (block.attn.wo, block.mlp.down):
+                nn.init.normal_(proj.weight, std=std / math.sqrt(2 * self.cfg.depth))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, record: list | None = None):
         """idx (B, T) -> logits (B, T, V), and the mean cross-entropy when targets are given."""
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin, record)
-        logits = self.head(self.norm_f(x))
+        logits = F.linear(self.norm_f.normalize(x), self.norm_f.fold(self.head.weight))  # = head(norm_f(x))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

@@ -93,9 +93,8 @@ def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 def build_optimizers(model: nn.Module, cfg: TrialConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """The optimizers for one trial; every group carries `peak_lr` for the schedule."""
     groups = split_parameters(model)
-    adam_kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    if device.type == "cuda":
-        adam_kw["fused"] = True
+    # fused: one kernel per parameter instead of ~10 elementwise ops (CUDA, and the CPU since torch 2.4)
+    adam_kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=device.type in ("cuda", "cpu"))
     decay = {"params": groups["embed_head"], "weight_decay": cfg.weight_decay}
     no_decay = {"params": groups["gains"], "weight_decay": 0.0}
     if cfg.optimizer == "adamw":

@@ -55,3 +55,27 @@ def hardware() -> dict:
 
 def provenance() -> dict:
     return {"versions": versions(), "git_commit": git_commit(), "hardware": hardware()}
+
+
+def sweep_record(*, name: str, kind: str, n_trials: int, started_at: str, config: dict, corpus,
+                 finished_at: str | None = None, **extra) -> dict:
+    """sweep.json: what every run writes beside its results (a standalone trial, a sweep, an LR study).
+
+    The keys here are common to all three; `kind` ("trial", "sweep" or "lr_study") says which wrote
+    it, and `extra` carries the keys of that kind (a sweep's grid and runs, a study's storage, ...).
+    `corpus` is the trainer.data.TokenData every trial read: its hash, source and what was held out
+    (documents and token counts) go on record, so a reader can check the held-out set.
+    """
+    return {
+        "name": name,
+        "kind": kind,
+        "n_trials": n_trials,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "config": config,
+        "corpus_hash": corpus.corpus_hash,
+        "corpus_source": corpus.source,
+        "heldout": corpus.describe(),
+        **extra,
+        **provenance(),
+    }

@@ -17,9 +17,12 @@ import pyarrow as pa
 # ---- names -----------------------------------------------------------------------------------
 SWEEP_JSON = "sweep.json"
 TRIALS_FILE = "trials.parquet"
+ATTEMPTS_FILE = "attempts.parquet"  # one row per attempt of a trial (sweeps and LR studies)
+LR_BEST_FILE = "lr_best.parquet"  # an LR study's best LR per arm
 METRICS_DIR = "metrics"
 SPECTRA_DIR = "spectra"
 CHECKPOINTS_DIR = "checkpoints"
+WEIGHTS_DIR = "weights"  # weights/<trial_id>.pt: final weights of a completed trial (train.save_final)
 
 STATUSES = ("running", "completed", "diverged", "pruned", "failed")
 # A finished trial is never run again (a sweep skips it; the report treats it as final).
@@ -37,11 +40,12 @@ STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens", "wall_s")
 EVAL_METRICS = ("val_loss",)
 # From each singular spectrum, per layer, head and tensor.
 SPECTRUM_METRICS = ("pr", "pr_cov", "erank", "stable_rank")
-# Per layer, head and activation tensor (q or k).
+# Per layer, head and activation tensor (q or k): axis alignment, centred PR and PR's small-sample bias.
 AXIS_METRICS = ("axis_share",)
+ACTIVATION_METRICS = ("pr_centred", "pr_bias", "pr_centred_bias")
 # Per layer and head (tensor null).
 ATTENTION_METRICS = ("attn_entropy", "max_logit")
-METRIC_NAMES = STEP_METRICS + EVAL_METRICS + SPECTRUM_METRICS + AXIS_METRICS + ATTENTION_METRICS
+METRIC_NAMES = STEP_METRICS + EVAL_METRICS + SPECTRUM_METRICS + AXIS_METRICS + ACTIVATION_METRICS + ATTENTION_METRICS
 
 # Rows are unique on this key; readers and the sink both rely on it.
 METRICS_KEY = ("trial_id", "step", "name", "layer", "head", "tensor")
@@ -71,6 +75,24 @@ SPECTRA_SCHEMA = pa.schema(
     ]
 )
 
+# On disk the trial_id column of metrics and spectra parts is dictionary-encoded. In the Parquet
+# file it is the same UTF8 column either way (only the embedded Arrow schema differs), but pyarrow,
+# and so pandas, infer the hive folder key `trial_id=<id>` as dictionary<int32, string> and refuse
+# to merge it with a plain string column. With both the same type, `pd.read_parquet(".../metrics")`
+# and `pyarrow.parquet.read_table(...)` need no options. Readers see trial_id as a string
+# (pandas: category, Polars: Categorical, DuckDB: VARCHAR); METRICS_SCHEMA stays the logical schema.
+TRIAL_ID_FILE_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a part file is written with: `schema` with trial_id dictionary-encoded."""
+    i = schema.get_field_index("trial_id")
+    return schema.set(i, schema.field(i).with_type(TRIAL_ID_FILE_TYPE))
+
+
+METRICS_FILE_SCHEMA = file_schema(METRICS_SCHEMA)
+SPECTRA_FILE_SCHEMA = file_schema(SPECTRA_SCHEMA)
+
 TRIALS_SCHEMA = pa.schema(
     [
         pa.field("trial_id", pa.string(), nullable=False),
@@ -94,6 +116,28 @@ TRIALS_SCHEMA = pa.schema(
         # Added beyond DESIGN.md (allowed: add freely, rename nothing).
         pa.field("diverged_step", pa.int64()),
         pa.field("error", pa.string()),
+    ]
+)
+
+
+# One row per attempt of a trial: which node ran it, where it resumed, how it ended.
+ATTEMPTS_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()), ("attempt", pa.string()), ("tune_trial_id", pa.string()),
+        ("node_id", pa.string()), ("node_ip", pa.string()), ("hostname", pa.string()), ("pid", pa.int64()),
+        ("resumed_step", pa.int64()), ("last_step", pa.int64()), ("started_at", pa.string()),
+        ("ended_at", pa.string()), ("outcome", pa.string()), ("error", pa.string()),
+    ]
+)
+
+# An LR study's result: one row per arm, read back by a sweep's `lr: {from_study: ...}`.
+LR_BEST_SCHEMA = pa.schema(
+    [
+        ("arm", pa.string()), ("optimizer", pa.string()), ("qk_norm", pa.string()), ("width", pa.int64()),
+        ("best_lr", pa.float64()), ("best_loss", pa.float64()), ("n_trials", pa.int64()),
+        ("n_complete", pa.int64()), ("n_pruned", pa.int64()), ("n_diverged", pa.int64()),
+        ("n_failed", pa.int64()), ("best_trial_id", pa.string()), ("study_name", pa.string()),
+        ("storage", pa.string()),
     ]
 )
 

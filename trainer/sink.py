@@ -4,6 +4,9 @@ Rows are buffered in memory and written as whole files named by their step range
 `part-<first>-<last>.parquet`, under metrics/trial_id=<id>/ and spectra/trial_id=<id>/.
 After a restore from a checkpoint at step S, `truncate_after(S)` drops every row past S from
 the parts already written, so the replayed steps never appear twice.
+
+The trial_id column is written dictionary-encoded, the type pyarrow infers for the folder key,
+so `pandas.read_parquet("<sweep>/metrics")` and `pyarrow.parquet.read_table` read the folders as is.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import METRICS_DIR, METRICS_SCHEMA, SPECTRA_DIR, SPECTRA_SCHEMA
+from .schema import METRICS_DIR, METRICS_FILE_SCHEMA, SPECTRA_DIR, SPECTRA_FILE_SCHEMA
 from .storage import ResultsDir
 
 PART_RE = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
@@ -47,10 +50,6 @@ class TrialSink:
             s["step"].append(step), s["layer"].append(layer), s["head"].append(head)
             s["tensor"].append(tensor), s["sigma"].append(row)
 
-    @property
-    def pending_rows(self) -> int:
-        return len(self._metrics["step"]) + len(self._spectra["step"])
-
     # ---- writing ---------------------------------------------------------------------------
     def flush(self) -> None:
         """Write everything buffered as one part per dataset (no-op when empty)."""
@@ -66,12 +65,18 @@ class TrialSink:
         first, last = pc.min(steps).as_py(), pc.max(steps).as_py()
         self.results.write_table(table, *self.folders[dataset], part_name(first, last))
 
+    def _trial_id_column(self, n: int) -> pa.DictionaryArray:
+        """trial_id dictionary-encoded, the type pyarrow infers for the trial_id=<id> folder key
+        (see trainer.schema.TRIAL_ID_FILE_TYPE): pandas and pyarrow then read the folder as is."""
+        indices = pa.array(np.zeros(n, np.int32))
+        return pa.DictionaryArray.from_arrays(indices, pa.array([self.trial_id], pa.string()))
+
     def _metrics_table(self) -> pa.Table:
         m = self._metrics
         n = len(m["step"])
         return pa.table(
             {
-                "trial_id": pa.array([self.trial_id] * n, pa.string()),
+                "trial_id": self._trial_id_column(n),
                 "step": pa.array(m["step"], pa.int64()),
                 "name": pa.array(m["name"], pa.string()),
                 "layer": pa.array(m["layer"], pa.int16()),
@@ -79,7 +84,7 @@ class TrialSink:
                 "tensor": pa.array(m["tensor"], pa.string()),
                 "value": pa.array(m["value"], pa.float64()),
             },
-            schema=METRICS_SCHEMA,
+            schema=METRICS_FILE_SCHEMA,
         )
 
     def _spectra_table(self) -> pa.Table:
@@ -90,14 +95,14 @@ class TrialSink:
         values = pa.array(np.concatenate(sigma) if sigma else np.empty(0, np.float32), pa.float32())
         return pa.table(
             {
-                "trial_id": pa.array([self.trial_id] * n, pa.string()),
+                "trial_id": self._trial_id_column(n),
                 "step": pa.array(s["step"], pa.int64()),
                 "layer": pa.array(s["layer"], pa.int16()),
                 "head": pa.array(s["head"], pa.int16()),
                 "tensor": pa.array(s["tensor"], pa.string()),
                 "sigma": pa.ListArray.from_arrays(pa.array(offsets), values),
             },
-            schema=SPECTRA_SCHEMA,
+            schema=SPECTRA_FILE_SCHEMA,
         )
 
     # ---- restore ---------------------------------------------------------------------------

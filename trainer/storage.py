@@ -1,8 +1,10 @@
 """A results folder on any pyarrow filesystem (local path, s3://, gs://), written atomically.
 
-Every file is written under a hidden temporary name and then renamed, so a reader never sees a
-half-written file: on a local disk the rename is atomic; on object stores the temporary name is
-hidden (leading '.', suffix '.tmp') and never matches `*.parquet`.
+A reader never sees a half-written file. On a local (or mounted) disk every file is written under
+a hidden temporary name (leading '.', suffix '.tmp', never matching `*.parquet`) and then renamed,
+which is atomic. On an object store (s3://, gs://, ...) a file is written directly: one PUT is
+already atomic there (the object appears whole or not at all), and a rename would be a CopyObject
+plus a delete, which costs twice and which some S3-compatible stores refuse.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from .config import ConfigError
+from .safeio import refuse_symlink
 
 
 class ResultsDir:
@@ -59,11 +64,34 @@ class ResultsDir:
 
     def _write_atomic(self, parts: tuple[str, ...], write) -> None:
         *folder, name = parts
+        if self.is_local:  # never write through a symlink planted in the results folder
+            for i in range(len(parts)):
+                refuse_symlink(Path(self.path(*parts[:i + 1])), "results path")
         self.makedirs(*folder)
+        if not self.is_local:  # object store: one PUT of the whole file is atomic (see the module docstring)
+            with self.fs.open_output_stream(self.path(*parts)) as out:
+                write(out)
+            return
         tmp = self.path(*folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        with self.fs.open_output_stream(tmp) as out:
-            write(out)
-        self.fs.move(tmp, self.path(*parts))
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                write(out)
+            self.fs.move(tmp, self.path(*parts))
+        except BaseException:  # a full disk: leave no empty temporary file behind
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """A whole file (e.g. a torch.save'd state dict), written like every other file here."""
+        self._write_atomic(parts, lambda out: out.write(data))
+
+    def delete_dir(self, *parts: str) -> None:
+        """A folder and everything under it (nothing if it does not exist)."""
+        if self.exists(*parts):
+            self.fs.delete_dir(self.path(*parts))
 
     def write_table(self, table: pa.Table, *parts: str) -> None:
         def write(out):
@@ -84,3 +112,48 @@ class ResultsDir:
     def read_json(self, *parts: str):
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return json.loads(f.read().decode())
+
+
+def check_writable(location: str, field: str, *, create_missing: bool, child: str | None = None) -> ResultsDir:
+    """A results folder (`location`, or `location`/`child`), checked before anything is written; creates nothing.
+
+    The two commands differ on purpose, hence `create_missing`:
+    - True (a trial's --out): missing folders are created on the first write, so the nearest folder
+      that exists must be a folder this user may write into.
+    - False (a sweep's `results:`): the folder may be missing but its parent must exist, since a
+      missing parent is almost always a typo.
+    Errors are ConfigErrors that start with `field`. URIs (s3://, gs://) are opened (credentials,
+    bucket) but not probed further.
+    """
+    remote = "://" in location and not location.startswith("file://")
+    opened = _open(location, field) if remote or create_missing else None  # --out keeps a file:// URI as given
+    if opened is not None and not opened.is_local:
+        return opened.child(child) if child else opened
+    if opened is not None:
+        path = existing = Path(opened.root)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    else:
+        path = Path(location.removeprefix("file://")).expanduser().resolve()
+        existing = path if path.exists() else path.parent
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{field}: {location!r} is a file, not a folder")
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"{field}: {str(existing)!r} is a file, not a folder (got {location!r})")
+    if not existing.is_dir():
+        raise ConfigError(f"{field}: folder {location!r} does not exist, nor does its parent {str(existing)!r}")
+    target = path / child if child else path
+    probe = target if target.exists() else existing
+    if not os.access(probe, os.W_OK | os.X_OK):
+        got = f" (got {location!r})" if create_missing else ""  # the trial's message has always named its --out
+        raise ConfigError(f"{field}: folder {str(probe)!r} is not writable{got}")
+    if opened is not None:
+        return opened.child(child) if child else opened
+    return ResultsDir(target)
+
+
+def _open(location: str, field: str) -> ResultsDir:
+    try:
+        return ResultsDir(location)
+    except Exception as exc:  # pyarrow raises several types for bad URIs / credentials
+        raise ConfigError(f"{field}: cannot open {location!r}: {exc}") from None

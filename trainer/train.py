@@ -9,23 +9,19 @@ Re-running with the same --out and config resumes from the trial's last checkpoi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
-from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml
+from .budget import check_device
+from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml, short_repr
+from .console import format_duration
 from .data import load_tokens
 from .loop import CheckpointError, TrialHooks, run_trial
-from .provenance import now_iso, provenance
-from .schema import CHECKPOINTS_DIR, SWEEP_JSON
-from .storage import ResultsDir
+from .provenance import now_iso, sweep_record
+from .safeio import EXIT_ENVIRONMENT, RUN_NAME, environment_problem, read_record
+from .schema import CHECKPOINTS_DIR, FINISHED_STATUSES, SWEEP_JSON
+from .storage import ResultsDir, check_writable
 from .trials import read_trials, write_trials
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class ConsolePrinter(TrialHooks):
@@ -37,7 +33,7 @@ class ConsolePrinter(TrialHooks):
         self.first_step = 0
 
     def on_start(self, row, resumed_step):
-        write_trials(self.results, [row])
+        write_trials(self.results, merged_rows(self.results, row))
         self.first_step = resumed_step or 0
         self.t0 = self.last = time.perf_counter()
         where = f"resuming at step {resumed_step}" if resumed_step else "starting"
@@ -61,7 +57,14 @@ class ConsolePrinter(TrialHooks):
                   f"PR(k)/d_head {metrics['pr_k']:.3f}", file=self.stream, flush=True)
 
     def on_end(self, row):
-        write_trials(self.results, [row])
+        write_trials(self.results, merged_rows(self.results, row))
+
+
+def merged_rows(results: ResultsDir, row: dict) -> list[dict]:
+    """trials.parquet's rows with this trial's row put in (by trial_id): other trials in --out stay."""
+    rows = {r["trial_id"]: r for r in read_trials(results)}
+    rows[row["trial_id"]] = row
+    return list(rows.values())
 
 
 def parse_args(argv):
@@ -86,19 +89,7 @@ def resolve_config(args) -> TrialConfig:
 def check_out(location: str) -> ResultsDir:
     """--out, checked before anything is written: a local folder may be missing (it is created), but the
     nearest folder that exists must be a folder this user may write into; a URI must open."""
-    try:
-        results = ResultsDir(location)
-    except Exception as exc:  # pyarrow raises several types for bad URIs / credentials
-        raise ConfigError(f"out: cannot open {location!r}: {exc}") from None
-    if results.is_local:
-        existing = Path(results.root)
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ConfigError(f"out: {str(existing)!r} is a file, not a folder (got {location!r})")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"out: folder {str(existing)!r} is not writable (got {location!r})")
-    return results
+    return check_writable(location, "out", create_missing=True)
 
 
 def main(argv=None) -> int:
@@ -107,24 +98,71 @@ def main(argv=None) -> int:
         cfg = resolve_config(args)
         tokens = load_tokens(cfg)  # corpus errors surface before anything is written
         results = check_out(args.out)
+        check_device([cfg])  # cuda without a GPU, or a model that cannot fit: before anything is written
+        previous = check_previous(results)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        return run(args, cfg, tokens, results, previous)
+    except ConfigError as err:  # a symlink planted in --out, met while writing
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only the machine's failures become one line
+        problem = environment_problem(exc)
+        if problem is None:
+            raise
+        settle_running(results, f"stopped: {problem}")
+        print(f"error: writing to {results.uri}: {problem}; free space (or fix the file system), then run the same "
+              "command again: it resumes from the trial's last checkpoint", file=sys.stderr, flush=True)
+        return EXIT_ENVIRONMENT
+
+
+def check_previous(results: ResultsDir) -> dict | None:
+    """--out may hold standalone trials (their rows are kept) but not a sweep or an LR study, whose
+    trials.parquet and sweep.json a trial would overwrite; a corrupt sweep.json or trials.parquet is
+    one line naming the file."""
+    previous = read_record(results)
+    read_trials(results)
+    kind = (previous or {}).get("kind")
+    if kind is not None and kind != "trial":
+        raise ConfigError(f"out: {results.uri} holds a {short_repr(kind, 30)} (sweep.json kind {short_repr(kind, 30)}); "
+                          "a standalone trial would overwrite its trials.parquet and sweep.json: choose another --out")
+    return previous
+
+
+def settle_running(results: ResultsDir, error: str) -> None:
+    """Rows this run left "running" become "failed" (best effort: the disk may still be full)."""
+    try:
+        rows = read_trials(results)
+        if any(r["status"] == "running" for r in rows):
+            for r in rows:
+                if r["status"] == "running":
+                    r.update(status="failed", error=error)
+            write_trials(results, rows)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def run(args, cfg: TrialConfig, tokens, results: ResultsDir, previous: dict | None) -> int:
     trial_id = cfg.trial_id()
     checkpoint_dir = None
     if results.is_local:
         checkpoint_dir = results.local_path(CHECKPOINTS_DIR, trial_id)
     resume_from = None if args.fresh else checkpoint_dir
-    finished = [r for r in read_trials(results) if r["trial_id"] == trial_id and r["status"] in ("completed", "diverged")]
+    finished = [r for r in read_trials(results) if r["trial_id"] == trial_id and r["status"] in FINISHED_STATUSES]
     if finished and not args.fresh:
         print(f"trial {trial_id} already {finished[0]['status']} in {results.uri}; --fresh reruns it")
         return 0
-    started = now_iso()
-    if results.exists(SWEEP_JSON):
-        started = results.read_json(SWEEP_JSON).get("started_at", started)
-    meta = {"name": trial_id, "kind": "trial", "n_trials": 1, "started_at": started, "finished_at": None,
-            "config": cfg.model_dump(), "corpus_hash": tokens.corpus_hash, "corpus_source": tokens.source,
-            **provenance()}
+    previous = previous or {}
+    started = previous.get("started_at") or now_iso()
+    # Several trials may share one --out: keep every trial id (a later sweep or report reads them).
+    listed = previous.get("trial_ids")
+    known = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
+    trial_ids = sorted(set(known) | {r["trial_id"] for r in read_trials(results)} | {trial_id})
+    name = previous.get("name") if isinstance(previous.get("name"), str) and RUN_NAME.match(previous["name"]) else trial_id
+    meta = sweep_record(name=name, kind="trial", n_trials=len(trial_ids), started_at=started, config=cfg.model_dump(),
+                        corpus=tokens, trial_ids=trial_ids)
     results.write_json(meta, SWEEP_JSON)
     printer = ConsolePrinter(results, cfg.steps)
     try:

@@ -1,6 +1,7 @@
-"""Synthetic results folders in the exact trainer contract, with planted effects.
+"""Test data: synthetic results folders in the exact trainer contract, with planted effects.
 
-Tests and the benchmark use this instead of a real sweep. Every file is written with the
+The analysis tests and `benchmarks/report.py` use this instead of a real sweep (it is test
+support, not part of the shipped `analysis` package). Every file is written with the
 pyarrow schemas of `trainer.schema`, laid out as a sweep writes it::
 
     <out>/sweep.json, <out>/trials.parquet
@@ -14,6 +15,11 @@ the planted curve plus the noise asked for.
 
     spec = SyntheticSpec(effects={("adamw", "rms"): Effect(loss=-0.05, pr=-0.1)})
     manifest = write_results(spec, tmp_path / "sweep")
+
+Effects may differ per (width, lr) cell (`Effect.loss_cells`, `Effect.pr_cells`, keyed by lr or by
+(width, lr)), an arm's LR optimum may move (`Effect.lr_mult`, the optimizer's `best_lr` times
+this), and the activation-PR robustness metrics (`pr_centred`, `pr_bias`, `pr_centred_bias`) are
+written unless `activation_metrics=False` (results from before the trainer recorded them).
 """
 
 from __future__ import annotations
@@ -30,20 +36,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.schema import (
+    ACTIVATION_METRICS,
+    ATTENTION_METRICS,
+    AXIS_METRICS,
+    EVAL_METRICS,
+    METRIC_NAMES,
     METRICS_DIR,
     METRICS_SCHEMA,
     SPECTRA_DIR,
     SPECTRA_SCHEMA,
+    SPECTRUM_METRICS,
+    STEP_METRICS,
     SWEEP_JSON,
     TENSORS,
     TRIALS_FILE,
     TRIALS_SCHEMA,
 )
 
-SPEC_NAMES = ("pr", "pr_cov", "erank", "stable_rank")
 # Each rank metric as a share of d_head is the PR share raised to this power (pr itself: 1).
-SPEC_POWERS = (1.0, 1.5, 0.8, 2.0)
-STEP_NAMES = ("train_loss", "lr", "grad_norm", "tokens", "wall_s")
+SPEC_POWERS = {"pr": 1.0, "pr_cov": 1.5, "erank": 0.8, "stable_rank": 2.0}
 LOSS_INIT = float(np.log(256.0))  # byte-level model at init
 
 
@@ -55,6 +66,15 @@ class Effect:
     pr: float = 0.0  # final PR of q and k, as a share of d_head
     pr_w: float = 0.0  # final PR of wq and wk, as a share of d_head
     rate_mult: float = 1.0  # multiplies the collapse rate
+    # per-cell additions, keyed by lr (every width) or by (width, lr)
+    loss_cells: dict = field(default_factory=dict)
+    pr_cells: dict = field(default_factory=dict)
+    lr_mult: float = 1.0  # the arm's loss-optimal LR is the optimizer's best_lr times this
+    pr_bias: float = 0.0  # added to the bias-corrected PR share only (pr - pr_bias)
+    pr_centred: float = 0.0  # added to the centred PR share only
+
+    def cell(self, table: dict, key: "TrialKey") -> float:
+        return float(table.get((key.width, key.lr), table.get(key.lr, 0.0)))
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,7 @@ class TrialKey:
     width: int
     lr: float
     seed: int
+    init_std: float | None = None  # None: not recorded (config_json without init settings)
 
 
 @dataclass
@@ -74,6 +95,12 @@ class SyntheticSpec:
     widths: tuple[int, ...] = (64, 128)
     lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     seeds: tuple[int, ...] = (0, 1, 2)
+    init_stds: tuple[float | None, ...] = (None,)  # an init axis (None: not recorded)
+    best_lr: dict[str, float] = field(default_factory=lambda: {"adamw": 1e-2, "muon": 3e-2})
+    lr_curvature: float = 0.15  # loss rises by this per decade^2 away from the best LR
+    init_loss_slope: float = 0.1  # loss changes by this per e-fold of init_std / 0.02
+    activation_metrics: bool = True  # write pr_centred, pr_bias, pr_centred_bias
+    pr_bias_share: float = 0.02  # PR is biased low by this share of d_head (pr_bias = -this)
     depth: int = 2
     d_head: int = 32
     steps: int = 300  # last step; steps 0..steps are recorded
@@ -112,12 +139,13 @@ class SyntheticSpec:
     # ---- the planted truth ---------------------------------------------------------------
     def grid(self) -> list[TrialKey]:
         return [
-            TrialKey(o, q, w, lr, s)
+            TrialKey(o, q, w, lr, s, i)
             for o in self.optimizers
             for q in self.qk_norms
             for w in self.widths
             for lr in self.lrs
             for s in self.seeds
+            for i in self.init_stds
         ]
 
     def rate(self, key: TrialKey | None = None) -> float:
@@ -147,13 +175,22 @@ class SyntheticSpec:
 
     def final_loss(self, key: TrialKey) -> float:
         """Noise-free final val loss: a bowl in log10(lr) around each optimizer's best LR."""
-        best = {"muon": np.log10(3e-2)}.get(key.optimizer, np.log10(1e-2))
         eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
-        return 2.0 - 0.1 * np.log2(key.width / 64) + 0.15 * (np.log10(key.lr) - best) ** 2 + eff.loss
+        best = np.log10(self.best_lr.get(key.optimizer, 1e-2) * eff.lr_mult)
+        init = 0.0 if key.init_std is None else self.init_loss_slope * np.log(key.init_std / 0.02)
+        return (2.0 - 0.1 * np.log2(key.width / 64) + self.lr_curvature * (np.log10(key.lr) - best) ** 2
+                + eff.loss + eff.cell(eff.loss_cells, key) + init)
+
+    def pr_shift(self, key: TrialKey) -> float:
+        """Planted shift of the final q/k PR share of one trial's arm and cell."""
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        return eff.pr + eff.cell(eff.pr_cells, key)
 
 
 def trial_id(key: TrialKey) -> str:
     tag = f"{key.optimizer}_{key.qk_norm}_w{key.width}_lr{key.lr:.0e}_s{key.seed}"
+    if key.init_std is not None:
+        tag += f"_i{key.init_std:g}"
     return f"{tag}_{zlib.crc32(tag.encode()):08x}"
 
 
@@ -212,9 +249,13 @@ def trial_finals(spec: SyntheticSpec) -> list[dict]:
         eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
         t = np.array([tr.last_step], float)
         base, ramp = spec.share(t, tr.rate)[0], spec.ramp(t, tr.rate)[0]
-        q = base + (eff.pr + tr.pr_off) * ramp
+        q = base + (spec.pr_shift(k) + tr.pr_off) * ramp
         w = _w_share(base) + (eff.pr_w + 0.5 * tr.pr_off) * ramp
         done = tr.status == "completed"
+        act = spec.activation_metrics
+        corr = q + spec.pr_bias_share + eff.pr_bias * ramp
+        cent = _centred(q) + eff.pr_centred * ramp
+        init = None if k.init_std is None else "normal"
         rows.append(
             dict(
                 trial_id=tr.trial_id, optimizer=k.optimizer, qk_norm=k.qk_norm, width=k.width,
@@ -223,9 +264,20 @@ def trial_finals(spec: SyntheticSpec) -> list[dict]:
                 final_val_loss=spec.final_loss(k) + tr.loss_off if done else None,
                 final_pr_q=q, final_pr_k=q + 0.02, final_pr_wq=w, final_pr_wk=w + 0.01,
                 init_loss=LOSS_INIT,
+                final_pr_q_corrected=corr if act else None,
+                final_pr_k_corrected=corr + 0.02 if act else None,
+                final_pr_q_centred=cent if act else None,
+                final_pr_k_centred=cent + 0.02 if act else None,
+                init=init, init_std=k.init_std,
+                init_key=f"{init or '?'}:{'?' if k.init_std is None else k.init_std}",
             )
         )
     return rows
+
+
+def _centred(q_share):
+    """Centred PR sits a little below the uncentred one (the mean direction is removed)."""
+    return q_share - 0.05
 
 
 def _w_share(q_share):
@@ -250,31 +302,39 @@ def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
     if log_steps[-1] != spec.steps:
         log_steps = np.append(log_steps, spec.steps)
     ev = eval_steps(spec)
-    names = list(STEP_NAMES) + ["val_loss", *SPEC_NAMES, "axis_share", "attn_entropy", "max_logit"]
+    names = list(METRIC_NAMES)
     tensors = list(TENSORS)
     nid = {n: i for i, n in enumerate(names)}
+    (val_loss,) = EVAL_METRICS
+    (axis_share,) = AXIS_METRICS
     # step block: (S, 5)
-    s_step = np.repeat(log_steps, len(STEP_NAMES))
-    s_name = np.tile([nid[n] for n in STEP_NAMES], len(log_steps))
+    s_step = np.repeat(log_steps, len(STEP_METRICS))
+    s_name = np.tile([nid[n] for n in STEP_METRICS], len(log_steps))
     s_null = np.full(s_step.size, -1)
     # eval block, per eval step: val_loss, then (metric, tensor, layer, head), (q/k, layer, head),
     # (attention metric, layer, head) -- the same order `_eval_values` builds.
     lh_layer = np.repeat(np.arange(L), H)
     lh_head = np.tile(np.arange(H), L)
-    per_name = [nid["val_loss"]]
+    per_name = [nid[val_loss]]
     per_tensor, per_layer, per_head = [-1], [-1], [-1]
-    for m in SPEC_NAMES:
-        for ti in range(4):
+    for m in SPECTRUM_METRICS:
+        for ti in range(len(TENSORS)):
             per_name += [nid[m]] * (L * H)
             per_tensor += [ti] * (L * H)
             per_layer += list(lh_layer)
             per_head += list(lh_head)
-    for ti in (2, 3):  # q, k
-        per_name += [nid["axis_share"]] * (L * H)
+    for ti in (TENSORS.index("q"), TENSORS.index("k")):
+        per_name += [nid[axis_share]] * (L * H)
         per_tensor += [ti] * (L * H)
         per_layer += list(lh_layer)
         per_head += list(lh_head)
-    for m in ("attn_entropy", "max_logit"):
+    for m in ACTIVATION_METRICS if spec.activation_metrics else ():
+        for ti in (TENSORS.index("q"), TENSORS.index("k")):
+            per_name += [nid[m]] * (L * H)
+            per_tensor += [ti] * (L * H)
+            per_layer += list(lh_layer)
+            per_head += list(lh_head)
+    for m in ATTENTION_METRICS:
         per_name += [nid[m]] * (L * H)
         per_tensor += [-1] * (L * H)
         per_layer += list(lh_layer)
@@ -320,7 +380,7 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
     k, L, D = tr.key, spec.depth, spec.d_head
     eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
     # step block (S, 5): train_loss, lr, grad_norm, tokens, wall_s
-    s = tpl.step[: tpl.n_log : len(STEP_NAMES)].astype(float)
+    s = tpl.step[: tpl.n_log : len(STEP_METRICS)].astype(float)
     final = spec.final_loss(k) + tr.loss_off
     loss = final + (LOSS_INIT - final) * _decay(s, spec.steps)
     sched = k.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / spec.steps)))
@@ -334,19 +394,27 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
     E = ev.size
     val = final + (LOSS_INIT - final) * _decay(ev, spec.steps)
     ramp, base = spec.ramp(ev, tr.rate), spec.share(ev, tr.rate)
-    q = base + (eff.pr + tr.pr_off) * ramp  # (E,)
+    q = base + (spec.pr_shift(k) + tr.pr_off) * ramp  # (E,)
     w = _w_share(base) + (eff.pr_w + 0.5 * tr.pr_off) * ramp
     base = np.stack([w, w + 0.01, q, q + 0.02], axis=1)  # (E, 4) in TENSORS order
     fac = _head_factors(L, H, rng)  # (L, H)
-    spec_vals = np.stack([base**p for p in SPEC_POWERS], axis=1)  # (E, 4 metrics, 4 tensors)
+    # (E, 4 metrics, 4 tensors), metrics in SPECTRUM_METRICS order
+    spec_vals = np.stack([base ** SPEC_POWERS[m] for m in SPECTRUM_METRICS], axis=1)
     spec_vals = D * spec_vals[..., None, None] * fac  # (E, 4, 4, L, H)
     if spec.point_noise:
         spec_vals = spec_vals + D * spec.point_noise * rng.standard_normal(spec_vals.shape)
     axis = (1 / D + 0.3 * (1 - base[:, 2:]))[..., None, None] * fac  # (E, 2, L, H)
     attn = np.stack([np.full(E, 2.0), 5 + 10 * (1 - q)], axis=1)[..., None, None] * fac
-    eval_block = np.concatenate(
-        [val[:, None], spec_vals.reshape(E, -1), axis.reshape(E, -1), attn.reshape(E, -1)], axis=1
-    )
+    blocks = [val[:, None], spec_vals.reshape(E, -1), axis.reshape(E, -1)]
+    if spec.activation_metrics:
+        # (E, 3 metrics, 2 tensors) in ACTIVATION_METRICS x (q, k) order, in units of PR
+        bias = -(spec.pr_bias_share + eff.pr_bias * ramp)
+        cent = _centred(q) + eff.pr_centred * ramp
+        act = np.stack([np.stack([cent, cent + 0.02], 1), np.stack([bias, bias], 1),
+                        np.stack([0.5 * bias, 0.5 * bias], 1)], axis=1)
+        blocks.append((D * act[..., None, None] * fac).reshape(E, -1))
+    blocks.append(attn.reshape(E, -1))
+    eval_block = np.concatenate(blocks, axis=1)
     out = np.concatenate([step_block.ravel(), eval_block.ravel()])
     if tr.status == "diverged":  # the loss blows up at the last recorded step
         last = (tpl.step == tr.last_step) & (tpl.name.to_numpy(zero_copy_only=False) == "train_loss")
@@ -478,9 +546,16 @@ def _write_trials(spec: SyntheticSpec, trials: list[_Trial], out: Path) -> None:
                 seed=k.seed, steps_planned=spec.steps, steps_done=tr.last_step,
                 tokens=tr.last_step * spec.tokens_per_step, status=tr.status,
                 final_train_loss=final if done else None, final_val_loss=final if done else None,
-                wall_s=tr.last_step * 0.08, corpus_hash="synthetic", config_json=json.dumps(asdict(k)),
+                wall_s=tr.last_step * 0.08, corpus_hash="synthetic", config_json=_config_json(k),
                 diverged_step=tr.diverged_step,
                 error="loss is not finite" if tr.status == "diverged" else None,
             )
         )
     pq.write_table(pa.Table.from_pylist(rows, schema=TRIALS_SCHEMA), out / TRIALS_FILE)
+
+
+def _config_json(k: TrialKey) -> str:
+    cfg = {n: v for n, v in asdict(k).items() if n != "init_std"}
+    if k.init_std is not None:
+        cfg.update(init="normal", init_std=k.init_std)
+    return json.dumps(cfg, sort_keys=True)

@@ -1,0 +1,353 @@
+"""The GPU check: what one GPU does with this trainer, in under 5 minutes.
+
+    python -m benchmarks.gpu [--json OUT] [--budget 270] [--peak-tflops X]
+    python -m benchmarks.gpu --device cpu --tiny      # the same code paths on a CPU, in seconds (CI)
+
+Sections (each catches its own failure and prints it; a global time budget skips what is left):
+  throughput   tokens/s, MFU and peak memory at widths 256, 1024, 2048 (bf16 autocast on CUDA), eager
+  optimizer    Muon (bf16 Newton-Schulz on CUDA) vs AdamW: train-step and optimizer-step time
+  sharing      1, 2 and 4 trials of width 256 on one GPU through Ray's fractional GPUs
+               (num_gpus = 1/k each; on --device cpu, num_cpus = 1/k of one CPU): each trial is the
+               trainer's own `trainer.loop.Trial`; aggregate tokens/s and peak memory per trial
+  compiled     the throughput section again with torch.compile (last: it costs the most time)
+
+Shapes are those of sweeps/paradox.yaml (depth 4, d_head 64, batch 32 x 512, byte vocab); --tiny
+shrinks them (widths 32/64, depth 2, d_head 16, batch 8 x 64, a few steps) to test the script.
+
+MFU = tokens/s x FLOPs per token / peak FLOP/s, with FLOPs per trained token (PaLM's convention,
+`orchestrator.plan.flops_per_token`):
+    6 N + 12 L T C,   N = L (4 + 2 mlp_ratio) C^2 + V C
+(N the parameters in matrix products: q, k, v, o, the MLP and the head; L depth, T seq_len, C width;
+12 L T C counts QK^T and AV at full T x T, as MFU is usually quoted, although causal SDPA skips half).
+The peak is the dense bf16 figure of the GPU named by torch.cuda.get_device_name (H100/H200 989,
+A100 312, L40S 362, A10G 125, L4 121 TFLOP/s), or --peak-tflops.
+Peak memory is torch.cuda.max_memory_allocated per measurement; on CPU the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from orchestrator.plan import GPUS, flops_per_token
+from trainer.config import TrialConfig
+from trainer.data import load_tokens, train_batch
+from trainer.loop import Trial, TrialHooks, autocast_for, pick_device
+from trainer.model import GPT
+from trainer.optim import build_optimizers
+from trainer.storage import ResultsDir
+
+FULL = dict(widths=(256, 1024, 2048), optimizer_width=1024, share_width=256, depth=4, d_head=64, seq_len=512,
+            batch_size=32, warmup_steps=5, timed_steps=20, share_steps=30)
+TINY = dict(widths=(32, 64), optimizer_width=64, share_width=32, depth=2, d_head=16, seq_len=64,
+            batch_size=8, warmup_steps=2, timed_steps=4, share_steps=6)
+SHARES = (1, 2, 4)
+
+
+@dataclass
+class Row:
+    section: str
+    label: str
+    tokens_per_s: float
+    width: int
+    step_ms: float
+    mfu: float | None = None
+    peak_mib: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, time.perf_counter()
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> bool:
+        return self.spent() < self.seconds
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    """Dense bf16 TFLOP/s of a GPU named like 'NVIDIA H100 80GB HBM3' (longest model name first: L40S before L4)."""
+    models = sorted(((g.name.split("-")[0], g.bf16_tflops) for g in GPUS), key=lambda m: -len(m[0]))
+    upper = name.upper()
+    return next((tflops for model, tflops in models if model in upper), None)
+
+
+def make_cfg(shape: dict, width: int, device: str, **kw) -> TrialConfig:
+    steps = kw.pop("steps", shape["warmup_steps"] + shape["timed_steps"])
+    if device == "cpu":
+        kw.setdefault("threads", 1)  # a CPU check of the code paths, not of the CPU: no oversubscription
+    return TrialConfig(width=width, depth=shape["depth"], d_head=shape["d_head"], seq_len=shape["seq_len"],
+                       batch_size=shape["batch_size"], corpus="synthetic", device=device, steps=steps, warmup=1,
+                       eval_every=10**9, eval_schedule="every", checkpoint_every=0, probe_seqs=2, eval_batches=1,
+                       **kw)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_steps(cfg: TrialConfig, shape: dict, tokens) -> dict:
+    """The trainer's train step (forward under autocast, backward, clip, every optimizer), timed after warm-up."""
+    device = pick_device(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # as Trial does
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg).to(device)
+    forward = torch.compile(model) if cfg.compile else model
+    optimizers = build_optimizers(model, cfg, device)
+    autocast = autocast_for(cfg, device)
+    batches = [tuple(torch.from_numpy(a).to(device) for a in train_batch(tokens, cfg, s)) for s in range(4)]
+    step_s, opt_s = [], []
+    for step in range(cfg.steps):
+        x, y = batches[step % len(batches)]
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            _, loss = forward(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        sync(device)
+        t1 = time.perf_counter()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync(device)
+        t2 = time.perf_counter()
+        if step >= shape["warmup_steps"]:
+            step_s.append(t2 - t0)
+            opt_s.append(t2 - t1)
+    if not math.isfinite(loss.item()):
+        raise RuntimeError(f"non-finite loss at width {cfg.width}")
+    median = statistics.median(step_s)
+    return dict(step_s=median, opt_s=statistics.median(opt_s), tokens_per_s=cfg.batch_size * cfg.seq_len / median,
+                peak_mib=peak_memory_mib(device))
+
+
+def throughput_rows(section: str, shape: dict, args, budget: Budget, peak: float | None, compile_: bool) -> list[Row]:
+    rows = []
+    for width in shape["widths"]:
+        if not budget.left():
+            print(f"  width {width}: skipped (time budget of {budget.seconds:g} s spent)")
+            continue
+        cfg = make_cfg(shape, width, args.device, compile=compile_)
+        t0 = time.perf_counter()
+        m = measure_steps(cfg, shape, load_tokens(cfg))
+        mfu = m["tokens_per_s"] * flops_per_token(cfg) / (peak * 1e12) if peak else None
+        row = Row(section, f"w{width} {'compiled' if compile_ else 'eager'}", m["tokens_per_s"], width,
+                  m["step_s"] * 1e3, mfu, m["peak_mib"], {"wall_s": time.perf_counter() - t0})
+        print_row(row)
+        rows.append(row)
+    return rows
+
+
+def optimizer_rows(shape: dict, args, budget: Budget, peak: float | None) -> list[Row]:
+    rows, opt_ms = [], {}
+    width = shape["optimizer_width"]
+    for optimizer in ("adamw", "muon"):
+        if not budget.left():
+            print(f"  {optimizer}: skipped (time budget spent)")
+            continue
+        cfg = make_cfg(shape, width, args.device, optimizer=optimizer)
+        m = measure_steps(cfg, shape, load_tokens(cfg))
+        opt_ms[optimizer] = m["opt_s"] * 1e3
+        ns = "bf16" if pick_device(cfg).type == "cuda" else "fp32"
+        mfu = m["tokens_per_s"] * flops_per_token(cfg) / (peak * 1e12) if peak else None
+        row = Row("optimizer", f"w{width} {optimizer}" + (f" (NS {ns})" if optimizer == "muon" else ""),
+                  m["tokens_per_s"], width, m["step_s"] * 1e3, mfu, m["peak_mib"], {"opt_step_ms": opt_ms[optimizer]})
+        print_row(row, note=f"optimizer.step {opt_ms[optimizer]:.2f} ms")
+        rows.append(row)
+    if len(opt_ms) == 2:
+        ratio = rows[1].step_ms / rows[0].step_ms
+        print(f"  muon/adamw: train step {ratio:.2f}x, optimizer step {opt_ms['muon'] / opt_ms['adamw']:.2f}x")
+    return rows
+
+
+# ---- sharing one GPU between trials (Ray) ----------------------------------------------------
+class _Stamps(TrialHooks):
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_step(self, step, info):
+        self.stamps.append(time.time())
+
+
+def _import_trainer() -> int:
+    import trainer.loop  # noqa: F401
+
+    return os.getpid()
+
+
+def shared_trial(cfg_json: str, warmup_steps: int, barrier) -> dict:
+    """One Ray task: the trainer's Trial, started once every trial of the round is built."""
+    import ray
+
+    cfg = TrialConfig.model_validate_json(cfg_json)
+    device = pick_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Trial(cfg, ResultsDir(tmp), "share", load_tokens(cfg), _Stamps(), None, None)
+        ray.get(barrier.arrive.remote())
+        while not ray.get(barrier.ready.remote()):
+            time.sleep(0.02)
+        row = trial.run()
+        stamps = trial.hooks.stamps
+    if row["status"] != "completed":
+        raise RuntimeError(f"shared trial ended {row['status']}")
+    start, end = stamps[warmup_steps - 1], stamps[-1]  # time the steps after warm-up
+    steps = len(stamps) - warmup_steps
+    return dict(start=start, end=end, tokens=steps * cfg.batch_size * cfg.seq_len, peak_mib=peak_memory_mib(device),
+                gpus=ray.get_gpu_ids())
+
+
+def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
+    import ray
+
+    from orchestrator.runtime import start_ray
+
+    on_gpu = args.device == "cuda"
+    gpus = torch.cuda.device_count() if on_gpu else 0
+    handle = start_ray(num_cpus=max(os.cpu_count() or 1, max(SHARES)) if on_gpu else 1, local=True,
+                       temp_root=args.ray_temp)
+    rows = []
+    try:
+        if on_gpu and not ray.cluster_resources().get("GPU"):
+            raise RuntimeError(f"Ray sees no GPU (torch sees {gpus})")
+
+        @ray.remote(num_cpus=0)
+        class Barrier:
+            def __init__(self, n):
+                self.n, self.arrived = n, 0
+
+            def arrive(self):
+                self.arrived += 1
+
+            def ready(self):
+                return self.arrived >= self.n
+
+        # Start every worker process at once (each imports torch and the trainer), not one round at a time.
+        warm = ray.remote(_import_trainer).options(num_gpus=1 / max(SHARES) if on_gpu else 0,
+                                                   num_cpus=1 if on_gpu else 1 / max(SHARES))
+        ray.get([warm.remote() for _ in range(max(SHARES))], timeout=max(budget.seconds - budget.spent(), 30.0))
+        for k in SHARES:
+            if not budget.left():
+                print(f"  {k} trials: skipped (time budget spent)")
+                continue
+            share = 1 / k
+            cfg = make_cfg(shape, shape["share_width"], args.device, steps=shape["warmup_steps"] + shape["share_steps"])
+            barrier = Barrier.remote(k)
+            task = ray.remote(shared_trial).options(num_gpus=share if on_gpu else 0, num_cpus=1 if on_gpu else share,
+                                                    max_retries=0)
+            refs = [task.remote(cfg.model_dump_json(), shape["warmup_steps"], barrier) for _ in range(k)]
+            try:  # never wait past the budget (a task that cannot be placed would wait forever)
+                results = ray.get(refs, timeout=max(budget.seconds - budget.spent(), 30.0))
+            except ray.exceptions.GetTimeoutError:
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+                raise RuntimeError(f"{k} trials did not finish within the time budget") from None
+            span = max(r["end"] for r in results) - min(r["start"] for r in results)
+            total = sum(r["tokens"] for r in results) / span
+            peak = max(r["peak_mib"] for r in results)
+            row = Row("sharing", f"w{shape['share_width']} x{k} ({'num_gpus' if on_gpu else 'num_cpus'}={share:g})",
+                      total, shape["share_width"], span / (shape["share_steps"]) * 1e3, None, peak,
+                      {"trials": k, "per_trial_tokens_per_s": total / k, "peak_mib_each": [r["peak_mib"] for r in results]})
+            print_row(row, note=f"{total / k:,.0f} tok/s per trial")
+            rows.append(row)
+            ray.kill(barrier)
+    finally:
+        handle.stop()
+    return rows
+
+
+# ---- output ------------------------------------------------------------------------------------
+HEADER = f"  {'section':<10} {'config':<28} {'tok/s':>12} {'MFU':>6} {'step ms':>9} {'peak MiB':>9}  note"
+
+
+def print_row(row: Row, note: str = "") -> None:
+    mfu = f"{row.mfu:.1%}" if row.mfu is not None else "n/a"
+    peak = f"{row.peak_mib:,.0f}" if row.peak_mib is not None else "n/a"
+    print(f"  {row.section:<10} {row.label:<28} {row.tokens_per_s:>12,.0f} {mfu:>6} {row.step_ms:>9.1f} {peak:>9}  {note}",
+          flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes and few steps (CI, or a CPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the torch.compile section (default: on, except with --tiny)")
+    p.add_argument("--budget", type=float, default=270.0, help="seconds; sections after it are skipped (default 270)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: from the GPU's name)")
+    p.add_argument("--json", metavar="OUT", help="also write the figures here as JSON")
+    p.add_argument("--ray-temp", default=None, help="folder for Ray's session files (default $RAY_TMPDIR or /tmp)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks.gpu: --device cuda but torch sees no CUDA device (use --device cpu --tiny)", file=sys.stderr)
+        return 2
+    shape = TINY if args.tiny else FULL
+    do_compile = (not args.tiny) if args.compile is None else args.compile
+    budget = Budget(args.budget)
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    peak = args.peak_tflops if args.peak_tflops else (gpu_peak_tflops(name) if args.device == "cuda" else None)
+    print(f"benchmarks.gpu: {name}, torch {torch.__version__}, peak {peak or 'n/a'} TFLOP/s (bf16 dense), "
+          f"depth {shape['depth']}, d_head {shape['d_head']}, batch {shape['batch_size']} x {shape['seq_len']}, "
+          f"budget {args.budget:g} s")
+    print(HEADER)
+    sections = [
+        ("throughput", lambda: throughput_rows("throughput", shape, args, budget, peak, False)),
+        ("optimizer", lambda: optimizer_rows(shape, args, budget, peak)),
+        ("sharing", lambda: sharing_rows(shape, args, budget)),
+    ]
+    if do_compile:
+        sections.append(("compiled", lambda: throughput_rows("compiled", shape, args, budget, peak, True)))
+    rows, errors, skipped = [], {}, []
+    for section, run in sections:
+        if not budget.left():
+            print(f"  {section}: skipped (time budget of {args.budget:g} s spent after {budget.spent():.0f} s)")
+            skipped.append(section)
+            continue
+        t0 = time.perf_counter()
+        try:
+            rows += run()
+            print(f"  ({section}: {time.perf_counter() - t0:.0f} s)", flush=True)
+        except Exception as exc:  # one broken section must not lose the others
+            errors[section] = f"{type(exc).__name__}: {exc}"
+            print(f"  {section}: FAILED: {errors[section]}", flush=True)
+            traceback.print_exc(limit=3, file=sys.stderr)
+    if not do_compile:
+        print("  compiled: not run (--tiny; pass --compile to run it)")
+    print(f"done in {budget.spent():.0f} s" + (f"; {len(errors)} section(s) failed" if errors else ""))
+    if args.json:
+        out = dict(device=args.device, device_name=name, torch=torch.__version__, peak_tflops=peak, tiny=args.tiny,
+                   shape={k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()},
+                   rows=[asdict(r) for r in rows], errors=errors, skipped=skipped, elapsed_s=budget.spent())
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
