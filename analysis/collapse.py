@@ -47,8 +47,7 @@ MIN_FIT_POINTS = N_PARAMS + 2
 # the fall) to rate * dt1 = _FAST (exp(-10): the fall is over at the first probe, a step).
 _SLOW, _FAST, _G_N = 0.02, 10.0, 121
 _CHUNK = 512
-FIT_STATUSES = ("fitted", "censored_fast", "too_few_points", "censored_slow", "no_fall", "failed",
-                "no_data")
+FIT_STATUSES = ("fitted", "censored_fast", "too_few_points", "censored_slow", "no_fall", "failed", "no_data")
 CENSORED = ("censored_fast", "too_few_points")  # too fast to fit: a lower bound on the rate
 
 
@@ -80,9 +79,24 @@ def fit_decay(t: np.ndarray, y: np.ndarray, level: float = CI_LEVEL) -> dict[str
     y = np.asarray(y, float)
     N = y.shape[0]
     valid = np.isfinite(y) & np.isfinite(t)
-    out = {k: np.full(N, np.nan) for k in ("initial", "floor", "rate", "rate_ci_low", "rate_ci_high",
-                                              "rate_lower_bound", "min_step", "min_value", "final",
-                                              "recovery", "r2", "rmse", "dt1")}
+    out = {
+        k: np.full(N, np.nan)
+        for k in (
+            "initial",
+            "floor",
+            "rate",
+            "rate_ci_low",
+            "rate_ci_high",
+            "rate_lower_bound",
+            "min_step",
+            "min_value",
+            "final",
+            "recovery",
+            "r2",
+            "rmse",
+            "dt1",
+        )
+    }
     out["n_fall"] = np.zeros(N, int)
     out["resid_dof"] = np.zeros(N, int)
     out["status"] = np.full(N, "no_data", dtype=object)
@@ -198,8 +212,9 @@ def _fit_rows(t, y, m, t0, tmin, dt1, level) -> dict[str, np.ndarray]:
     status[hi_open | (rate * dt1 > 1.0)] = "censored_fast"
     status[lo_open & hi_open] = "no_fall"
     status[bad] = "failed"
-    return dict(floor=floor + ybar, rate=rate, rate_ci_low=ci_low, rate_ci_high=ci_high, r2=r2,
-                rmse=rmse, status=status)
+    return dict(
+        floor=floor + ybar, rate=rate, rate_ci_low=ci_low, rate_ci_high=ci_high, r2=r2, rmse=rmse, status=status
+    )
 
 
 # ---- per trial --------------------------------------------------------------------------------
@@ -224,12 +239,39 @@ def _pad(curves: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
 
 
 TRIAL_COLUMNS = (
-    "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "status", "data_complete", "d_head",
-    "metric", "tensor", "initial", "floor", "rate_per_1k_steps", "rate_per_m_tokens", "min_step",
-    "min_value", "final", "min_norm", "final_norm", "recovery", "r2", "n_fall", "fit_status",
+    "trial_id",
+    "optimizer",
+    "qk_norm",
+    "width",
+    "lr",
+    "seed",
+    "status",
+    "data_complete",
+    "d_head",
+    "metric",
+    "tensor",
+    "initial",
+    "floor",
+    "rate_per_1k_steps",
+    "rate_per_m_tokens",
+    "min_step",
+    "min_value",
+    "final",
+    "min_norm",
+    "final_norm",
+    "recovery",
+    "r2",
+    "n_fall",
+    "fit_status",
     # added with the censoring rules
-    "censored", "rate_ci_low_per_1k", "rate_ci_high_per_1k", "rate_lower_bound_per_1k",
-    "n_params", "resid_dof", "rmse", "probe_dt1",
+    "censored",
+    "rate_ci_low_per_1k",
+    "rate_ci_high_per_1k",
+    "rate_lower_bound_per_1k",
+    "n_params",
+    "resid_dof",
+    "rmse",
+    "probe_dt1",
 )
 
 
@@ -241,38 +283,77 @@ def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFra
     keys, steps, vals = _pad(curves)
     fit = fit_decay(steps, vals)
     df = keys.with_columns(
-        pl.Series(k, fit[k], pl.Float64) for k in (
-            "initial", "floor", "rate", "rate_ci_low", "rate_ci_high", "rate_lower_bound",
-            "min_step", "min_value", "final", "recovery", "r2", "rmse", "dt1")
+        pl.Series(k, fit[k], pl.Float64)
+        for k in (
+            "initial",
+            "floor",
+            "rate",
+            "rate_ci_low",
+            "rate_ci_high",
+            "rate_lower_bound",
+            "min_step",
+            "min_value",
+            "final",
+            "recovery",
+            "r2",
+            "rmse",
+            "dt1",
+        )
     ).with_columns(
         pl.Series("n_fall", fit["n_fall"], pl.Int64),
         pl.Series("resid_dof", fit["resid_dof"], pl.Int64),
         pl.Series("fit_status", fit["status"].astype(str), pl.String),
     )
     extra = [c for c in ("init_key",) if c in finals.columns]  # an init axis: never pooled
-    meta = finals.select("trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "d_head",
-                         "status", "data_complete", "tokens_per_step", *extra)
+    meta = finals.select(
+        "trial_id",
+        "optimizer",
+        "qk_norm",
+        "width",
+        "lr",
+        "seed",
+        "d_head",
+        "status",
+        "data_complete",
+        "tokens_per_step",
+        *extra,
+    )
     df = meta.join(df, on="trial_id", how="inner")
     ok = pl.col("fit_status") == "fitted"
     per_1k = lambda c: pl.when(ok).then(pl.col(c) * 1000)  # noqa: E731
-    return df.with_columns(
-        per_1k("rate").alias("rate_per_1k_steps"),
-        pl.when(ok).then(pl.col("rate") / pl.col("tokens_per_step") * 1e6).alias("rate_per_m_tokens"),
-        per_1k("rate_ci_low").alias("rate_ci_low_per_1k"),
-        per_1k("rate_ci_high").alias("rate_ci_high_per_1k"),
-        (pl.col("rate_lower_bound") * 1000).alias("rate_lower_bound_per_1k"),
-        pl.when(ok).then(pl.col("floor")).alias("floor"),
-        pl.when(ok).then(pl.col("r2")).alias("r2"),
-        pl.when(ok).then(pl.col("rmse")).alias("rmse"),
-        (pl.col("min_value") / pl.col("d_head")).alias("min_norm"),
-        (pl.col("final") / pl.col("d_head")).alias("final_norm"),
-        pl.col("fit_status").is_in(CENSORED).alias("censored"),
-        pl.lit(N_PARAMS, pl.Int64).alias("n_params"),
-        pl.col("dt1").alias("probe_dt1"),
-    ).select(
-        "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "status", "data_complete",
-        "d_head", pl.col("name").alias("metric"), *TRIAL_COLUMNS[10:], *extra,
-    ).sort("optimizer", "qk_norm", "width", "lr", "seed", "metric", "tensor").fill_nan(None)
+    return (
+        df.with_columns(
+            per_1k("rate").alias("rate_per_1k_steps"),
+            pl.when(ok).then(pl.col("rate") / pl.col("tokens_per_step") * 1e6).alias("rate_per_m_tokens"),
+            per_1k("rate_ci_low").alias("rate_ci_low_per_1k"),
+            per_1k("rate_ci_high").alias("rate_ci_high_per_1k"),
+            (pl.col("rate_lower_bound") * 1000).alias("rate_lower_bound_per_1k"),
+            pl.when(ok).then(pl.col("floor")).alias("floor"),
+            pl.when(ok).then(pl.col("r2")).alias("r2"),
+            pl.when(ok).then(pl.col("rmse")).alias("rmse"),
+            (pl.col("min_value") / pl.col("d_head")).alias("min_norm"),
+            (pl.col("final") / pl.col("d_head")).alias("final_norm"),
+            pl.col("fit_status").is_in(CENSORED).alias("censored"),
+            pl.lit(N_PARAMS, pl.Int64).alias("n_params"),
+            pl.col("dt1").alias("probe_dt1"),
+        )
+        .select(
+            "trial_id",
+            "optimizer",
+            "qk_norm",
+            "width",
+            "lr",
+            "seed",
+            "status",
+            "data_complete",
+            "d_head",
+            pl.col("name").alias("metric"),
+            *TRIAL_COLUMNS[10:],
+            *extra,
+        )
+        .sort("optimizer", "qk_norm", "width", "lr", "seed", "metric", "tensor")
+        .fill_nan(None)
+    )
 
 
 # ---- per arm and LR ---------------------------------------------------------------------------
@@ -282,6 +363,8 @@ CELL = ("optimizer", "qk_norm", "width", "lr")  # an arm at one LR: seeds are th
 def _init(df: pl.DataFrame) -> tuple[str, ...]:
     """("init_key",) when the frame carries an initialisation key (inits are never pooled)."""
     return ("init_key",) if "init_key" in df.columns else ()
+
+
 ARM_QUANTITIES = ("min_step", "min_norm", "final_norm", "recovery")
 
 
@@ -305,13 +388,13 @@ def censored_median(rates: np.ndarray, n_fast: int, n_slow: int) -> float:
     v = np.r_[np.full(n_slow, -np.inf), np.sort(np.asarray(rates, float)), np.full(n_fast, np.inf)]
     if v.size == 0:
         return np.nan
-    med = float(np.median(v)) if np.isfinite(v[(v.size - 1) // 2]) and np.isfinite(v[v.size // 2]) \
-        else np.nan
+    med = float(np.median(v)) if np.isfinite(v[(v.size - 1) // 2]) and np.isfinite(v[v.size // 2]) else np.nan
     return med
 
 
-def collapse_per_arm(per_trial: pl.DataFrame, n_boot: int | None = None, seed: int | None = None,
-                     level: float = CI_LEVEL) -> pl.DataFrame:
+def collapse_per_arm(
+    per_trial: pl.DataFrame, n_boot: int | None = None, seed: int | None = None, level: float = CI_LEVEL
+) -> pl.DataFrame:
     """One row per (optimizer, qk_norm, width, lr, metric, tensor) over the completed trials
     whose data is complete (seeds are the replicates; LRs are never pooled).
 
@@ -344,16 +427,18 @@ def collapse_per_arm(per_trial: pl.DataFrame, n_boot: int | None = None, seed: i
             m, lo, hi = t_interval(np.log(x), level)
             row[q], row[f"{q}_ci_low"], row[f"{q}_ci_high"] = np.exp(m), np.exp(lo), np.exp(hi)
         row["rate_median_censored_per_1k"] = censored_median(
-            fitted.get_column("rate_per_1k_steps").drop_nulls().to_numpy(), row["n_censored"],
-            count["censored_slow"])
+            fitted.get_column("rate_per_1k_steps").drop_nulls().to_numpy(), row["n_censored"], count["censored_slow"]
+        )
         lb = g.get_column("rate_lower_bound_per_1k").drop_nulls()
         row["rate_lower_bound_per_1k"] = float(lb.min()) if lb.len() else None
         falling = row["n_fit_ok"] + row["n_censored"] + count["censored_slow"]
         row["rate_note"] = (
-            "" if not row["n_censored"] else
-            f"{row['n_censored']}/{falling} falls too fast to fit (censored): the fitted mean is "
-            "biased low" if row["n_fit_ok"] else
-            f"no fit: {row['n_censored']}/{falling} falls too fast to fit (censored)")
+            ""
+            if not row["n_censored"]
+            else f"{row['n_censored']}/{falling} falls too fast to fit (censored): the fitted mean is biased low"
+            if row["n_fit_ok"]
+            else f"no fit: {row['n_censored']}/{falling} falls too fast to fit (censored)"
+        )
         for q in ARM_QUANTITIES:
             m, lo, hi = t_interval(g.get_column(q).drop_nulls().to_numpy(), level)
             row[q], row[f"{q}_ci_low"], row[f"{q}_ci_high"] = m, lo, hi
@@ -365,9 +450,24 @@ def collapse_per_arm(per_trial: pl.DataFrame, n_boot: int | None = None, seed: i
 
 
 # ---- width scaling at a fixed LR -----------------------------------------------------------
-SCALING_COLUMNS = ["optimizer", "qk_norm", "tensor", "metric", "quantity", "selection", "lr", "n",
-                   "n_widths", "n_censored", "slope", "ci_low", "ci_high", "p_value", "resid_dof",
-                   "note"]
+SCALING_COLUMNS = [
+    "optimizer",
+    "qk_norm",
+    "tensor",
+    "metric",
+    "quantity",
+    "selection",
+    "lr",
+    "n",
+    "n_widths",
+    "n_censored",
+    "slope",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "resid_dof",
+    "note",
+]
 
 
 def _ols_slope(x: np.ndarray, y: np.ndarray, level: float):
@@ -378,23 +478,21 @@ def _ols_slope(x: np.ndarray, y: np.ndarray, level: float):
     return float(res.slope), float(res.slope - half), float(res.slope + half), float(res.pvalue), dof
 
 
-def width_scaling(per_trial: pl.DataFrame, best_lr: pl.DataFrame | None = None, metric: str = "pr",
-                  level: float = CI_LEVEL) -> pl.DataFrame:
+def width_scaling(
+    per_trial: pl.DataFrame, best_lr: pl.DataFrame | None = None, metric: str = "pr", level: float = CI_LEVEL
+) -> pl.DataFrame:
     """Log-log slope over width of the final normalised value and of the fitted rate, per
     (optimizer, qk_norm, tensor), comparing widths at the same LR (selection "lr", one row per
     LR) and, given `best_lr` (optimizer, qk_norm, width, best_lr), at each width's best LR
     (selection "best_lr"). Never pooled over LRs. OLS of log(y) on log(width) over completed
     trials (seeds as replicates), classical t interval on n - 2 dof. Censored falls have no rate:
     they are counted in n_censored and named in `note`."""
-    done = per_trial.filter((pl.col("status") == "completed") & pl.col("data_complete")
-                            & (pl.col("metric") == metric))
-    strata = [("lr", lr, done.filter(pl.col("lr") == lr))
-              for lr in sorted(done.get_column("lr").unique().to_list())]
+    done = per_trial.filter((pl.col("status") == "completed") & pl.col("data_complete") & (pl.col("metric") == metric))
+    strata = [("lr", lr, done.filter(pl.col("lr") == lr)) for lr in sorted(done.get_column("lr").unique().to_list())]
     if best_lr is not None and best_lr.height:
         on = ["optimizer", "qk_norm", "width", *[c for c in _init(done) if c in best_lr.columns]]
         b = best_lr.select(*on, "best_lr")
-        strata.append(("best_lr", None, done.join(b, on=on)
-                       .filter(pl.col("lr") == pl.col("best_lr")).drop("best_lr")))
+        strata.append(("best_lr", None, done.join(b, on=on).filter(pl.col("lr") == pl.col("best_lr")).drop("best_lr")))
     rows = []
     for selection, lr, d_all in strata:
         by = ("optimizer", "qk_norm", *_init(d_all), "tensor")
@@ -402,15 +500,25 @@ def width_scaling(per_trial: pl.DataFrame, best_lr: pl.DataFrame | None = None, 
             for q in ("final_norm", "rate_per_1k_steps"):
                 d = g.filter(pl.col(q).is_not_null() & pl.col(q).is_finite() & (pl.col(q) > 0))
                 n_cens = int(g.get_column("censored").sum()) if q.startswith("rate") else 0
-                row = dict(zip(by, key), metric=metric, quantity=q,
-                           selection=selection, lr=lr, n=d.height,
-                           n_widths=d.get_column("width").n_unique(), n_censored=n_cens,
-                           slope=None, ci_low=None, ci_high=None, p_value=None, resid_dof=None,
-                           note="")
+                row = dict(
+                    zip(by, key),
+                    metric=metric,
+                    quantity=q,
+                    selection=selection,
+                    lr=lr,
+                    n=d.height,
+                    n_widths=d.get_column("width").n_unique(),
+                    n_censored=n_cens,
+                    slope=None,
+                    ci_low=None,
+                    ci_high=None,
+                    p_value=None,
+                    resid_dof=None,
+                    note="",
+                )
                 notes = []
                 if n_cens:
-                    notes.append(f"{n_cens} censored (too fast to fit) left out: slope of fitted "
-                                 "rates only")
+                    notes.append(f"{n_cens} censored (too fast to fit) left out: slope of fitted rates only")
                 if row["n_widths"] < 2 or d.height < 3:
                     notes.insert(0, "not enough data (needs 2+ widths and 3+ trials)")
                 else:

@@ -95,9 +95,7 @@ def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 def _overfull(curves: pl.DataFrame, val: pl.DataFrame, trials: pl.DataFrame) -> set[str]:
     """Trials whose fast-path groups hold more rows than one per layer and head."""
-    expected = trials.select(
-        "trial_id", (pl.col("depth") * pl.col("n_heads")).alias("expected")
-    )
+    expected = trials.select("trial_id", (pl.col("depth") * pl.col("n_heads")).alias("expected"))
     over = (
         curves.join(expected, on="trial_id", how="left")
         .filter(pl.col("expected").is_not_null() & (pl.col("n") > pl.col("expected")))
@@ -121,15 +119,12 @@ def _collect(res: Results, suspects: set[str]) -> tuple[list[pl.DataFrame], int,
         return fast, 0, suspects
     raw = scan(slow_parts, METRICS_PL)
     dd = _dedupe(raw)
-    *slow, n_raw, n_dd = pl.collect_all(
-        _queries(dd) + [raw.select(pl.len()), dd.select(pl.len())]
-    )
+    *slow, n_raw, n_dd = pl.collect_all(_queries(dd) + [raw.select(pl.len()), dd.select(pl.len())])
     slow_ids = set()
     for f in slow:
         slow_ids |= set(f.get_column("trial_id").unique().to_list())
     frames = [
-        pl.concat([f.filter(~pl.col("trial_id").is_in(list(slow_ids))), s], how="vertical")
-        for f, s in zip(fast, slow)
+        pl.concat([f.filter(~pl.col("trial_id").is_in(list(slow_ids))), s], how="vertical") for f, s in zip(fast, slow)
     ]
     return frames, int(n_raw.item() - n_dd.item()), suspects
 
@@ -165,8 +160,9 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
     """One row per trial: its settings, final val loss, final PR / d_head of q, k, wq, wk
     (mean over layers and heads at the trial's last step with that metric), loss at init and
     tokens per step."""
-    pr_last = feats.curves.filter(pl.col("name") == "pr").group_by("trial_id").agg(
-        pl.col("step").max().alias("last_pr_step"))
+    pr_last = (
+        feats.curves.filter(pl.col("name") == "pr").group_by("trial_id").agg(pl.col("step").max().alias("last_pr_step"))
+    )
     pr = (
         feats.curves.filter(pl.col("name") == "pr")
         .group_by("trial_id", "tensor")
@@ -185,13 +181,9 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
     train0 = feats.ends.filter((pl.col("name") == "train_loss") & (pl.col("step_first") == 0)).select(
         "trial_id", pl.col("first").alias("train_loss_0")
     )
-    tokens = feats.ends.filter(
-        (pl.col("name") == "tokens") & (pl.col("step_last") > pl.col("step_first"))
-    ).select(
+    tokens = feats.ends.filter((pl.col("name") == "tokens") & (pl.col("step_last") > pl.col("step_first"))).select(
         "trial_id",
-        ((pl.col("last") - pl.col("first")) / (pl.col("step_last") - pl.col("step_first"))).alias(
-            "tokens_per_step_m"
-        ),
+        ((pl.col("last") - pl.col("first")) / (pl.col("step_last") - pl.col("step_first"))).alias("tokens_per_step_m"),
     )
     robust = _robust_finals(feats.activation, pr)
     finite = lambda c: pl.when(pl.col(c).is_finite()).then(pl.col(c))  # noqa: E731
@@ -201,13 +193,25 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
     # ... and so does one with a gap: fewer distinct probe or train_loss steps than its config's
     # schedule (trainer.cadence) gives, or a step below 0. Unknown schedules (old rows) are not counted.
     counted = lambda have, want: pl.col(want).is_null() | (pl.col(have).fill_null(0) == pl.col(want))  # noqa: E731
-    complete = (pl.col("status") != "completed") | pl.col("steps_done").is_null() | (
-        reached("last_pr_step") & reached("last_val_step") & counted("n_pr_steps", "probes_expected")
-        & counted("n_train_steps", "train_expected") & (pl.col("first_step").fill_null(0) >= 0))
-    probe_steps = feats.curves.filter((pl.col("name") == "pr") & (pl.col("tensor") == "q")).group_by("trial_id").agg(
-        pl.col("step").n_unique().alias("n_pr_steps"), pl.col("step").min().alias("first_step"))
+    complete = (
+        (pl.col("status") != "completed")
+        | pl.col("steps_done").is_null()
+        | (
+            reached("last_pr_step")
+            & reached("last_val_step")
+            & counted("n_pr_steps", "probes_expected")
+            & counted("n_train_steps", "train_expected")
+            & (pl.col("first_step").fill_null(0) >= 0)
+        )
+    )
+    probe_steps = (
+        feats.curves.filter((pl.col("name") == "pr") & (pl.col("tensor") == "q"))
+        .group_by("trial_id")
+        .agg(pl.col("step").n_unique().alias("n_pr_steps"), pl.col("step").min().alias("first_step"))
+    )
     train_steps = feats.ends.filter(pl.col("name") == "train_loss").select(
-        "trial_id", pl.col("n_steps").alias("n_train_steps"))
+        "trial_id", pl.col("n_steps").alias("n_train_steps")
+    )
     df = (
         trials.join(pr, on="trial_id", how="left")
         .join(pr_last, on="trial_id", how="left")
@@ -236,9 +240,26 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
         )
     )
     return df.select(
-        "trial_id", "optimizer", "qk_norm", "width", "depth", "n_heads", "d_head", "lr", "seed",
-        "status", "steps_planned", "steps_done", "diverged_step", "data_complete",
-        "final_val_loss", *FINAL_PR, "init_loss", "tokens_per_step", *ROBUST_COLS, *INIT_COLS,
+        "trial_id",
+        "optimizer",
+        "qk_norm",
+        "width",
+        "depth",
+        "n_heads",
+        "d_head",
+        "lr",
+        "seed",
+        "status",
+        "steps_planned",
+        "steps_done",
+        "diverged_step",
+        "data_complete",
+        "final_val_loss",
+        *FINAL_PR,
+        "init_loss",
+        "tokens_per_step",
+        *ROBUST_COLS,
+        *INIT_COLS,
     ).sort("trial_id")
 
 
@@ -251,7 +272,7 @@ def expected_steps(trials: pl.DataFrame) -> pl.DataFrame:
     null when the config does not say (results written before these fields existed)."""
     rows = []
     cols = trials.select("trial_id", "steps_done", "config_json") if "config_json" in trials.columns else None
-    for tid, done, text in (cols.iter_rows() if cols is not None else []):
+    for tid, done, text in cols.iter_rows() if cols is not None else []:
         probes = train = None
         try:
             c = json.loads(text) if text else {}
@@ -263,8 +284,9 @@ def expected_steps(trials: pl.DataFrame) -> pl.DataFrame:
         except (KeyError, TypeError, ValueError):
             pass
         rows.append((tid, probes, train))
-    return pl.DataFrame(rows, schema={"trial_id": pl.String, "probes_expected": pl.Int64, "train_expected": pl.Int64},
-                        orient="row")
+    return pl.DataFrame(
+        rows, schema={"trial_id": pl.String, "probes_expected": pl.Int64, "train_expected": pl.Int64}, orient="row"
+    )
 
 
 def init_columns(trials: pl.DataFrame) -> list[pl.Expr]:
@@ -290,15 +312,18 @@ def _robust_finals(activation: pl.DataFrame, pr: pl.DataFrame) -> pl.DataFrame:
     )
     wide = pr.select("trial_id", "final_pr_q", "final_pr_k")
     if last.height:
-        wide = wide.join(last.pivot(on="col", index="trial_id", values="value"), on="trial_id",
-                         how="full", coalesce=True)
+        wide = wide.join(
+            last.pivot(on="col", index="trial_id", values="value"), on="trial_id", how="full", coalesce=True
+        )
     exprs = []
     for t in ("q", "k"):
         for c in (f"pr_bias_{t}", f"pr_centred_{t}"):
             if c not in wide.columns:
                 wide = wide.with_columns(pl.lit(None, pl.Float64).alias(c))
-        exprs += [(pl.col(f"final_pr_{t}") - pl.col(f"pr_bias_{t}")).alias(f"final_pr_{t}_corrected"),
-                  pl.col(f"pr_centred_{t}").alias(f"final_pr_{t}_centred")]
+        exprs += [
+            (pl.col(f"final_pr_{t}") - pl.col(f"pr_bias_{t}")).alias(f"final_pr_{t}_corrected"),
+            pl.col(f"pr_centred_{t}").alias(f"final_pr_{t}_centred"),
+        ]
     return wide.select("trial_id", *exprs)
 
 
@@ -318,8 +343,11 @@ def layer_finals(finals: pl.DataFrame, feats: Features) -> pl.DataFrame:
         finals.select(keep)
         .join(lay, on="trial_id", how="inner")
         .with_columns(
-            *[pl.when(pl.col("data_complete")).then(pl.col(t) / pl.col("d_head")).alias(f"final_pr_{t}")
-              for t in ("q", "k")])
+            *[
+                pl.when(pl.col("data_complete")).then(pl.col(t) / pl.col("d_head")).alias(f"final_pr_{t}")
+                for t in ("q", "k")
+            ]
+        )
         .drop("q", "k")
         .sort("trial_id", "layer")
     )

@@ -111,8 +111,7 @@ def _best(finals: pl.DataFrame, best: pl.DataFrame | None) -> dict[tuple, float]
 
 
 def _empty(ax, text="no data"):
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey",
-            fontsize=8, wrap=True)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey", fontsize=8, wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -136,7 +135,8 @@ def _save(fig, path: Path, title: str, partial: bool) -> Path:
 def _pr_frame(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
     """q/k PR / d_head per completed trial and step, with the trial's settings."""
     meta = finals.filter(pl.col("status") == "completed").select(
-        "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "d_head")
+        "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "d_head"
+    )
     return (
         curves.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(["q", "k"]))
         .join(meta, on="trial_id", how="inner")
@@ -149,12 +149,12 @@ def _pr_frame(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
 def _seeds_and_mean(ax, g: pl.DataFrame, colour, label: str) -> None:
     """Each seed a thin line, the mean over seeds (per step) a thick one."""
     for _, s in g.group_by("trial_id", maintain_order=True):
-        ax.plot(s.get_column("step").to_numpy(), s.get_column("v").to_numpy(), color=colour,
-                lw=0.6, alpha=0.35)
+        ax.plot(s.get_column("step").to_numpy(), s.get_column("v").to_numpy(), color=colour, lw=0.6, alpha=0.35)
     m = g.group_by("step").agg(pl.col("v").mean(), pl.len().alias("n")).sort("step")
     n = g.get_column("trial_id").n_unique()
-    ax.plot(m.get_column("step").to_numpy(), m.get_column("v").to_numpy(), color=colour, lw=1.8,
-            label=f"{label} (n={n})")
+    ax.plot(
+        m.get_column("step").to_numpy(), m.get_column("v").to_numpy(), color=colour, lw=1.8, label=f"{label} (n={n})"
+    )
 
 
 def _step_axis(ax) -> None:
@@ -163,8 +163,9 @@ def _step_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def pr_over_training(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, partial=False,
-                     best: pl.DataFrame | None = None) -> Path:
+def pr_over_training(
+    curves: pl.DataFrame, finals: pl.DataFrame, path: Path, partial=False, best: pl.DataFrame | None = None
+) -> Path:
     """PR / d_head over steps at each arm's best LR: rows optimizer x tensor, columns width."""
     df = _pr_frame(curves, finals)
     best_lr = _best(finals, best)
@@ -172,21 +173,30 @@ def pr_over_training(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, par
     opts = sorted({a[0] for a in arms}) or ["-"]
     widths = sorted({a[2] for a in arms}) or [0]
     rows = [(o, t) for o in opts for t in ("q", "k")]
-    fig, axes = plt.subplots(len(rows), len(widths), figsize=(max(3.8 * len(widths), 7.5),
-                                                              2.7 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(widths), figsize=(max(3.8 * len(widths), 7.5), 2.7 * len(rows)), squeeze=False
+    )
     colours = _colours(finals) if finals.height else {}
     for i, (o, t) in enumerate(rows):
         for j, w in enumerate(widths):
             ax = axes[i, j]
             missing = []
             drawn = False
-            for (ao, q, aw) in arms:
+            for ao, q, aw in arms:
                 if ao != o or aw != w:
                     continue
                 lr = best_lr.get((o, q, w))
-                g = df.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q)
-                              & (pl.col("width") == w) & (pl.col("tensor") == t)
-                              & (pl.col("lr") == lr)) if lr is not None else df.clear()
+                g = (
+                    df.filter(
+                        (pl.col("optimizer") == o)
+                        & (pl.col("qk_norm") == q)
+                        & (pl.col("width") == w)
+                        & (pl.col("tensor") == t)
+                        & (pl.col("lr") == lr)
+                    )
+                    if lr is not None
+                    else df.clear()
+                )
                 if g.height == 0:
                     missing.append(q)
                     continue
@@ -196,8 +206,14 @@ def pr_over_training(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, par
                 _empty(ax, f"{o}, width {w}: no completed trials")
                 continue
             if missing:
-                ax.text(0.02, 0.02, "no completed trials: " + ", ".join(missing),
-                        transform=ax.transAxes, fontsize=7, color="grey")
+                ax.text(
+                    0.02,
+                    0.02,
+                    "no completed trials: " + ", ".join(missing),
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    color="grey",
+                )
             ax.set_title(f"{o}, {t}, width {w} (each arm at its best LR)", fontsize=8)
             _step_axis(ax)
             if j == 0:
@@ -205,12 +221,17 @@ def pr_over_training(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, par
             if i == len(rows) - 1:
                 ax.set_xlabel("step (symlog)")
             ax.legend(fontsize=6.5, title="qk_norm (thin: seeds)", title_fontsize=6.5)
-    return _save(fig, path, "PR over training at each arm's best LR (thin: seeds, thick: mean)",
-                 partial)
+    return _save(fig, path, "PR over training at each arm's best LR (thin: seeds, thick: mean)", partial)
 
 
-def pr_by_lr(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, tensor: str = "q",
-             partial=False, best: pl.DataFrame | None = None) -> Path:
+def pr_by_lr(
+    curves: pl.DataFrame,
+    finals: pl.DataFrame,
+    path: Path,
+    tensor: str = "q",
+    partial=False,
+    best: pl.DataFrame | None = None,
+) -> Path:
     """PR / d_head of one tensor over steps, one panel per (optimizer, width) x LR."""
     df = _pr_frame(curves, finals).filter(pl.col("tensor") == tensor)
     best_lr = _best(finals, best)
@@ -218,9 +239,9 @@ def pr_by_lr(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, tensor: str
     cells = sorted({(a[0], a[2]) for a in arms}) or [("-", 0)]
     lrs = sorted(finals.get_column("lr").drop_nulls().unique().to_list()) if finals.height else []
     lrs = lrs or [None]
-    fig, axes = plt.subplots(len(cells), len(lrs), figsize=(max(2.9 * len(lrs), 7.5),
-                                                            2.4 * len(cells)),
-                             squeeze=False, sharey="row")
+    fig, axes = plt.subplots(
+        len(cells), len(lrs), figsize=(max(2.9 * len(lrs), 7.5), 2.4 * len(cells)), squeeze=False, sharey="row"
+    )
     colours = _colours(finals) if finals.height else {}
     for i, (o, w) in enumerate(cells):
         for j, lr in enumerate(lrs):
@@ -228,11 +249,15 @@ def pr_by_lr(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, tensor: str
             best_here = [q for (ao, q, aw) in arms if ao == o and aw == w and best_lr.get((o, q, w)) == lr]
             missing = []
             drawn = False
-            for (ao, q, aw) in arms:
+            for ao, q, aw in arms:
                 if ao != o or aw != w:
                     continue
-                g = df.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q)
-                              & (pl.col("width") == w) & (pl.col("lr") == lr))
+                g = df.filter(
+                    (pl.col("optimizer") == o)
+                    & (pl.col("qk_norm") == q)
+                    & (pl.col("width") == w)
+                    & (pl.col("lr") == lr)
+                )
                 if g.height == 0:
                     missing.append(q)
                     continue
@@ -246,8 +271,9 @@ def pr_by_lr(curves: pl.DataFrame, finals: pl.DataFrame, path: Path, tensor: str
                 ax.set_title(title, fontsize=7.5)
                 continue
             if missing:
-                ax.text(0.02, 0.02, "no data: " + ", ".join(missing), transform=ax.transAxes,
-                        fontsize=6.5, color="grey")
+                ax.text(
+                    0.02, 0.02, "no data: " + ", ".join(missing), transform=ax.transAxes, fontsize=6.5, color="grey"
+                )
             ax.set_title(title, fontsize=7.5)
             _step_axis(ax)
             if j == 0:
@@ -275,10 +301,8 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
     (rows) and metric (columns); within a panel one line per (width, lr) cell, then the arm's
     best LR per width (diamonds), then the deciding pooled best-LR row (a square). Rows without
     an interval (too few pairs) get a hollow marker and their n."""
-    metrics = [m for m in FOREST_METRICS
-               if cells.height and m in set(cells.get_column("metric").to_list())]
-    groups = (cells.select("optimizer", "qk_norm").unique().sort("optimizer", "qk_norm").rows()
-              if cells.height else [])
+    metrics = [m for m in FOREST_METRICS if cells.height and m in set(cells.get_column("metric").to_list())]
+    groups = cells.select("optimizer", "qk_norm").unique().sort("optimizer", "qk_norm").rows() if cells.height else []
     if not metrics or not groups:
         fig, ax = plt.subplots(figsize=(7, 2.5))
         _empty(ax, "no paired effects (no pairs of none and a variant)")
@@ -286,56 +310,76 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
     order = {"cell": 0, "best_lr": 1, "deciding": 2}
     entries = {}
     for o, q in groups:
-        g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q)
-                         & pl.col("metric").is_in(metrics))
-        keys = sorted({(r["selection"], r.get("width"), r.get("lr")) for r in g.iter_rows(named=True)},
-                      key=lambda k: (order.get(k[0], 3) == 2, k[1] if k[1] is not None else 1e9,
-                                     order.get(k[0], 3), k[2] if k[2] is not None else 0))
+        g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & pl.col("metric").is_in(metrics))
+        keys = sorted(
+            {(r["selection"], r.get("width"), r.get("lr")) for r in g.iter_rows(named=True)},
+            key=lambda k: (
+                order.get(k[0], 3) == 2,
+                k[1] if k[1] is not None else 1e9,
+                order.get(k[0], 3),
+                k[2] if k[2] is not None else 0,
+            ),
+        )
         entries[(o, q)] = keys
     heights = [0.8 + 0.22 * len(entries[k]) for k in groups]
-    fig, axes = plt.subplots(len(groups), len(metrics), squeeze=False,
-                             figsize=(3.6 * len(metrics) + 1.6, sum(heights) + 0.6),
-                             gridspec_kw={"height_ratios": heights})
-    styles = {"cell": ("o", "tab:blue", 4), "best_lr": ("D", "tab:red", 5),
-              "deciding": ("s", "black", 6)}
+    fig, axes = plt.subplots(
+        len(groups),
+        len(metrics),
+        squeeze=False,
+        figsize=(3.6 * len(metrics) + 1.6, sum(heights) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+    )
+    styles = {"cell": ("o", "tab:blue", 4), "best_lr": ("D", "tab:red", 5), "deciding": ("s", "black", 6)}
     for i, (o, q) in enumerate(groups):
         keys = entries[(o, q)]
         ypos = {k: len(keys) - 1 - n for n, k in enumerate(keys)}
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
-            g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q)
-                             & (pl.col("metric") == metric))
+            g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & (pl.col("metric") == metric))
             for r in g.iter_rows(named=True):
                 y = ypos[(r["selection"], r.get("width"), r.get("lr"))]
                 marker, colour, ms = styles.get(r["selection"], ("o", "grey", 4))
                 x, lo, hi = r.get("mean_diff"), r.get("ci_low"), r.get("ci_high")
                 if x is None or not np.isfinite(x):
-                    ax.text(0.98, y, f"n={r.get('n_pairs', 0)}: no estimate", ha="right",
-                            va="center", fontsize=6, color="grey",
-                            transform=blended_transform_factory(ax.transAxes, ax.transData))
+                    ax.text(
+                        0.98,
+                        y,
+                        f"n={r.get('n_pairs', 0)}: no estimate",
+                        ha="right",
+                        va="center",
+                        fontsize=6,
+                        color="grey",
+                        transform=blended_transform_factory(ax.transAxes, ax.transData),
+                    )
                     continue
                 if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
                     ax.plot([lo, hi], [y, y], color=colour, lw=1.2)
                     ax.plot([x], [y], marker=marker, color=colour, ms=ms, ls="none")
                 else:
                     ax.plot([x], [y], marker=marker, mfc="white", mec=colour, ms=ms, ls="none")
-                    ax.text(x, y + 0.3, f"n={r.get('n_pairs', 0)}, no CI", fontsize=5.5,
-                            color="grey", ha="center")
+                    ax.text(x, y + 0.3, f"n={r.get('n_pairs', 0)}, no CI", fontsize=5.5, color="grey", ha="center")
             ax.axvline(0, color="grey", lw=0.8, ls=":")
             ax.set_ylim(-0.7, len(keys) - 0.3)
-            ax.set_yticks(list(ypos.values()),
-                          [_forest_label(dict(selection=s, width=w, lr=lr)) for s, w, lr in ypos]
-                          if j == 0 else [""] * len(ypos), fontsize=6.5)
+            ax.set_yticks(
+                list(ypos.values()),
+                [_forest_label(dict(selection=s, width=w, lr=lr)) for s, w, lr in ypos] if j == 0 else [""] * len(ypos),
+                fontsize=6.5,
+            )
             ax.grid(alpha=0.3, axis="x")
             ax.tick_params(axis="x", labelsize=7)
             ax.set_title(f"{o}: {q} - none, {metric}", fontsize=8)
             if i == len(groups) - 1:
                 ax.set_xlabel("mean paired difference, 95% CI", fontsize=7.5)
-    handles = [Line2D([], [], marker=m, color=c, ls="-", ms=s, label=lab) for (m, c, s), lab in
-               zip(styles.values(), ("per (width, lr) cell", "best LR per width", "deciding (pooled)"))]
+    handles = [
+        Line2D([], [], marker=m, color=c, ls="-", ms=s, label=lab)
+        for (m, c, s), lab in zip(styles.values(), ("per (width, lr) cell", "best LR per width", "deciding (pooled)"))
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.suptitle("Paired effects, variant minus none (seeds as replicates)"
-                 + ("  [PARTIAL: sweep not finished]" if partial else ""), fontsize=11)
+    fig.suptitle(
+        "Paired effects, variant minus none (seeds as replicates)"
+        + ("  [PARTIAL: sweep not finished]" if partial else ""),
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     _savefig(fig, path)
     plt.close(fig)
@@ -348,8 +392,12 @@ def _chosen_trials(finals: pl.DataFrame, best_lr: dict) -> dict[tuple, str]:
     out = {}
     done = finals.filter(pl.col("status") == "completed")
     for arm, lr in best_lr.items():
-        g = done.filter((pl.col("optimizer") == arm[0]) & (pl.col("qk_norm") == arm[1])
-                        & (pl.col("width") == arm[2]) & (pl.col("lr") == lr)).sort("seed")
+        g = done.filter(
+            (pl.col("optimizer") == arm[0])
+            & (pl.col("qk_norm") == arm[1])
+            & (pl.col("width") == arm[2])
+            & (pl.col("lr") == lr)
+        ).sort("seed")
         if g.height:
             out[arm] = (g.get_column("trial_id")[0], g.get_column("seed")[0], lr)
     return out
@@ -370,8 +418,9 @@ def _mean_spectra(spec: pl.DataFrame) -> dict[tuple, np.ndarray]:
     return out
 
 
-def spectra(results, per_trial: pl.DataFrame, finals: pl.DataFrame, path: Path, partial=False,
-            best: pl.DataFrame | None = None) -> Path:
+def spectra(
+    results, per_trial: pl.DataFrame, finals: pl.DataFrame, path: Path, partial=False, best: pl.DataFrame | None = None
+) -> Path:
     """Normalised spectra of q and k at init, at the PR minimum and at the end, one trial per arm.
 
     `results` is an `analysis.load.Results` (its lazy `spectra` scan is read for the chosen trials
@@ -380,24 +429,28 @@ def spectra(results, per_trial: pl.DataFrame, finals: pl.DataFrame, path: Path, 
     arms = _arms(finals)
     chosen = _chosen_trials(finals, _best(finals, best))
     ids = [v[0] for v in chosen.values()]
-    spec = (results.spectra.filter(pl.col("trial_id").is_in(ids) & pl.col("tensor").is_in(["q", "k"]))
-            .collect() if ids else pl.DataFrame())
+    spec = (
+        results.spectra.filter(pl.col("trial_id").is_in(ids) & pl.col("tensor").is_in(["q", "k"])).collect()
+        if ids
+        else pl.DataFrame()
+    )
     mean = _mean_spectra(spec) if spec.height else {}
     rec_steps: dict[tuple, list[int]] = {}
-    for (tid, t, step) in mean:
+    for tid, t, step in mean:
         rec_steps.setdefault((tid, t), []).append(step)
     mins = {}
     if per_trial.height:
-        for tid, t, s in per_trial.filter(pl.col("metric") == "pr").select(
-                "trial_id", "tensor", "min_step").iter_rows():
+        for tid, t, s in (
+            per_trial.filter(pl.col("metric") == "pr").select("trial_id", "tensor", "min_step").iter_rows()
+        ):
             mins[(tid, t)] = s
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
     pairs = pairs or [("-", "-")]
     widths = sorted({a[2] for a in arms}) or [0]
     cols = [(w, t) for w in widths for t in ("q", "k")]
-    fig, axes = plt.subplots(len(pairs), len(cols), figsize=(max(2.7 * len(cols), 7.5),
-                                                             2.3 * len(pairs) + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(pairs), len(cols), figsize=(max(2.7 * len(cols), 7.5), 2.3 * len(pairs) + 0.4), squeeze=False
+    )
     for i, (o, q) in enumerate(pairs):
         for j, (w, t) in enumerate(cols):
             ax = axes[i, j]
@@ -415,14 +468,16 @@ def spectra(results, per_trial: pl.DataFrame, finals: pl.DataFrame, path: Path, 
                 continue
             m = mins.get((tid, t))
             s_min = min(steps, key=lambda s: abs(s - m)) if m is not None else None
-            picks = [("init", steps[0], "0.55", "--"), ("PR min", s_min, "tab:red", "-"),
-                     ("final", steps[-1], "black", "-")]
+            picks = [
+                ("init", steps[0], "0.55", "--"),
+                ("PR min", s_min, "tab:red", "-"),
+                ("final", steps[-1], "black", "-"),
+            ]
             for name, s, colour, ls in picks:
                 if s is None:
                     continue
                 v = mean[(tid, t, s)]
-                ax.plot(np.arange(1, v.size + 1), v, ls, color=colour, lw=1.3,
-                        label=f"{name} (step {s})", alpha=0.9)
+                ax.plot(np.arange(1, v.size + 1), v, ls, color=colour, lw=1.3, label=f"{name} (step {s})", alpha=0.9)
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
@@ -434,8 +489,9 @@ def spectra(results, per_trial: pl.DataFrame, finals: pl.DataFrame, path: Path, 
             if i == len(pairs) - 1:
                 ax.set_xlabel("index i", fontsize=8)
             ax.legend(fontsize=6)
-    return _save(fig, path, "Normalised singular values of q, k (mean over layers and heads): init, "
-                            "PR minimum, final", partial)
+    return _save(
+        fig, path, "Normalised singular values of q, k (mean over layers and heads): init, PR minimum, final", partial
+    )
 
 
 # ---- loss vs PR, LR sensitivity -----------------------------------------------------------
@@ -452,10 +508,15 @@ def loss_vs_pr(finals: pl.DataFrame, path: Path, partial=False) -> Path:
             _empty(ax)
             continue
         for (o, q), g in _by_arm(d, colours):
-            ax.scatter(g.get_column(col).to_numpy(), g.get_column("final_val_loss").to_numpy(),
-                       s=[size[w] for w in g.get_column("width").to_list()],
-                       color=colours.get((o, q), "k"), alpha=0.75, label=f"{o} / {q}",
-                       edgecolors="none")
+            ax.scatter(
+                g.get_column(col).to_numpy(),
+                g.get_column("final_val_loss").to_numpy(),
+                s=[size[w] for w in g.get_column("width").to_list()],
+                color=colours.get((o, q), "k"),
+                alpha=0.75,
+                label=f"{o} / {q}",
+                edgecolors="none",
+            )
         ax.set_xlabel(f"final PR of {t} / d_head")
         ax.set_ylabel("final val loss")
         ax.grid(alpha=0.3)
@@ -479,28 +540,54 @@ def lr_sensitivity(curve: pl.DataFrame, path: Path, partial=False, finals=None) 
     for ax, w in zip(axes[0], widths):
         sub = curve.filter(pl.col("width") == w) if curve.height else curve
         drawn = False
-        for (o, q, aw) in arms:
+        for o, q, aw in arms:
             if aw != w:
                 continue
             c = colours.get((o, q), "k")
             ls = OPT_STYLE.get(opts.index(o) % 4, "-")
-            g = sub.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q)
-                           & pl.col("mean_loss").is_not_null()).sort("lr") if sub.height else sub
+            g = (
+                sub.filter(
+                    (pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & pl.col("mean_loss").is_not_null()
+                ).sort("lr")
+                if sub.height
+                else sub
+            )
             if g.height == 0:
                 ax.plot([], [], ls, color=c, label=f"{o} / {q}: no finished trials")
                 continue
             drawn = True
-            ax.plot(g.get_column("lr").to_numpy(), g.get_column("mean_loss").to_numpy(), ls,
-                    color=c, marker="o", ms=3, label=f"{o} / {q}")
+            ax.plot(
+                g.get_column("lr").to_numpy(),
+                g.get_column("mean_loss").to_numpy(),
+                ls,
+                color=c,
+                marker="o",
+                ms=3,
+                label=f"{o} / {q}",
+            )
             b = best.get((o, q, w))
             bb = g.filter(pl.col("lr") == b) if b is not None else g.clear()
             if bb.height:
-                ax.scatter(bb.get_column("lr").to_numpy(), bb.get_column("mean_loss").to_numpy(),
-                           marker="*", s=110, color=c, edgecolors="black", linewidths=0.5, zorder=4)
+                ax.scatter(
+                    bb.get_column("lr").to_numpy(),
+                    bb.get_column("mean_loss").to_numpy(),
+                    marker="*",
+                    s=110,
+                    color=c,
+                    edgecolors="black",
+                    linewidths=0.5,
+                    zorder=4,
+                )
             dv = g.filter(pl.col("n_diverged") > 0)
             if dv.height:
-                ax.scatter(dv.get_column("lr").to_numpy(), dv.get_column("mean_loss").to_numpy(),
-                           marker="x", s=50, color=c, zorder=3)
+                ax.scatter(
+                    dv.get_column("lr").to_numpy(),
+                    dv.get_column("mean_loss").to_numpy(),
+                    marker="x",
+                    s=50,
+                    color=c,
+                    zorder=3,
+                )
         init = sub.get_column("init_loss").drop_nulls() if sub.height else pl.Series([], dtype=pl.Float64)
         ys = sub.get_column("mean_loss").drop_nulls().drop_nans() if sub.height else init
         if init.len():
@@ -509,11 +596,17 @@ def lr_sensitivity(curve: pl.DataFrame, path: Path, partial=False, finals=None) 
             if li <= hi_y + 1.0 * max(hi_y - lo_y, 0.05):  # in range: draw it
                 ax.axhline(li, color="grey", ls=":", lw=1, label="loss at init")
             else:  # far above the curves: say it rather than squash them
-                ax.text(0.02, 0.97, f"loss at init {li:.3g} (above the axis)", transform=ax.transAxes,
-                        fontsize=7, color="grey", va="top")
+                ax.text(
+                    0.02,
+                    0.97,
+                    f"loss at init {li:.3g} (above the axis)",
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    color="grey",
+                    va="top",
+                )
         if not drawn:
-            ax.text(0.5, 0.5, "no finished trials", transform=ax.transAxes, ha="center",
-                    color="grey")
+            ax.text(0.5, 0.5, "no finished trials", transform=ax.transAxes, ha="center", color="grey")
         _lr_axis(ax, grid)
         ax.set_title(f"width {w}", fontsize=9)
         ax.set_xlabel("peak LR")
@@ -521,8 +614,9 @@ def lr_sensitivity(curve: pl.DataFrame, path: Path, partial=False, finals=None) 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6.5)
-    return _save(fig, path, "Loss vs LR per arm (star: best LR; x: some seed diverged, counted as "
-                            "loss at init)", partial)
+    return _save(
+        fig, path, "Loss vs LR per arm (star: best LR; x: some seed diverged, counted as loss at init)", partial
+    )
 
 
 # ---- collapse rate vs width ---------------------------------------------------------------
@@ -530,13 +624,17 @@ def _no_fit_reason(r: dict) -> str:
     n = r.get("n_trials") or 0
     if r.get("n_censored"):
         return f"no fit (censored {r['n_censored']}/{n})"
-    parts = [f"{k.removeprefix('n_').replace('_', ' ')} {r[k]}" for k in
-             ("n_censored_slow", "n_no_fall", "n_failed") if r.get(k)]
+    parts = [
+        f"{k.removeprefix('n_').replace('_', ' ')} {r[k]}"
+        for k in ("n_censored_slow", "n_no_fall", "n_failed")
+        if r.get(k)
+    ]
     return "no fit (" + (", ".join(parts) or f"0/{n} fitted") + ")"
 
 
-def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, finals=None,
-                           best: pl.DataFrame | None = None, metric: str = "pr") -> Path:
+def collapse_rate_vs_width(
+    per_arm: pl.DataFrame, path: Path, partial=False, finals=None, best: pl.DataFrame | None = None, metric: str = "pr"
+) -> Path:
     """Rate per 1k steps against width: rows tensor q, k; one column per LR and one at each
     arm's best LR. Every arm of `finals` is drawn at every width."""
     ok = per_arm.height > 0 and "metric" in per_arm.columns and "lr" in per_arm.columns
@@ -549,15 +647,13 @@ def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, fin
     columns = [("lr", x) for x in lrs] + ([("best", None)] if best_lr else [])
     columns = columns or [("lr", None)]
     widths = sorted({a[2] for a in arms})
-    fig, axes = plt.subplots(2, len(columns), figsize=(max(3.3 * len(columns), 8), 7.6),
-                             squeeze=False, sharey="row")
+    fig, axes = plt.subplots(2, len(columns), figsize=(max(3.3 * len(columns), 8), 7.6), squeeze=False, sharey="row")
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
     for i, t in enumerate(("q", "k")):
         for j, (kind, lr) in enumerate(columns):
             ax = axes[i, j]
             sub = per_arm.filter((pl.col("metric") == metric) & (pl.col("tensor") == t)) if ok else None
-            title = (f"{t}, lr {lr_label(lr)}" if kind == "lr" and lr is not None
-                     else f"{t}, each arm at its best LR")
+            title = f"{t}, lr {lr_label(lr)}" if kind == "lr" and lr is not None else f"{t}, each arm at its best LR"
             if not arms:
                 _empty(ax, "no trials")
                 ax.set_title(title, fontsize=8)
@@ -574,8 +670,12 @@ def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, fin
                     x_lr = lr if kind == "lr" else best_lr.get((o, q, w))
                     row = None
                     if sub is not None and x_lr is not None:
-                        g = sub.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q)
-                                       & (pl.col("width") == w) & (pl.col("lr") == x_lr))
+                        g = sub.filter(
+                            (pl.col("optimizer") == o)
+                            & (pl.col("qk_norm") == q)
+                            & (pl.col("width") == w)
+                            & (pl.col("lr") == x_lr)
+                        )
                         row = g.row(0, named=True) if g.height else None
                     rate = row.get("rate_per_1k_steps") if row else None
                     if rate is not None and np.isfinite(rate):
@@ -585,8 +685,14 @@ def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, fin
                         los.append(rate - lo if lo is not None else 0.0)
                         his.append(hi - rate if hi is not None else 0.0)
                         if row.get("n_censored"):
-                            ax.annotate(f"+{row['n_censored']} censored", (w, rate), fontsize=5.5,
-                                        color=colour, xytext=(4, -8), textcoords="offset points")
+                            ax.annotate(
+                                f"+{row['n_censored']} censored",
+                                (w, rate),
+                                fontsize=5.5,
+                                color=colour,
+                                xytext=(4, -8),
+                                textcoords="offset points",
+                            )
                         continue
                     # no fit here: draw the arm anyway
                     label = _no_fit_reason(row) if row else "no completed trials"
@@ -594,21 +700,35 @@ def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, fin
                     if bound is not None and np.isfinite(bound) and bound > 0:
                         ax.plot([w], [bound], marker="^", mfc="white", mec=colour, ms=7, ls="none")
                         has_y = True
-                        ax.annotate(label.replace("no fit (", "no fit\n("), (w, bound), fontsize=6,
-                                    color=colour, ha="center", va="top",
-                                    xytext=(0, -6 - 16 * (k % 3)), textcoords="offset points")
+                        ax.annotate(
+                            label.replace("no fit (", "no fit\n("),
+                            (w, bound),
+                            fontsize=6,
+                            color=colour,
+                            ha="center",
+                            va="top",
+                            xytext=(0, -6 - 16 * (k % 3)),
+                            textcoords="offset points",
+                        )
                     else:
                         tr = blended_transform_factory(ax.transData, ax.transAxes)
                         yax = 0.04 + 0.07 * (notes % 6)
-                        ax.plot([w], [yax], marker="o", mfc="white", mec=colour, ms=6, ls="none",
-                                transform=tr, clip_on=False)
-                        ax.text(w, yax, "  " + label, transform=tr, fontsize=5.5, color=colour,
-                                va="center")
+                        ax.plot(
+                            [w],
+                            [yax],
+                            marker="o",
+                            mfc="white",
+                            mec=colour,
+                            ms=6,
+                            ls="none",
+                            transform=tr,
+                            clip_on=False,
+                        )
+                        ax.text(w, yax, "  " + label, transform=tr, fontsize=5.5, color=colour, va="center")
                         notes += 1
                 if xs:
                     has_y = True
-                    ax.errorbar(xs, ys, yerr=np.vstack([los, his]), color=colour, ls=ls, marker="o",
-                                ms=4, capsize=3)
+                    ax.errorbar(xs, ys, yerr=np.vstack([los, his]), color=colour, ls=ls, marker="o", ms=4, capsize=3)
             ax.set_xscale("log", base=2)
             ax.xaxis.set_minor_formatter(NullFormatter())
             if widths:
@@ -618,24 +738,34 @@ def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, fin
                 ax.set_ylim(1, 100)
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(
-                lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
             ax.set_title(title, fontsize=8.5)
             ax.grid(alpha=0.3, which="both")
             if i == 1:
                 ax.set_xlabel("width (d_model)")
             if j == 0:
                 ax.set_ylabel(f"collapse rate of {t} PR (per 1k steps)")
-    handles = [Line2D([], [], color=colours.get(p, "k"), ls=OPT_STYLE.get(opts.index(p[0]) % 4, "-"),
-                      marker="o", label=f"{p[0]} / {p[1]}") for p in pairs]
-    handles += [Line2D([], [], color="grey", marker="^", mfc="white", ls="none",
-                       label="no fit, censored: rate lower bound"),
-                Line2D([], [], color="grey", marker="o", mfc="white", ls="none",
-                       label="no fit (other reason), at the axis")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7,
-               frameon=False)
-    fig.suptitle("Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)"
-                 + ("  [PARTIAL: sweep not finished]" if partial else ""), fontsize=11)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colours.get(p, "k"),
+            ls=OPT_STYLE.get(opts.index(p[0]) % 4, "-"),
+            marker="o",
+            label=f"{p[0]} / {p[1]}",
+        )
+        for p in pairs
+    ]
+    handles += [
+        Line2D([], [], color="grey", marker="^", mfc="white", ls="none", label="no fit, censored: rate lower bound"),
+        Line2D([], [], color="grey", marker="o", mfc="white", ls="none", label="no fit (other reason), at the axis"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7, frameon=False)
+    fig.suptitle(
+        "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)"
+        + ("  [PARTIAL: sweep not finished]" if partial else ""),
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     _savefig(fig, path)
     plt.close(fig)
@@ -643,18 +773,31 @@ def collapse_rate_vs_width(per_arm: pl.DataFrame, path: Path, partial=False, fin
 
 
 # ---- all of them --------------------------------------------------------------------------
-FIGURES = ("forest", "pr_over_training", "pr_by_lr_q", "pr_by_lr_k", "spectra", "loss_vs_pr",
-           "lr_sensitivity", "collapse_rate_vs_width")
+FIGURES = (
+    "forest",
+    "pr_over_training",
+    "pr_by_lr_q",
+    "pr_by_lr_k",
+    "spectra",
+    "loss_vs_pr",
+    "lr_sensitivity",
+    "collapse_rate_vs_width",
+)
 
 
 def _label_inits(df: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
     """With several initialisations in the sweep, each is its own arm: its key joins the qk_norm
     label ("rms [normal:0.02]") so that no figure pools over inits."""
-    if ("init_key" not in finals.columns or finals.get_column("init_key").n_unique() < 2
-            or "init_key" not in df.columns or "qk_norm" not in df.columns):
+    if (
+        "init_key" not in finals.columns
+        or finals.get_column("init_key").n_unique() < 2
+        or "init_key" not in df.columns
+        or "qk_norm" not in df.columns
+    ):
         return df
-    return df.with_columns(pl.concat_str(pl.col("qk_norm"), pl.lit(" ["), pl.col("init_key"),
-                                         pl.lit("]")).alias("qk_norm"))
+    return df.with_columns(
+        pl.concat_str(pl.col("qk_norm"), pl.lit(" ["), pl.col("init_key"), pl.lit("]")).alias("qk_norm")
+    )
 
 
 def draw_all(r, folder: Path) -> list[Path]:
@@ -662,8 +805,9 @@ def draw_all(r, folder: Path) -> list[Path]:
     effects (`Report.cells`)."""
     folder = safe_mkdir(folder)
     partial = r.partial
-    finals, lr_c, per_arm, per_trial = (_label_inits(df, r.finals) for df in
-                                        (r.finals, r.lr_curve, r.collapse_arm, r.collapse_trial))
+    finals, lr_c, per_arm, per_trial = (
+        _label_inits(df, r.finals) for df in (r.finals, r.lr_curve, r.collapse_arm, r.collapse_trial)
+    )
     best = best_lrs(lr_c) if lr_c.height else None
     out = []
     cells = getattr(r, "cells", None)
@@ -676,6 +820,5 @@ def draw_all(r, folder: Path) -> list[Path]:
     out.append(spectra(r.results, per_trial, finals, folder / "spectra.png", partial, best))
     out.append(loss_vs_pr(finals, folder / "loss_vs_pr.png", partial))
     out.append(lr_sensitivity(lr_c, folder / "lr_sensitivity.png", partial, finals))
-    out.append(collapse_rate_vs_width(per_arm, folder / "collapse_rate_vs_width.png",
-                                      partial, finals, best))
+    out.append(collapse_rate_vs_width(per_arm, folder / "collapse_rate_vs_width.png", partial, finals, best))
     return out

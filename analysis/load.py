@@ -189,7 +189,10 @@ def scan(parts: list[Part], schema: pl.Schema) -> pl.LazyFrame:
     # The trial_id=<id> folder is also a column in every file: read it from the file, as a
     # String (newer parts store it dictionary-encoded, older ones as plain strings).
     return pl.scan_parquet(
-        [str(p.path) for p in parts], hive_partitioning=False, schema=schema, extra_columns="ignore",
+        [str(p.path) for p in parts],
+        hive_partitioning=False,
+        schema=schema,
+        extra_columns="ignore",
         cast_options=pl.ScanCastOptions(categorical_to_string="allow"),
     )
 
@@ -213,9 +216,7 @@ def find_sweep_dir(path: str | os.PathLike) -> Path:
             "pass the sweep folder (the one holding trials.parquet, metrics/ and spectra/)"
         )
     names = ", ".join(p.name for p in inner)
-    raise ResultsError(
-        f"{str(path)!r} holds {len(inner)} sweep folders ({names}): pass one of them"
-    )
+    raise ResultsError(f"{str(path)!r} holds {len(inner)} sweep folders ({names}): pass one of them")
 
 
 # ---- checking files -------------------------------------------------------------------------
@@ -226,9 +227,7 @@ def check_columns(path: Path, found: pl.Schema, expected: pl.Schema, required) -
             raise ResultsError(f"{path}: column {col!r} is missing (the contract requires it)")
     for col, dtype in expected.items():
         if col in found and found[col] != dtype:
-            raise ResultsError(
-                f"{path}: column {col!r} has type {found[col]}, the contract says {dtype}"
-            )
+            raise ResultsError(f"{path}: column {col!r} has type {found[col]}, the contract says {dtype}")
 
 
 def list_parts(folder: Path) -> list[Path]:
@@ -265,7 +264,7 @@ def _list_remote_parts(folder: UriPath) -> list[UriPath]:
     """list_parts on an object store: one recursive listing (object stores have no folders)."""
     found = []
     for info in folder.files():
-        rel = info.path[len(folder.key) + 1:].split("/")
+        rel = info.path[len(folder.key) + 1 :].split("/")
         if len(rel) != 2 or rel[0].startswith(".") or rel[1].startswith(".") or rel[1].endswith(".tmp"):
             continue
         if rel[1].endswith(".parquet"):

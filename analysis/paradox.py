@@ -35,7 +35,8 @@ DECIDE = ("final_val_loss", "final_pr_q", "final_pr_k")  # the metrics the verdi
 ROBUST_METRICS = ROBUST_PR["corrected"] + ROBUST_PR["centred"]
 FAMILY = {
     **{m: "decision" for m in DECIDE},
-    "final_pr_wq": "weights", "final_pr_wk": "weights",
+    "final_pr_wq": "weights",
+    "final_pr_wk": "weights",
     **{m: kind for kind, ms in ROBUST_PR.items() for m in ms},
 }
 BASELINE = QK_NORM_VARIANTS[0]  # "none": every variant is compared with it
@@ -45,15 +46,51 @@ SELECTIONS = ("all_lrs", "best_lr")
 FIXED = ("depth", "d_head", "steps_planned", "init_key")
 _ORDER = {q: i for i, q in enumerate(QK_NORM_VARIANTS)}  # report order
 STAT_COLS = ["n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_wilcoxon", "sd_diff", "dz"]
-COLUMNS = ["optimizer", "qk_norm", "metric", "n_pairs", "mean_diff", "ci_low", "ci_high",
-           "p_value", "p_holm", "p_wilcoxon", "sd_diff", "n_excluded_diverged",
-           "n_excluded_other", "selection", "dz", "family"]
-CELL_COLUMNS = ["optimizer", "qk_norm", "width", "lr", "metric", "n_pairs", "mean_diff", "ci_low",
-                "ci_high", "p_value", "selection"]
-_SCHEMA = {"optimizer": pl.String, "qk_norm": pl.String, "metric": pl.String,
-           "selection": pl.String, "family": pl.String, "reference": pl.String, "n_pairs": pl.Int64,
-           "n_excluded_diverged": pl.Int64, "n_excluded_other": pl.Int64, "width": pl.Int64,
-           "layer": pl.Int64, "lr": pl.Float64}
+COLUMNS = [
+    "optimizer",
+    "qk_norm",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "p_wilcoxon",
+    "sd_diff",
+    "n_excluded_diverged",
+    "n_excluded_other",
+    "selection",
+    "dz",
+    "family",
+]
+CELL_COLUMNS = [
+    "optimizer",
+    "qk_norm",
+    "width",
+    "lr",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "selection",
+]
+_SCHEMA = {
+    "optimizer": pl.String,
+    "qk_norm": pl.String,
+    "metric": pl.String,
+    "selection": pl.String,
+    "family": pl.String,
+    "reference": pl.String,
+    "n_pairs": pl.Int64,
+    "n_excluded_diverged": pl.Int64,
+    "n_excluded_other": pl.Int64,
+    "width": pl.Int64,
+    "layer": pl.Int64,
+    "lr": pl.Float64,
+}
 
 
 def variants(finals: pl.DataFrame) -> list[str]:
@@ -70,9 +107,11 @@ def select(finals: pl.DataFrame, selection: str) -> pl.DataFrame:
     if selection == "all_lrs":
         return finals
     best = best_lrs(lr_curve(finals))
-    return finals.join(best, on=arm_keys(finals), how="inner").filter(
-        pl.col("lr") == pl.col("best_lr")
-    ).drop("best_lr", "best_loss")
+    return (
+        finals.join(best, on=arm_keys(finals), how="inner")
+        .filter(pl.col("lr") == pl.col("best_lr"))
+        .drop("best_lr", "best_loss")
+    )
 
 
 def pair_keys(finals: pl.DataFrame, selection: str) -> list[str]:
@@ -81,8 +120,7 @@ def pair_keys(finals: pl.DataFrame, selection: str) -> list[str]:
     return on + [c for c in FIXED if c in finals.columns]
 
 
-def make_pairs(finals: pl.DataFrame, selection: str, metrics=METRICS,
-               extra_keys: tuple[str, ...] = ()) -> pl.DataFrame:
+def make_pairs(finals: pl.DataFrame, selection: str, metrics=METRICS, extra_keys: tuple[str, ...] = ()) -> pl.DataFrame:
     """Every candidate pair (any status): optimizer, qk_norm (the variant), the match keys,
     status_v / status_n, usable_v / usable_n (completed, with complete data), lr_v / lr_n, and
     <metric>_v, <metric>_n per metric."""
@@ -110,8 +148,10 @@ def _diffs(p: pl.DataFrame, metric: str, usable_only: bool = True) -> np.ndarray
     if f"{metric}_v" not in p.columns:
         return np.empty(0)
     done = p.filter(pl.col("usable_v") & pl.col("usable_n")) if usable_only else p
-    d = (done.get_column(f"{metric}_v").cast(pl.Float64).to_numpy()
-         - done.get_column(f"{metric}_n").cast(pl.Float64).to_numpy())
+    d = (
+        done.get_column(f"{metric}_v").cast(pl.Float64).to_numpy()
+        - done.get_column(f"{metric}_n").cast(pl.Float64).to_numpy()
+    )
     return d[np.isfinite(d)]
 
 
@@ -140,8 +180,14 @@ def _frame(rows: list[dict], columns: list[str], family_holm: bool = True) -> pl
     return df.fill_nan(None)
 
 
-def paradox_table(finals: pl.DataFrame, selection: str = "all_lrs", n_boot: int | None = None,
-                  seed=None, metrics=METRICS, wilcoxon: bool = True) -> pl.DataFrame:
+def paradox_table(
+    finals: pl.DataFrame,
+    selection: str = "all_lrs",
+    n_boot: int | None = None,
+    seed=None,
+    metrics=METRICS,
+    wilcoxon: bool = True,
+) -> pl.DataFrame:
     """One row per (optimizer, variant, metric). n_boot and seed are accepted for callers of the
     bootstrap version; the interval is now the t interval (deterministic). wilcoxon=False skips
     the Wilcoxon check (p_wilcoxon null; the simulations, which do not need it)."""
@@ -155,11 +201,18 @@ def paradox_table(finals: pl.DataFrame, selection: str = "all_lrs", n_boot: int 
             div = (sv == "diverged") | (sn == "diverged")
             usable = p.filter(done)
             for metric in metrics:
-                rows.append(dict(optimizer=opt, qk_norm=var, metric=metric, selection=selection,
-                                 family=FAMILY.get(metric, metric),
-                                 n_excluded_diverged=int(div.sum()),
-                                 n_excluded_other=int((~done & ~div).sum()),
-                                 **_summary(_diffs(usable, metric, False), wilcoxon)))
+                rows.append(
+                    dict(
+                        optimizer=opt,
+                        qk_norm=var,
+                        metric=metric,
+                        selection=selection,
+                        family=FAMILY.get(metric, metric),
+                        n_excluded_diverged=int(div.sum()),
+                        n_excluded_other=int((~done & ~div).sum()),
+                        **_summary(_diffs(usable, metric, False), wilcoxon),
+                    )
+                )
     return _frame(rows, COLUMNS)
 
 
@@ -186,22 +239,44 @@ def cell_table(finals: pl.DataFrame, deciding: pl.DataFrame | None = None) -> pl
             p = pairs.filter(pl.all_horizontal(pl.col(c) == v for c, v in g.items()))
             lrs = p.get_column("lr_v").unique().to_list()
             for metric in METRICS:
-                rows.append(dict(optimizer=g["optimizer"], qk_norm=g["qk_norm"], width=g["width"],
-                                 lr=lrs[0] if len(lrs) == 1 else None, metric=metric,
-                                 selection="cell" if selection == "all_lrs" else "best_lr",
-                                 **_summary(_diffs(p, metric), wilcoxon=False)))
+                rows.append(
+                    dict(
+                        optimizer=g["optimizer"],
+                        qk_norm=g["qk_norm"],
+                        width=g["width"],
+                        lr=lrs[0] if len(lrs) == 1 else None,
+                        metric=metric,
+                        selection="cell" if selection == "all_lrs" else "best_lr",
+                        **_summary(_diffs(p, metric), wilcoxon=False),
+                    )
+                )
     if deciding is not None and deciding.height:
         for r in deciding.filter(pl.col("metric").is_in(METRICS)).iter_rows(named=True):
             rows.append({**r, "width": None, "lr": None, "selection": "deciding"})
     df = _frame(rows, CELL_COLUMNS, family_holm=False)
     order = {"cell": 0, "best_lr": 1, "deciding": 2}
-    return df.with_columns(pl.col("selection").replace_strict(order, return_dtype=pl.Int8)
-                           .alias("_o")).sort(
-        "optimizer", "qk_norm", "_o", "width", "lr", "metric", nulls_last=True).drop("_o")
+    return (
+        df.with_columns(pl.col("selection").replace_strict(order, return_dtype=pl.Int8).alias("_o"))
+        .sort("optimizer", "qk_norm", "_o", "width", "lr", "metric", nulls_last=True)
+        .drop("_o")
+    )
 
 
-LAYER_COLUMNS = ["optimizer", "qk_norm", "layer", "metric", "n_pairs", "mean_diff", "ci_low",
-                 "ci_high", "p_value", "p_holm", "sd_diff", "selection", "family"]
+LAYER_COLUMNS = [
+    "optimizer",
+    "qk_norm",
+    "layer",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "sd_diff",
+    "selection",
+    "family",
+]
 
 
 def layer_table(layers: pl.DataFrame) -> pl.DataFrame:
@@ -215,18 +290,34 @@ def layer_table(layers: pl.DataFrame) -> pl.DataFrame:
     sel = layers.filter(pl.col("trial_id").is_in(chosen.implode()))
     pairs = make_pairs(sel, "all_lrs", ("final_pr_q", "final_pr_k"), extra_keys=("layer",))
     rows = []
-    for g in pairs.select("optimizer", "qk_norm", "layer").unique().sort(
-            "optimizer", "qk_norm", "layer").iter_rows(named=True):
+    for g in (
+        pairs.select("optimizer", "qk_norm", "layer")
+        .unique()
+        .sort("optimizer", "qk_norm", "layer")
+        .iter_rows(named=True)
+    ):
         p = pairs.filter(pl.all_horizontal(pl.col(c) == v for c, v in g.items()))
         for metric in ("final_pr_q", "final_pr_k"):
-            rows.append(dict(**g, metric=metric, selection="best_lr", family="layers",
-                             **_summary(_diffs(p, metric))))
+            rows.append(dict(**g, metric=metric, selection="best_lr", family="layers", **_summary(_diffs(p, metric))))
     return _frame(rows, LAYER_COLUMNS)
 
 
 # ---- interaction: difference in differences -----------------------------------------------
-DID_COLUMNS = ["selection", "optimizer", "reference", "qk_norm", "metric", "n_pairs", "mean_diff",
-               "ci_low", "ci_high", "p_value", "p_holm", "sd_diff", "family"]
+DID_COLUMNS = [
+    "selection",
+    "optimizer",
+    "reference",
+    "qk_norm",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "sd_diff",
+    "family",
+]
 
 
 def did_table(finals: pl.DataFrame, selection: str) -> pl.DataFrame:
@@ -245,25 +336,30 @@ def did_table(finals: pl.DataFrame, selection: str) -> pl.DataFrame:
     ref = "adamw" if "adamw" in opts else opts[0]
     pairs = make_pairs(finals, selection).filter(pl.col("usable_v") & pl.col("usable_n"))
     keys = [k for k in pair_keys(finals, selection) if k != "optimizer"] + ["qk_norm"]
-    diff = pairs.select(
-        "optimizer", *keys, *[(pl.col(f"{m}_v") - pl.col(f"{m}_n")).alias(m) for m in METRICS])
+    diff = pairs.select("optimizer", *keys, *[(pl.col(f"{m}_v") - pl.col(f"{m}_n")).alias(m) for m in METRICS])
     base = diff.filter(pl.col("optimizer") == ref).drop("optimizer")
     rows = []
     for opt in opts:
         if opt == ref:
             continue
-        j = diff.filter(pl.col("optimizer") == opt).drop("optimizer").join(
-            base, on=keys, how="inner", suffix="_ref")
+        j = diff.filter(pl.col("optimizer") == opt).drop("optimizer").join(base, on=keys, how="inner", suffix="_ref")
         for var in variants(finals):
             g = j.filter(pl.col("qk_norm") == var)
             if g.height == 0 and var not in variants(finals.filter(pl.col("optimizer") == opt)):
                 continue
             for m in METRICS:
-                d = (g.get_column(m).cast(pl.Float64).to_numpy()
-                     - g.get_column(f"{m}_ref").cast(pl.Float64).to_numpy())
-                rows.append(dict(selection=selection, optimizer=opt, reference=ref, qk_norm=var,
-                                 metric=m, family=FAMILY[m],
-                                 **_summary(d[np.isfinite(d)], wilcoxon=False)))
+                d = g.get_column(m).cast(pl.Float64).to_numpy() - g.get_column(f"{m}_ref").cast(pl.Float64).to_numpy()
+                rows.append(
+                    dict(
+                        selection=selection,
+                        optimizer=opt,
+                        reference=ref,
+                        qk_norm=var,
+                        metric=m,
+                        family=FAMILY[m],
+                        **_summary(d[np.isfinite(d)], wilcoxon=False),
+                    )
+                )
     return _frame(rows, DID_COLUMNS)
 
 
@@ -279,7 +375,7 @@ def _sig(row: dict | None, sign: int, alpha: float) -> bool:
 
 
 def direction(row: dict | None, alpha: float) -> str:
-    """"lower" / "higher" (significant at p_holm < alpha with that sign), "no_difference", or
+    """ "lower" / "higher" (significant at p_holm < alpha with that sign), "no_difference", or
     "not_enough_data" (fewer than MIN_PAIRS pairs: no test)."""
     if row is None or row["n_pairs"] < MIN_PAIRS:
         return "not_enough_data"
@@ -290,8 +386,7 @@ def direction(row: dict | None, alpha: float) -> str:
     return "no_difference"
 
 
-def judge(table: pl.DataFrame, optimizer: str, variant: str, alpha: float = ALPHA,
-          metrics=DECIDE) -> dict:
+def judge(table: pl.DataFrame, optimizer: str, variant: str, alpha: float = ALPHA, metrics=DECIDE) -> dict:
     """better_loss, worse_rank, paradox, directions and the effect sizes of one comparison.
 
     better_loss: metrics[0] (final_val_loss) mean_diff < 0 at p_holm < alpha.
@@ -301,8 +396,10 @@ def judge(table: pl.DataFrame, optimizer: str, variant: str, alpha: float = ALPH
     supported: not the same as evidence of no difference) | not_enough_data | other (no claim,
     but a significant effect in the other direction; see directions).
     """
-    rows = {r["metric"]: r for r in table.filter(
-        (pl.col("optimizer") == optimizer) & (pl.col("qk_norm") == variant)).iter_rows(named=True)}
+    rows = {
+        r["metric"]: r
+        for r in table.filter((pl.col("optimizer") == optimizer) & (pl.col("qk_norm") == variant)).iter_rows(named=True)
+    }
     loss, q, k = (rows.get(m) for m in metrics)
     enough = all(r is not None and r["n_pairs"] >= MIN_PAIRS for r in (loss, q, k))
     better_loss = enough and _sig(loss, -1, alpha)
@@ -321,13 +418,17 @@ def judge(table: pl.DataFrame, optimizer: str, variant: str, alpha: float = ALPH
     else:
         state = "no_effect"
     effects = {
-        m: {k_: r.get(k_) for k_ in ("n_pairs", "mean_diff", "ci_low", "ci_high", "p_value",
-                                      "p_holm", "p_wilcoxon", "sd_diff", "dz")}
+        m: {
+            k_: r.get(k_)
+            for k_ in ("n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm", "p_wilcoxon", "sd_diff", "dz")
+        }
         for m, r in rows.items()
     }
     any_row = loss or q or k or {}
     return dict(
-        state=state, better_loss=bool(better_loss), worse_rank=bool(worse_rank),
+        state=state,
+        better_loss=bool(better_loss),
+        worse_rank=bool(worse_rank),
         paradox=bool(better_loss and worse_rank),
         directions={m: direction(rows.get(m), alpha) for m in metrics},
         n_pairs=int(loss["n_pairs"]) if loss else 0,
@@ -338,5 +439,4 @@ def judge(table: pl.DataFrame, optimizer: str, variant: str, alpha: float = ALPH
 
 
 def comparisons(table: pl.DataFrame) -> list[tuple[str, str]]:
-    return list(dict.fromkeys(zip(table.get_column("optimizer").to_list(),
-                                  table.get_column("qk_norm").to_list())))
+    return list(dict.fromkeys(zip(table.get_column("optimizer").to_list(), table.get_column("qk_norm").to_list())))

@@ -25,8 +25,21 @@ from .paradox import BASELINE, METRICS, select, variants
 from .stats import CI_LEVEL, holm
 
 MIN_CLUSTERS = 20
-COLUMNS = ["selection", "metric", "term", "coef", "se", "ci_low", "ci_high", "p_value", "p_holm",
-           "n", "n_clusters", "cov_type", "note"]
+COLUMNS = [
+    "selection",
+    "metric",
+    "term",
+    "coef",
+    "se",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "n",
+    "n_clusters",
+    "cov_type",
+    "note",
+]
 
 
 def _design(df: pl.DataFrame, ref_opt: str) -> tuple[np.ndarray, list[str]]:
@@ -64,20 +77,39 @@ def regress(finals: pl.DataFrame, selection: str = "all_lrs") -> pl.DataFrame:
     for metric in METRICS:
         d = data.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite())
         if d.height == 0 or BASELINE not in d.get_column("qk_norm").to_list():
-            rows.append(dict(selection=selection, metric=metric, n=d.height,
-                             note=f"not enough data (no completed trials with qk_norm={BASELINE})"))
+            rows.append(
+                dict(
+                    selection=selection,
+                    metric=metric,
+                    n=d.height,
+                    note=f"not enough data (no completed trials with qk_norm={BASELINE})",
+                )
+            )
             continue
         G = d.get_column("seed").n_unique()
         if G < MIN_CLUSTERS:
-            rows.append(dict(selection=selection, metric=metric, n=d.height, n_clusters=G,
-                             note=f"not run: {G} seed clusters < {MIN_CLUSTERS} (clustered errors "
-                                  "need many clusters); see the difference-in-differences table"))
+            rows.append(
+                dict(
+                    selection=selection,
+                    metric=metric,
+                    n=d.height,
+                    n_clusters=G,
+                    note=f"not run: {G} seed clusters < {MIN_CLUSTERS} (clustered errors "
+                    "need many clusters); see the difference-in-differences table",
+                )
+            )
             continue
         X, names = _design(d, ref)
         y = d.get_column(metric).to_numpy()
         if d.height <= X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
-            rows.append(dict(selection=selection, metric=metric, n=d.height,
-                             note="not enough data (fewer trials than terms, or collinear terms)"))
+            rows.append(
+                dict(
+                    selection=selection,
+                    metric=metric,
+                    n=d.height,
+                    note="not enough data (fewer trials than terms, or collinear terms)",
+                )
+            )
             continue
         with warnings.catch_warnings():
             # a coefficient whose clustered variance comes out negative (few clusters, or a
@@ -85,8 +117,15 @@ def regress(finals: pl.DataFrame, selection: str = "all_lrs") -> pl.DataFrame:
             warnings.simplefilter("ignore", RuntimeWarning)
             rows += _fit(sm, X, y, names, d, selection, metric)
     schema = {c: pl.Float64 for c in COLUMNS}
-    schema.update(selection=pl.String, metric=pl.String, term=pl.String, cov_type=pl.String,
-                  note=pl.String, n=pl.Int64, n_clusters=pl.Int64)
+    schema.update(
+        selection=pl.String,
+        metric=pl.String,
+        term=pl.String,
+        cov_type=pl.String,
+        note=pl.String,
+        n=pl.Int64,
+        n_clusters=pl.Int64,
+    )
     df = pl.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema)
     is_int = pl.col("term").str.contains(" x ").fill_null(False)
     p = df.get_column("p_value").to_numpy().astype(float)
@@ -103,9 +142,20 @@ def _fit(sm, X, y, names, d, selection, metric) -> list[dict]:
     ci = fit.conf_int(alpha=1 - CI_LEVEL)
     rows = []
     for i, name in enumerate(names):
-        rows.append(dict(selection=selection, metric=metric, term=name,
-                         coef=float(fit.params[i]), se=float(fit.bse[i]),
-                         ci_low=float(ci[i, 0]), ci_high=float(ci[i, 1]),
-                         p_value=float(fit.pvalues[i]), n=d.height, n_clusters=G,
-                         cov_type=cov, note=note))
+        rows.append(
+            dict(
+                selection=selection,
+                metric=metric,
+                term=name,
+                coef=float(fit.params[i]),
+                se=float(fit.bse[i]),
+                ci_low=float(ci[i, 0]),
+                ci_high=float(ci[i, 1]),
+                p_value=float(fit.pvalues[i]),
+                n=d.height,
+                n_clusters=G,
+                cov_type=cov,
+                note=note,
+            )
+        )
     return rows

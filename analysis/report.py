@@ -75,8 +75,9 @@ class Report:
 def status_table(trials: pl.DataFrame) -> pl.DataFrame:
     """Trials per arm and status (one column per status), plus the total."""
     counts = trials.group_by(*ARM, "status").len()
-    wide = pl.DataFrame({**{c: [] for c in ARM}}, schema={"optimizer": pl.String, "qk_norm": pl.String,
-                                                          "width": pl.Int64})
+    wide = pl.DataFrame(
+        {**{c: [] for c in ARM}}, schema={"optimizer": pl.String, "qk_norm": pl.String, "width": pl.Int64}
+    )
     if counts.height:
         wide = counts.pivot(on="status", index=list(ARM), values="len")
     for s in STATUSES:
@@ -99,8 +100,10 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     gaps = finals.filter(~pl.col("data_complete")).height
     if gaps:  # a completed trial with a lost or skipped part is not a finished result
         reasons.append(f"{gaps} completed trial(s) miss metric steps their schedule planned (incomplete_trials)")
-    design = {c: sorted(res.trials.get_column(c).drop_nulls().unique().to_list())
-              for c in ("optimizer", "qk_norm", "width", "lr", "seed", "depth", "d_head", "steps_planned")}
+    design = {
+        c: sorted(res.trials.get_column(c).drop_nulls().unique().to_list())
+        for c in ("optimizer", "qk_norm", "width", "lr", "seed", "depth", "d_head", "steps_planned")
+    }
     context = {
         "sweep": res.name,
         "results_dir": str(res.sweep_dir),
@@ -121,11 +124,24 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     }
     verdict = build_verdict(px, context, alpha)
     return Report(
-        results=res, features=feats, finals=finals, collapse_trial=per_trial, collapse_arm=per_arm,
-        scaling=width_scaling(per_trial, best_lrs(lr_curve(finals))), paradox=px.pooled, paradox_best=px.best,
-        regression=px.regression, cells=px.cells, layers=px.layers, interaction=px.did,
-        robust=px.robust, brackets=px.brackets, lr_curve=lr_curve(finals), sensitivity=lr_sensitivity(finals),
-        status=status_table(res.trials), verdict=verdict,
+        results=res,
+        features=feats,
+        finals=finals,
+        collapse_trial=per_trial,
+        collapse_arm=per_arm,
+        scaling=width_scaling(per_trial, best_lrs(lr_curve(finals))),
+        paradox=px.pooled,
+        paradox_best=px.best,
+        regression=px.regression,
+        cells=px.cells,
+        layers=px.layers,
+        interaction=px.did,
+        robust=px.robust,
+        brackets=px.brackets,
+        lr_curve=lr_curve(finals),
+        sensitivity=lr_sensitivity(finals),
+        status=status_table(res.trials),
+        verdict=verdict,
     )
 
 
@@ -138,8 +154,20 @@ def collapse_csv(per_trial: pl.DataFrame, per_arm: pl.DataFrame) -> pl.DataFrame
     if per_arm.height:
         frames.append(per_arm.with_columns(pl.lit("arm").alias("level")))
     df = pl.concat(frames, how="diagonal_relaxed")
-    first = ["level", "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "status",
-             "metric", "tensor", "n_trials", "n_fit_ok"]
+    first = [
+        "level",
+        "trial_id",
+        "optimizer",
+        "qk_norm",
+        "width",
+        "lr",
+        "seed",
+        "status",
+        "metric",
+        "tensor",
+        "n_trials",
+        "n_fit_ok",
+    ]
     first = [c for c in first if c in df.columns]
     return df.select(first + [c for c in df.columns if c not in first])
 
@@ -162,16 +190,18 @@ def write_report(r: Report, out: Path) -> None:
         ("interaction", r.interaction, "Difference in differences: optimizer x QK-Norm"),
         ("paradox_robustness", r.robust, "Bias-corrected and centred q/k PR: paired differences"),
         ("lr_bracketing", r.brackets, "Best LR per arm and whether the LR grid brackets it"),
-        ("collapse_by_arm", r.collapse_arm,
-         "Collapse fits per arm and LR: fit-status counts, geometric-mean rate of fitted seeds "
-         "(95% t CI on log rate), censored falls counted"),
+        (
+            "collapse_by_arm",
+            r.collapse_arm,
+            "Collapse fits per arm and LR: fit-status counts, geometric-mean rate of fitted seeds "
+            "(95% t CI on log rate), censored falls counted",
+        ),
         ("width_scaling", r.scaling, "Log-log slopes over width at a fixed LR and at the best LR"),
         ("lr_sensitivity", r.sensitivity, "LR sensitivity per arm (Wortsman et al. 2023)"),
         ("loss_vs_lr", r.lr_curve, "Final val loss per arm and LR"),
     ]:
         write_table(df, tables, name, caption)
-    finals, partial = r.finals, r.partial
-    safe_write_text(tables / "finals.csv", finals.write_csv())  # one row per trial: CSV only
+    safe_write_text(tables / "finals.csv", r.finals.write_csv())  # one row per trial: CSV only
     figures.draw_all(r, figs)  # every figure: forest, PR at best LR and per LR, spectra, ...
     safe_write_text(out / "summary.md", markdown(r))
 
@@ -239,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         problem = environment_problem(e)
         if problem is None:
             raise
-        print(f"error: writing the report: {problem}; free space (or fix the file system) and run it again",
-              file=sys.stderr)
+        print(
+            f"error: writing the report: {problem}; free space (or fix the file system) and run it again",
+            file=sys.stderr,
+        )
         return EXIT_ENVIRONMENT
     if not args.quiet:
         sys.stdout.write(terminal(report, out))

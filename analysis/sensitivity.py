@@ -33,9 +33,7 @@ def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
     if "data_complete" in finals.columns:  # metrics cut short by a skipped part: no final loss
         keep = keep & pl.col("data_complete").fill_null(True)
     df = finals.filter(keep).join(init, on=ARM, how="left")
-    loss = pl.when(pl.col("status") == "diverged").then(pl.col("arm_init_loss")).otherwise(
-        pl.col("final_val_loss")
-    )
+    loss = pl.when(pl.col("status") == "diverged").then(pl.col("arm_init_loss")).otherwise(pl.col("final_val_loss"))
     # min(L, L_init); a null init means no clipping, a null loss stays null
     clipped = pl.when(loss.is_not_null()).then(pl.min_horizontal(loss, pl.col("arm_init_loss")))
     return (
@@ -80,8 +78,7 @@ def lr_sensitivity(finals: pl.DataFrame) -> pl.DataFrame:
         )
         .join(best, on=ARM, how="left")
         .with_columns((pl.col("mean_loss_over_grid") - pl.col("best_loss")).alias("lr_sensitivity"))
-        .select(*ARM, "n_lrs", "lr_min", "lr_max", "best_lr", "best_loss", "init_loss",
-                "lr_sensitivity", "n_diverged")
+        .select(*ARM, "n_lrs", "lr_min", "lr_max", "best_lr", "best_loss", "init_loss", "lr_sensitivity", "n_diverged")
         .sort(*ARM)
     )
 
@@ -91,16 +88,18 @@ def bracketing(curve: pl.DataFrame) -> pl.DataFrame:
     above the best), `edge` ("low", "high" or null)."""
     ARM = arm_keys(curve)  # noqa: N806
     ok = curve.filter(pl.col("mean_loss").is_not_null() & pl.col("mean_loss").is_not_nan())
-    grid = ok.group_by(*ARM).agg(pl.len().alias("n_lrs"), pl.col("lr").min().alias("lr_min"),
-                                 pl.col("lr").max().alias("lr_max"))
+    grid = ok.group_by(*ARM).agg(
+        pl.len().alias("n_lrs"), pl.col("lr").min().alias("lr_min"), pl.col("lr").max().alias("lr_max")
+    )
     best = best_lrs(curve)
     return (
         best.join(grid, on=ARM, how="left")
         .with_columns(
-            ((pl.col("best_lr") > pl.col("lr_min")) & (pl.col("best_lr") < pl.col("lr_max")))
-            .alias("interior"),
-            pl.when(pl.col("best_lr") <= pl.col("lr_min")).then(pl.lit("low"))
-            .when(pl.col("best_lr") >= pl.col("lr_max")).then(pl.lit("high"))
+            ((pl.col("best_lr") > pl.col("lr_min")) & (pl.col("best_lr") < pl.col("lr_max"))).alias("interior"),
+            pl.when(pl.col("best_lr") <= pl.col("lr_min"))
+            .then(pl.lit("low"))
+            .when(pl.col("best_lr") >= pl.col("lr_max"))
+            .then(pl.lit("high"))
             .alias("edge"),
         )
         .sort(*ARM)

@@ -18,8 +18,9 @@ def rng_for(seed) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(repr(seed).encode()))
 
 
-def bootstrap_ci(x: np.ndarray, stat=np.mean, n_boot: int = 2000, seed=0,
-                 level: float = CI_LEVEL) -> tuple[float, float, float]:
+def bootstrap_ci(
+    x: np.ndarray, stat=np.mean, n_boot: int = 2000, seed=0, level: float = CI_LEVEL
+) -> tuple[float, float, float]:
     """(statistic, low, high): percentile bootstrap resampling the entries of x.
 
     NaN everywhere when x is empty; the interval is NaN when x has fewer than 2 entries.
@@ -77,7 +78,7 @@ def mean_ci(d: np.ndarray, level: float = CI_LEVEL):
     Vectorised: d may be (..., n); NaN entries are not allowed (drop them first). With n < 2, or
     all entries equal, interval and p are NaN (the mean is still given). This replaces the
     percentile bootstrap for means of paired differences: at n = 4 the percentile bootstrap covers
-    ~81%, the t interval 95% for normal differences (tests/test_analysis_decisions.py measures it).
+    ~81%, the t interval 95% for normal differences (tests/analysis/test_analysis_decisions.py measures it).
     """
     d = np.asarray(d, float)
     n = d.shape[-1]
@@ -105,15 +106,21 @@ def wilcoxon_p(d: np.ndarray) -> float:
         return np.nan
 
 
-def paired_summary(d: np.ndarray, level: float = CI_LEVEL, min_n: int = 2,
-                   wilcoxon: bool = True) -> dict:
+def paired_summary(d: np.ndarray, level: float = CI_LEVEL, min_n: int = 2, wilcoxon: bool = True) -> dict:
     """n_pairs, mean_diff, ci_low, ci_high (t interval), p_value (paired t), p_wilcoxon, sd_diff
     and dz (mean / sd, the standardised effect) of one vector of paired differences."""
     d = np.asarray(d, float)
     d = d[np.isfinite(d)]
-    out = dict(n_pairs=int(d.size), mean_diff=float(d.mean()) if d.size else np.nan,
-               ci_low=np.nan, ci_high=np.nan, p_value=np.nan, p_wilcoxon=np.nan,
-               sd_diff=float(d.std(ddof=1)) if d.size > 1 else np.nan, dz=np.nan)
+    out = dict(
+        n_pairs=int(d.size),
+        mean_diff=float(d.mean()) if d.size else np.nan,
+        ci_low=np.nan,
+        ci_high=np.nan,
+        p_value=np.nan,
+        p_wilcoxon=np.nan,
+        sd_diff=float(d.std(ddof=1)) if d.size > 1 else np.nan,
+        dz=np.nan,
+    )
     if d.size >= max(min_n, 2):
         _, lo, hi, p = mean_ci(d, level)
         out.update(ci_low=float(lo), ci_high=float(hi), p_value=float(p))

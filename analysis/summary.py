@@ -12,14 +12,50 @@ from .tables import fmt, to_markdown, to_text
 if TYPE_CHECKING:  # report.py imports this module
     from .report import Report
 
-PARADOX_VIEW = ["optimizer", "qk_norm", "metric", "n_pairs", "mean_diff", "ci_low", "ci_high",
-                "p_value", "p_holm", "p_wilcoxon"]
+PARADOX_VIEW = [
+    "optimizer",
+    "qk_norm",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "p_wilcoxon",
+]
 DECIDE_VIEW = ["final_val_loss", "final_pr_q", "final_pr_k"]
-DID_VIEW = ["selection", "optimizer", "reference", "qk_norm", "metric", "n_pairs", "mean_diff",
-            "ci_low", "ci_high", "p_value", "p_holm"]
-ARM_VIEW = ["optimizer", "qk_norm", "width", "lr", "tensor", "n_trials", "n_fit_ok", "n_censored",
-            "rate_per_1k_steps", "rate_per_1k_steps_ci_low", "rate_per_1k_steps_ci_high", "rate_note",
-            "min_step", "min_norm", "final_norm", "recovery"]
+DID_VIEW = [
+    "selection",
+    "optimizer",
+    "reference",
+    "qk_norm",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+]
+ARM_VIEW = [
+    "optimizer",
+    "qk_norm",
+    "width",
+    "lr",
+    "tensor",
+    "n_trials",
+    "n_fit_ok",
+    "n_censored",
+    "rate_per_1k_steps",
+    "rate_per_1k_steps_ci_low",
+    "rate_per_1k_steps_ci_high",
+    "rate_note",
+    "min_step",
+    "min_norm",
+    "final_norm",
+    "recovery",
+]
 
 
 def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
@@ -29,58 +65,88 @@ def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
         arm = arm.filter((pl.col("metric") == "pr") & pl.col("tensor").is_in(["q", "k"]))
         arm = arm.select([c for c in ARM_VIEW if c in arm.columns])
     inter = r.regression.filter(pl.col("term").str.contains(" x ").fill_null(False)).select(
-        "selection", "metric", "term", "coef", "ci_low", "ci_high", "p_value", "p_holm",
-        "n", "n_clusters")
+        "selection", "metric", "term", "coef", "ci_low", "ci_high", "p_value", "p_holm", "n", "n_clusters"
+    )
     cells = r.cells.filter(pl.col("metric").is_in(DECIDE_VIEW))
     tables = [
         ("Trials by status and arm", r.status, ""),
-        ("Deciding: paired differences at each arm's best LR per width (tables/paradox_best_lr.csv)",
-         r.paradox_best.select(PARADOX_VIEW),
-         "Pairs share optimizer, width and seed; each arm (optimizer, qk_norm, width) at the LR "
-         "with its lowest mean final val loss (a diverged seed counts as the loss at init). "
-         "PR metrics are PR / d_head at the last step, averaged over layers and heads. Interval: "
-         "95% t interval; p_value: paired t-test; p_holm: Holm within the decision metrics "
-         "(loss, PR q, PR k) of this table. The verdict rests on this table."),
-        ("Pooled over LRs: paired differences, variant minus none (paradox.csv)",
-         r.paradox.select(PARADOX_VIEW),
-         "Pairs share optimizer, width, lr and seed, at every LR. Pooling mixes in LRs where an "
-         "arm is far from its optimum; it never decides alone (disagreements are named in the "
-         "verdict)."),
-        ("Best LR per arm and LR bracketing (tables/lr_bracketing.csv)", r.brackets,
-         "interior: an LR below and above the best was tried. An edge optimum (edge low/high) "
-         "means the best LR may lie outside the grid."),
-        ("Per-cell paired differences, seeds as replicates (tables/paradox_cells.csv)", cells,
-         "selection cell: one (width, lr) cell; best_lr: one width, each arm at its best LR "
-         "(lr = the variant's); deciding: the verdict's rows. p_value unadjusted."),
-        ("Does the optimizer change the QK-Norm effect? Difference in differences "
-         "(tables/interaction.csv)", r.interaction.select(DID_VIEW),
-         "d = (O_variant - O_none) - (ref_variant - ref_none) per matched pair of pairs (same "
-         "width and seed; all_lrs also the same lr; best_lr each arm at its best LR). t interval, "
-         "paired t, Holm within each selection's decision metrics."),
+        (
+            "Deciding: paired differences at each arm's best LR per width (tables/paradox_best_lr.csv)",
+            r.paradox_best.select(PARADOX_VIEW),
+            "Pairs share optimizer, width and seed; each arm (optimizer, qk_norm, width) at the LR "
+            "with its lowest mean final val loss (a diverged seed counts as the loss at init). "
+            "PR metrics are PR / d_head at the last step, averaged over layers and heads. Interval: "
+            "95% t interval; p_value: paired t-test; p_holm: Holm within the decision metrics "
+            "(loss, PR q, PR k) of this table. The verdict rests on this table.",
+        ),
+        (
+            "Pooled over LRs: paired differences, variant minus none (paradox.csv)",
+            r.paradox.select(PARADOX_VIEW),
+            "Pairs share optimizer, width, lr and seed, at every LR. Pooling mixes in LRs where an "
+            "arm is far from its optimum; it never decides alone (disagreements are named in the "
+            "verdict).",
+        ),
+        (
+            "Best LR per arm and LR bracketing (tables/lr_bracketing.csv)",
+            r.brackets,
+            "interior: an LR below and above the best was tried. An edge optimum (edge low/high) "
+            "means the best LR may lie outside the grid.",
+        ),
+        (
+            "Per-cell paired differences, seeds as replicates (tables/paradox_cells.csv)",
+            cells,
+            "selection cell: one (width, lr) cell; best_lr: one width, each arm at its best LR "
+            "(lr = the variant's); deciding: the verdict's rows. p_value unadjusted.",
+        ),
+        (
+            "Does the optimizer change the QK-Norm effect? Difference in differences (tables/interaction.csv)",
+            r.interaction.select(DID_VIEW),
+            "d = (O_variant - O_none) - (ref_variant - ref_none) per matched pair of pairs (same "
+            "width and seed; all_lrs also the same lr; best_lr each arm at its best LR). t interval, "
+            "paired t, Holm within each selection's decision metrics.",
+        ),
     ]
     if inter.height:
-        tables.append(("Clustered regression interaction terms (tables/regression.csv)", inter,
-                       "OLS metric ~ qk_norm x optimizer + log(width) + log(lr), seed-clustered "
-                       "errors (run only with >= 20 seed clusters)."))
+        tables.append(
+            (
+                "Clustered regression interaction terms (tables/regression.csv)",
+                inter,
+                "OLS metric ~ qk_norm x optimizer + log(width) + log(lr), seed-clustered "
+                "errors (run only with >= 20 seed clusters).",
+            )
+        )
     tables += [
-        ("Robustness: bias-corrected (pr - pr_bias) and centred q/k PR "
-         "(tables/paradox_robustness.csv)", r.robust.select(PARADOX_VIEW + ["selection"]),
-         "Empty n_pairs (0) where the results do not record pr_bias / pr_centred."),
-        ("Per-layer final PR q/k at the best LR (tables/paradox_layers.csv)", r.layers,
-         "Same pairs as the deciding table, one row per layer; Holm over this table."),
+        (
+            "Robustness: bias-corrected (pr - pr_bias) and centred q/k PR (tables/paradox_robustness.csv)",
+            r.robust.select(PARADOX_VIEW + ["selection"]),
+            "Empty n_pairs (0) where the results do not record pr_bias / pr_centred.",
+        ),
+        (
+            "Per-layer final PR q/k at the best LR (tables/paradox_layers.csv)",
+            r.layers,
+            "Same pairs as the deciding table, one row per layer; Holm over this table.",
+        ),
     ]
     return tables + [
-        ("Collapse of q/k PR per arm and LR (collapse.csv, level=arm)", arm,
-         "Fit: exponential decay to a floor over the fall phase up to the minimum, only with >= 5 "
-         "points; a fall too fast for the probe spacing is censored (counted in n_censored, with a "
-         "rate lower bound), never dropped. rate: geometric mean over fitted seeds, 95% t interval "
-         "on log rate. min_norm, final_norm: PR / d_head. recovery: (final - min) / (initial - min)."),
-        ("Width scaling: log-log slope over width (tables/width_scaling.csv)",
-         r.scaling.filter(pl.col("tensor").is_in(["q", "k"])) if r.scaling.height else r.scaling,
-         "OLS of log(quantity) on log(width) (+ log(lr)), HC1 95% intervals."),
-        ("LR sensitivity per arm (tables/lr_sensitivity.csv)", r.sensitivity,
-         "Wortsman et al. 2023: mean over the LR grid of min(loss, loss at init) minus the best "
-         "loss; diverged trials count as the loss at init."),
+        (
+            "Collapse of q/k PR per arm and LR (collapse.csv, level=arm)",
+            arm,
+            "Fit: exponential decay to a floor over the fall phase up to the minimum, only with >= 5 "
+            "points; a fall too fast for the probe spacing is censored (counted in n_censored, with a "
+            "rate lower bound), never dropped. rate: geometric mean over fitted seeds, 95% t interval "
+            "on log rate. min_norm, final_norm: PR / d_head. recovery: (final - min) / (initial - min).",
+        ),
+        (
+            "Width scaling: log-log slope over width (tables/width_scaling.csv)",
+            r.scaling.filter(pl.col("tensor").is_in(["q", "k"])) if r.scaling.height else r.scaling,
+            "OLS of log(quantity) on log(width) (+ log(lr)), HC1 95% intervals.",
+        ),
+        (
+            "LR sensitivity per arm (tables/lr_sensitivity.csv)",
+            r.sensitivity,
+            "Wortsman et al. 2023: mean over the LR grid of min(loss, loss at init) minus the best "
+            "loss; diverged trials count as the loss at init.",
+        ),
     ]
 
 
@@ -98,14 +164,18 @@ def markdown(r: Report) -> str:
         title += " (PARTIAL)"
     lines = [title, ""]
     if v["partial"]:
-        lines += ["> **Partial results.** " + "; ".join(v["partial_reasons"]) +
-                  ". Everything below uses the trials that have finished.", ""]
+        lines += [
+            "> **Partial results.** "
+            + "; ".join(v["partial_reasons"])
+            + ". Everything below uses the trials that have finished.",
+            "",
+        ]
     c = v["counts"]
     lines += [
-        "## Data", "",
+        "## Data",
+        "",
         f"- Results folder: `{v['results_dir']}`",
-        "- Design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}"
-                                 for k, vals in v["design"].items() if vals),
+        "- Design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}" for k, vals in v["design"].items() if vals),
         f"- Trials: {c['trials']} ({', '.join(f'{k} {n}' for k, n in c['by_status'].items())})"
         + (f" of {c['planned']} planned" if c.get("planned") else ""),
         f"- Metric rows read: {c['metric_rows']:,}; duplicate keys resolved (last written wins): "
@@ -114,10 +184,11 @@ def markdown(r: Report) -> str:
     ]
     lines += [f"  - `{p}`: {why}" for p, why in c["skipped_files"]]
     if c["incomplete_trials"]:
-        lines.append(f"- Completed trials left out because their metrics stop before steps_done "
-                     f"(a part was skipped): {', '.join(c['incomplete_trials'])}")
-    lines += [
-        "", "## Verdict", ""] + [f"- {s}" for s in v["headline"]] + [""]
+        lines.append(
+            f"- Completed trials left out because their metrics stop before steps_done "
+            f"(a part was skipped): {', '.join(c['incomplete_trials'])}"
+        )
+    lines += ["", "## Verdict", ""] + [f"- {s}" for s in v["headline"]] + [""]
     if v.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in v["warnings"]] + [""]
     lines += [
@@ -125,10 +196,11 @@ def markdown(r: Report) -> str:
         "width, seed), never on pairs pooled over LRs. better loss = final val loss lower "
         f"(variant minus none < 0) at p_holm < {v['alpha']}; worse rank = final PR / d_head of "
         f"both q and k lower at p_holm < {v['alpha']}; paradox = both; a significant rank "
-        "increase is reported as \"higher\". Intervals: 95% t intervals of the mean paired "
-        f"difference. Fewer than {v['min_pairs']} pairs: not enough data. \"No difference\" "
+        'increase is reported as "higher". Intervals: 95% t intervals of the mean paired '
+        f'difference. Fewer than {v["min_pairs"]} pairs: not enough data. "No difference" '
         "means none was detected; the confidence intervals say how large an effect the data "
-        "still allow.", "",
+        "still allow.",
+        "",
     ]
     for title_, df, note in key_tables(r):
         lines += [f"## {title_}", ""]
@@ -136,15 +208,22 @@ def markdown(r: Report) -> str:
             lines += [note, ""]
         lines += [to_markdown(_view(df), max_rows=60), ""]
     lines += [
-        "## Figures", "",
-        "![PR over training](figures/pr_over_training.png)", "",
-        "![Loss vs PR](figures/loss_vs_pr.png)", "",
-        "![Loss vs LR](figures/lr_sensitivity.png)", "",
-        "![Collapse rate vs width](figures/collapse_rate_vs_width.png)", "",
-        "## Files", "",
+        "## Figures",
+        "",
+        "![PR over training](figures/pr_over_training.png)",
+        "",
+        "![Loss vs PR](figures/loss_vs_pr.png)",
+        "",
+        "![Loss vs LR](figures/lr_sensitivity.png)",
+        "",
+        "![Collapse rate vs width](figures/collapse_rate_vs_width.png)",
+        "",
+        "## Files",
+        "",
         "- `paradox.csv`, `verdict.json`, `collapse.csv` (level=trial and level=arm rows)",
         "- `tables/*.csv` and `tables/*.tex`; `figures/*.png`",
-        "- Methods: docs/analysis.md in the project.", "",
+        "- Methods: docs/analysis.md in the project.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -156,16 +235,19 @@ def terminal(r: Report, out: Path) -> str:
     if v["partial"]:
         lines.append("PARTIAL: " + "; ".join(v["partial_reasons"]))
     c = v["counts"]
-    lines.append("design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}"
-                                        for k, vals in v["design"].items() if vals))
-    lines.append(f"trials {c['trials']}: " + ", ".join(f"{k} {n}" for k, n in c["by_status"].items())
-                 + f"; metric rows {c['metric_rows']:,}; duplicates resolved {c['duplicate_rows']:,};"
-                 f" parts skipped {len(c['skipped_files'])}")
+    lines.append(
+        "design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}" for k, vals in v["design"].items() if vals)
+    )
+    lines.append(
+        f"trials {c['trials']}: "
+        + ", ".join(f"{k} {n}" for k, n in c["by_status"].items())
+        + f"; metric rows {c['metric_rows']:,}; duplicates resolved {c['duplicate_rows']:,};"
+        f" parts skipped {len(c['skipped_files'])}"
+    )
     for p, why in c["skipped_files"]:
         lines.append(f"  skipped {p}: {why}")
     if c["incomplete_trials"]:
-        lines.append("  left out (metrics stop before steps_done): "
-                     + ", ".join(c["incomplete_trials"]))
+        lines.append("  left out (metrics stop before steps_done): " + ", ".join(c["incomplete_trials"]))
     lines.append("")
     for title, df, _ in key_tables(r)[1:]:
         lines += [f"-- {title}", to_text(_view(df), max_rows=30)]

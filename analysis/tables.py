@@ -10,8 +10,18 @@ import polars as pl
 
 from trainer.safeio import safe_mkdir, safe_write_text
 
-_TEX_ESCAPE = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+_TEX_ESCAPE = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+}
 
 
 def fmt(v) -> str:
@@ -47,8 +57,14 @@ def _tex(s: str) -> str:
 
 def to_latex(df: pl.DataFrame, caption: str = "") -> str:
     align = "".join("r" if df.schema[c].is_numeric() else "l" for c in df.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(_tex(c) for c in df.columns) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        " & ".join(_tex(c) for c in df.columns) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(_tex(fmt(v)) for v in r) + r" \\" for r in df.rows()]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:

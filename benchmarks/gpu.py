@@ -48,10 +48,30 @@ from trainer.model import GPT
 from trainer.optim import build_optimizers
 from trainer.storage import ResultsDir
 
-FULL = dict(widths=(256, 1024, 2048), optimizer_width=1024, share_width=256, depth=4, d_head=64, seq_len=512,
-            batch_size=32, warmup_steps=5, timed_steps=20, share_steps=30)
-TINY = dict(widths=(32, 64), optimizer_width=64, share_width=32, depth=2, d_head=16, seq_len=64,
-            batch_size=8, warmup_steps=2, timed_steps=4, share_steps=6)
+FULL = dict(
+    widths=(256, 1024, 2048),
+    optimizer_width=1024,
+    share_width=256,
+    depth=4,
+    d_head=64,
+    seq_len=512,
+    batch_size=32,
+    warmup_steps=5,
+    timed_steps=20,
+    share_steps=30,
+)
+TINY = dict(
+    widths=(32, 64),
+    optimizer_width=64,
+    share_width=32,
+    depth=2,
+    d_head=16,
+    seq_len=64,
+    batch_size=8,
+    warmup_steps=2,
+    timed_steps=4,
+    share_steps=6,
+)
 SHARES = (1, 2, 4)
 
 
@@ -89,10 +109,23 @@ def make_cfg(shape: dict, width: int, device: str, **kw) -> TrialConfig:
     steps = kw.pop("steps", shape["warmup_steps"] + shape["timed_steps"])
     if device == "cpu":
         kw.setdefault("threads", 1)  # a CPU check of the code paths, not of the CPU: no oversubscription
-    return TrialConfig(width=width, depth=shape["depth"], d_head=shape["d_head"], seq_len=shape["seq_len"],
-                       batch_size=shape["batch_size"], corpus="synthetic", device=device, steps=steps, warmup=1,
-                       eval_every=10**9, eval_schedule="every", checkpoint_every=0, probe_seqs=2, eval_batches=1,
-                       **kw)
+    return TrialConfig(
+        width=width,
+        depth=shape["depth"],
+        d_head=shape["d_head"],
+        seq_len=shape["seq_len"],
+        batch_size=shape["batch_size"],
+        corpus="synthetic",
+        device=device,
+        steps=steps,
+        warmup=1,
+        eval_every=10**9,
+        eval_schedule="every",
+        checkpoint_every=0,
+        probe_seqs=2,
+        eval_batches=1,
+        **kw,
+    )
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -142,8 +175,12 @@ def measure_steps(cfg: TrialConfig, shape: dict, tokens) -> dict:
     if not math.isfinite(loss.item()):
         raise RuntimeError(f"non-finite loss at width {cfg.width}")
     median = statistics.median(step_s)
-    return dict(step_s=median, opt_s=statistics.median(opt_s), tokens_per_s=cfg.batch_size * cfg.seq_len / median,
-                peak_mib=peak_memory_mib(device))
+    return dict(
+        step_s=median,
+        opt_s=statistics.median(opt_s),
+        tokens_per_s=cfg.batch_size * cfg.seq_len / median,
+        peak_mib=peak_memory_mib(device),
+    )
 
 
 def throughput_rows(section: str, shape: dict, args, budget: Budget, peak: float | None, compile_: bool) -> list[Row]:
@@ -156,8 +193,16 @@ def throughput_rows(section: str, shape: dict, args, budget: Budget, peak: float
         t0 = time.perf_counter()
         m = measure_steps(cfg, shape, load_tokens(cfg))
         mfu = m["tokens_per_s"] * flops_per_token(cfg) / (peak * 1e12) if peak else None
-        row = Row(section, f"w{width} {'compiled' if compile_ else 'eager'}", m["tokens_per_s"], width,
-                  m["step_s"] * 1e3, mfu, m["peak_mib"], {"wall_s": time.perf_counter() - t0})
+        row = Row(
+            section,
+            f"w{width} {'compiled' if compile_ else 'eager'}",
+            m["tokens_per_s"],
+            width,
+            m["step_s"] * 1e3,
+            mfu,
+            m["peak_mib"],
+            {"wall_s": time.perf_counter() - t0},
+        )
         print_row(row)
         rows.append(row)
     return rows
@@ -175,8 +220,16 @@ def optimizer_rows(shape: dict, args, budget: Budget, peak: float | None) -> lis
         opt_ms[optimizer] = m["opt_s"] * 1e3
         ns = "bf16" if pick_device(cfg).type == "cuda" else "fp32"
         mfu = m["tokens_per_s"] * flops_per_token(cfg) / (peak * 1e12) if peak else None
-        row = Row("optimizer", f"w{width} {optimizer}" + (f" (NS {ns})" if optimizer == "muon" else ""),
-                  m["tokens_per_s"], width, m["step_s"] * 1e3, mfu, m["peak_mib"], {"opt_step_ms": opt_ms[optimizer]})
+        row = Row(
+            "optimizer",
+            f"w{width} {optimizer}" + (f" (NS {ns})" if optimizer == "muon" else ""),
+            m["tokens_per_s"],
+            width,
+            m["step_s"] * 1e3,
+            mfu,
+            m["peak_mib"],
+            {"opt_step_ms": opt_ms[optimizer]},
+        )
         print_row(row, note=f"optimizer.step {opt_ms[optimizer]:.2f} ms")
         rows.append(row)
     if len(opt_ms) == 2:
@@ -219,8 +272,13 @@ def shared_trial(cfg_json: str, warmup_steps: int, barrier) -> dict:
         raise RuntimeError(f"shared trial ended {row['status']}")
     start, end = stamps[warmup_steps - 1], stamps[-1]  # time the steps after warm-up
     steps = len(stamps) - warmup_steps
-    return dict(start=start, end=end, tokens=steps * cfg.batch_size * cfg.seq_len, peak_mib=peak_memory_mib(device),
-                gpus=ray.get_gpu_ids())
+    return dict(
+        start=start,
+        end=end,
+        tokens=steps * cfg.batch_size * cfg.seq_len,
+        peak_mib=peak_memory_mib(device),
+        gpus=ray.get_gpu_ids(),
+    )
 
 
 def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
@@ -230,8 +288,9 @@ def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
 
     on_gpu = args.device == "cuda"
     gpus = torch.cuda.device_count() if on_gpu else 0
-    handle = start_ray(num_cpus=max(os.cpu_count() or 1, max(SHARES)) if on_gpu else 1, local=True,
-                       temp_root=args.ray_temp)
+    handle = start_ray(
+        num_cpus=max(os.cpu_count() or 1, max(SHARES)) if on_gpu else 1, local=True, temp_root=args.ray_temp
+    )
     rows = []
     try:
         if on_gpu and not ray.cluster_resources().get("GPU"):
@@ -249,8 +308,9 @@ def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
                 return self.arrived >= self.n
 
         # Start every worker process at once (each imports torch and the trainer), not one round at a time.
-        warm = ray.remote(_import_trainer).options(num_gpus=1 / max(SHARES) if on_gpu else 0,
-                                                   num_cpus=1 if on_gpu else 1 / max(SHARES))
+        warm = ray.remote(_import_trainer).options(
+            num_gpus=1 / max(SHARES) if on_gpu else 0, num_cpus=1 if on_gpu else 1 / max(SHARES)
+        )
         ray.get([warm.remote() for _ in range(max(SHARES))], timeout=max(budget.seconds - budget.spent(), 30.0))
         for k in SHARES:
             if not budget.left():
@@ -259,8 +319,9 @@ def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
             share = 1 / k
             cfg = make_cfg(shape, shape["share_width"], args.device, steps=shape["warmup_steps"] + shape["share_steps"])
             barrier = Barrier.remote(k)
-            task = ray.remote(shared_trial).options(num_gpus=share if on_gpu else 0, num_cpus=1 if on_gpu else share,
-                                                    max_retries=0)
+            task = ray.remote(shared_trial).options(
+                num_gpus=share if on_gpu else 0, num_cpus=1 if on_gpu else share, max_retries=0
+            )
             refs = [task.remote(cfg.model_dump_json(), shape["warmup_steps"], barrier) for _ in range(k)]
             try:  # never wait past the budget (a task that cannot be placed would wait forever)
                 results = ray.get(refs, timeout=max(budget.seconds - budget.spent(), 30.0))
@@ -271,9 +332,16 @@ def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
             span = max(r["end"] for r in results) - min(r["start"] for r in results)
             total = sum(r["tokens"] for r in results) / span
             peak = max(r["peak_mib"] for r in results)
-            row = Row("sharing", f"w{shape['share_width']} x{k} ({'num_gpus' if on_gpu else 'num_cpus'}={share:g})",
-                      total, shape["share_width"], span / (shape["share_steps"]) * 1e3, None, peak,
-                      {"trials": k, "per_trial_tokens_per_s": total / k, "peak_mib_each": [r["peak_mib"] for r in results]})
+            row = Row(
+                "sharing",
+                f"w{shape['share_width']} x{k} ({'num_gpus' if on_gpu else 'num_cpus'}={share:g})",
+                total,
+                shape["share_width"],
+                span / (shape["share_steps"]) * 1e3,
+                None,
+                peak,
+                {"trials": k, "per_trial_tokens_per_s": total / k, "peak_mib_each": [r["peak_mib"] for r in results]},
+            )
             print_row(row, note=f"{total / k:,.0f} tok/s per trial")
             rows.append(row)
             ray.kill(barrier)
@@ -289,18 +357,26 @@ HEADER = f"  {'section':<10} {'config':<28} {'tok/s':>12} {'MFU':>6} {'step ms':
 def print_row(row: Row, note: str = "") -> None:
     mfu = f"{row.mfu:.1%}" if row.mfu is not None else "n/a"
     peak = f"{row.peak_mib:,.0f}" if row.peak_mib is not None else "n/a"
-    print(f"  {row.section:<10} {row.label:<28} {row.tokens_per_s:>12,.0f} {mfu:>6} {row.step_ms:>9.1f} {peak:>9}  {note}",
-          flush=True)
+    print(
+        f"  {row.section:<10} {row.label:<28} {row.tokens_per_s:>12,.0f} {mfu:>6} {row.step_ms:>9.1f} {peak:>9}  {note}",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and few steps (CI, or a CPU)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the torch.compile section (default: on, except with --tiny)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the torch.compile section (default: on, except with --tiny)",
+    )
     p.add_argument("--budget", type=float, default=270.0, help="seconds; sections after it are skipped (default 270)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: from the GPU's name)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: from the GPU's name)"
+    )
     p.add_argument("--json", metavar="OUT", help="also write the figures here as JSON")
     p.add_argument("--ray-temp", default=None, help="folder for Ray's session files (default $RAY_TMPDIR or /tmp)")
     args = p.parse_args(argv)
@@ -312,9 +388,11 @@ def main(argv=None) -> int:
     budget = Budget(args.budget)
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     peak = args.peak_tflops if args.peak_tflops else (gpu_peak_tflops(name) if args.device == "cuda" else None)
-    print(f"benchmarks.gpu: {name}, torch {torch.__version__}, peak {peak or 'n/a'} TFLOP/s (bf16 dense), "
-          f"depth {shape['depth']}, d_head {shape['d_head']}, batch {shape['batch_size']} x {shape['seq_len']}, "
-          f"budget {args.budget:g} s")
+    print(
+        f"benchmarks.gpu: {name}, torch {torch.__version__}, peak {peak or 'n/a'} TFLOP/s (bf16 dense), "
+        f"depth {shape['depth']}, d_head {shape['d_head']}, batch {shape['batch_size']} x {shape['seq_len']}, "
+        f"budget {args.budget:g} s"
+    )
     print(HEADER)
     sections = [
         ("throughput", lambda: throughput_rows("throughput", shape, args, budget, peak, False)),
@@ -341,9 +419,18 @@ def main(argv=None) -> int:
         print("  compiled: not run (--tiny; pass --compile to run it)")
     print(f"done in {budget.spent():.0f} s" + (f"; {len(errors)} section(s) failed" if errors else ""))
     if args.json:
-        out = dict(device=args.device, device_name=name, torch=torch.__version__, peak_tflops=peak, tiny=args.tiny,
-                   shape={k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()},
-                   rows=[asdict(r) for r in rows], errors=errors, skipped=skipped, elapsed_s=budget.spent())
+        out = dict(
+            device=args.device,
+            device_name=name,
+            torch=torch.__version__,
+            peak_tflops=peak,
+            tiny=args.tiny,
+            shape={k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()},
+            rows=[asdict(r) for r in rows],
+            errors=errors,
+            skipped=skipped,
+            elapsed_s=budget.spent(),
+        )
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)
     return 1 if errors else 0

@@ -34,18 +34,30 @@ def rows_per_trial(spec: SyntheticSpec, width: int) -> int:
 
 def make_spec(metric_rows: int, spectra_rows: int) -> SyntheticSpec:
     base = SyntheticSpec(
-        name="bench", qk_norms=("none", "rms", "rms_frozen", "layer"), widths=(64, 128, 256),
-        lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), seeds=(0,), spectra="last", rate_noise=0.1,
-        rate_width_exp=0.5, point_noise=0.003, n_duplicated=3, n_truncated=1, junk_files=True,
+        name="bench",
+        qk_norms=("none", "rms", "rms_frozen", "layer"),
+        widths=(64, 128, 256),
+        lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+        seeds=(0,),
+        spectra="last",
+        rate_noise=0.1,
+        rate_width_exp=0.5,
+        point_noise=0.003,
+        n_duplicated=3,
+        n_truncated=1,
+        junk_files=True,
         # a few diverged trials (AdamW at the top LR, seed 0)
         diverge_if=lambda k: k.optimizer == "adamw" and k.lr >= 3e-1 and k.seed == 0,
     )
     per_seed = sum(rows_per_trial(base, w) for w in base.widths) * (
-        len(base.optimizers) * len(base.qk_norms) * len(base.lrs))
+        len(base.optimizers) * len(base.qk_norms) * len(base.lrs)
+    )
     base.seeds = tuple(range(max(1, math.ceil(metric_rows / per_seed))))
     n_trials = len(base.grid())
-    per_trial = {m: sum(f * 4 * base.depth * (w // base.d_head) for w in base.widths) / len(base.widths)
-                 for m, f in (("last", 1), ("ends", 2), ("all", len(eval_steps(base))))}
+    per_trial = {
+        m: sum(f * 4 * base.depth * (w // base.d_head) for w in base.widths) / len(base.widths)
+        for m, f in (("last", 1), ("ends", 2), ("all", len(eval_steps(base))))
+    }
     base.spectra = min(per_trial, key=lambda m: abs(per_trial[m] * n_trials - spectra_rows))
     if spectra_rows == 0:
         base.spectra = "none"
@@ -66,9 +78,16 @@ def run(metric_rows: int, spectra_rows: int, root: Path) -> dict:
     rc = os.waitstatus_to_exitcode(status)
     # ru_maxrss is in KiB on Linux, bytes on macOS
     rss_gb = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
-    return dict(trials=manifest["n_trials"], metric_rows=manifest["metric_rows"],
-                spectra_rows=manifest["spectra_rows"], generate_s=gen_s, report_s=wall,
-                peak_rss_gb=rss_gb, rc=rc, out=str(out))
+    return dict(
+        trials=manifest["n_trials"],
+        metric_rows=manifest["metric_rows"],
+        spectra_rows=manifest["spectra_rows"],
+        generate_s=gen_s,
+        report_s=wall,
+        peak_rss_gb=rss_gb,
+        rc=rc,
+        out=str(out),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="bench_report_") as tmp:
             r = run(args.metric_rows, args.spectra_rows, Path(tmp))
-    print(f"synthetic sweep: {r['trials']} trials, {r['metric_rows']:,} metric rows, "
-          f"{r['spectra_rows']:,} spectra rows (generated in {r['generate_s']:.1f} s)")
-    print(f"report: wall {r['report_s']:.1f} s (target < {TARGET_S:.0f} s), "
-          f"peak RSS {r['peak_rss_gb']:.2f} GB (target < {TARGET_GB:.0f} GB), "
-          f"cpus {os.cpu_count()}, exit status {r['rc']}")
+    print(
+        f"synthetic sweep: {r['trials']} trials, {r['metric_rows']:,} metric rows, "
+        f"{r['spectra_rows']:,} spectra rows (generated in {r['generate_s']:.1f} s)"
+    )
+    print(
+        f"report: wall {r['report_s']:.1f} s (target < {TARGET_S:.0f} s), "
+        f"peak RSS {r['peak_rss_gb']:.2f} GB (target < {TARGET_GB:.0f} GB), "
+        f"cpus {os.cpu_count()}, exit status {r['rc']}"
+    )
     ok = r["rc"] == 0 and r["report_s"] < TARGET_S and r["peak_rss_gb"] < TARGET_GB
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

@@ -36,19 +36,35 @@ TARGET = 0.85
 def bench_spec(steps: int, width: int) -> dict:
     return {
         "name": "bench",
-        "grid": {"optimizer": ["adamw", "muon"], "qk_norm": ["none", "rms"], "width": [width],
-                 "lr": [3e-3, 1e-2], "seed": [0, 1]},
-        "train": {"corpus": "stdlib", "max_corpus_bytes": 4_000_000, "depth": 2, "d_head": 32, "seq_len": 128,
-                  "batch_size": 16, "steps": steps, "warmup": max(1, steps // 10), "eval_every": 25,
-                  "checkpoint_every": 100, "device": "cpu"},
+        "grid": {
+            "optimizer": ["adamw", "muon"],
+            "qk_norm": ["none", "rms"],
+            "width": [width],
+            "lr": [3e-3, 1e-2],
+            "seed": [0, 1],
+        },
+        "train": {
+            "corpus": "stdlib",
+            "max_corpus_bytes": 4_000_000,
+            "depth": 2,
+            "d_head": 32,
+            "seq_len": 128,
+            "batch_size": 16,
+            "steps": steps,
+            "warmup": max(1, steps // 10),
+            "eval_every": 25,
+            "checkpoint_every": 100,
+            "device": "cpu",
+        },
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0, "max_concurrent": None},
         "failure": {"max_retries": 0},
     }
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python benchmarks/sweep.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--steps", type=int, default=200, help="steps per trial (default 200, ~8 s at width 64)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -83,10 +99,16 @@ def main(argv=None) -> int:
     slots = min(cpus, n)  # one CPU per trial
     fit = float(run["fit_wall_s"])
     figures = {
-        "trials": n, "slots": slots, "steps": args.steps, "width": args.width,
-        "train_s_sum": round(train, 2), "train_s_mean": round(train / n, 2),
-        "fit_wall_s": round(fit, 2), "total_wall_s": round(total, 2),
-        "efficiency_fit": round(train / (fit * slots), 3), "efficiency_total": round(train / (total * slots), 3),
+        "trials": n,
+        "slots": slots,
+        "steps": args.steps,
+        "width": args.width,
+        "train_s_sum": round(train, 2),
+        "train_s_mean": round(train / n, 2),
+        "fit_wall_s": round(fit, 2),
+        "total_wall_s": round(total, 2),
+        "efficiency_fit": round(train / (fit * slots), 3),
+        "efficiency_total": round(train / (total * slots), 3),
         "overhead_per_trial_fit_s": round((fit * slots - train) / n, 2),
         "overhead_per_trial_total_s": round((total * slots - train) / n, 2),
     }
@@ -96,8 +118,10 @@ def main(argv=None) -> int:
     print(f"  end-to-end wall (incl. Ray start/stop) {total:7.1f} s")
     print(f"  efficiency, Tune phase                {figures['efficiency_fit']:8.3f}   (target >= {TARGET})")
     print(f"  efficiency, end to end                {figures['efficiency_total']:8.3f}")
-    print(f"  Ray/Tune overhead per trial           {figures['overhead_per_trial_fit_s']:8.2f} s  "
-          f"(end to end {figures['overhead_per_trial_total_s']:.2f} s)")
+    print(
+        f"  Ray/Tune overhead per trial           {figures['overhead_per_trial_fit_s']:8.2f} s  "
+        f"(end to end {figures['overhead_per_trial_total_s']:.2f} s)"
+    )
     if args.json:
         print(json.dumps(figures))
     if not keep:

@@ -76,18 +76,23 @@ class ReferenceGPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def versus_reference(cfg: TrialConfig, tokens, rounds: int = 10, steps_per_round: int = 3,
-                     compile_: bool = False) -> dict[str, float]:
+def versus_reference(
+    cfg: TrialConfig, tokens, rounds: int = 10, steps_per_round: int = 3, compile_: bool = False
+) -> dict[str, float]:
     """Median seconds of forward + backward + AdamW step (+ zero_grad) for the project's GPT (its own
     optimizer groups), the reference (nanoGPT's groups: decay on 2-D) and, with `compile_`, the
     project's GPT under torch.compile; interleaved round by round so that load drift hits all alike."""
     torch.manual_seed(0)
     project = GPT(cfg)
     reference = ReferenceGPT(cfg)
-    ref_groups = [{"params": [p for p in reference.parameters() if p.ndim == 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in reference.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-    runs = {"project": (project, build_optimizers(project, cfg, torch.device("cpu"))),
-            "reference": (reference, [torch.optim.AdamW(ref_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)])}
+    ref_groups = [
+        {"params": [p for p in reference.parameters() if p.ndim == 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in reference.parameters() if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    runs = {
+        "project": (project, build_optimizers(project, cfg, torch.device("cpu"))),
+        "reference": (reference, [torch.optim.AdamW(ref_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)]),
+    }
     if compile_:
         compiled = GPT(cfg)
         runs["compiled"] = (torch.compile(compiled), build_optimizers(compiled, cfg, torch.device("cpu")))
@@ -150,30 +155,49 @@ def main(argv=None) -> int:
     p.add_argument("--widths", type=int, nargs="+", default=[128, 256])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", choices=("reference", "probe"), help="run only the reference comparison or the probe table")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (3 steps each) of the reference comparison")
+    p.add_argument(
+        "--only", choices=("reference", "probe"), help="run only the reference comparison or the probe table"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=10, help="interleaved rounds (3 steps each) of the reference comparison"
+    )
     p.add_argument("--compile", action="store_true", help="also time the project's model under torch.compile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base = dict(depth=2, d_head=32, batch_size=32, seq_len=128, steps=args.steps, warmup=5,
-                checkpoint_every=0, device="cpu", max_corpus_bytes=4_000_000)
+    base = dict(
+        depth=2,
+        d_head=32,
+        batch_size=32,
+        seq_len=128,
+        steps=args.steps,
+        warmup=5,
+        checkpoint_every=0,
+        device="cpu",
+        max_corpus_bytes=4_000_000,
+    )
     tokens = load_tokens(TrialConfig(**base))
     tok_per_step = base["batch_size"] * base["seq_len"]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps, {tok_per_step} tokens/step")
     if args.only != "probe":
-        print(f"{'width':>5} {'project tok/s':>14} {'nanoGPT-style tok/s':>20} {'ratio':>6}"
-              + (f" {'compiled tok/s':>15} {'ratio':>6}" if args.compile else ""))
+        print(
+            f"{'width':>5} {'project tok/s':>14} {'nanoGPT-style tok/s':>20} {'ratio':>6}"
+            + (f" {'compiled tok/s':>15} {'ratio':>6}" if args.compile else "")
+        )
         for width in args.widths:
             s = versus_reference(TrialConfig(**base, width=width), tokens, args.rounds, compile_=args.compile)
-            line = (f"{width:>5} {tok_per_step / s['project']:>14,.0f} {tok_per_step / s['reference']:>20,.0f} "
-                    f"{s['reference'] / s['project']:>5.2f}x")
+            line = (
+                f"{width:>5} {tok_per_step / s['project']:>14,.0f} {tok_per_step / s['reference']:>20,.0f} "
+                f"{s['reference'] / s['project']:>5.2f}x"
+            )
             if args.compile:
                 line += f" {tok_per_step / s['compiled']:>15,.0f} {s['reference'] / s['compiled']:>5.2f}x"
             print(line, flush=True)
         if args.only == "reference":
             return 0
-    print(f"{'width':>5} {'optimizer':>9} {'tok/s no-probe':>15} {'tok/s probe':>15} {'overhead meas.':>15} "
-          f"{'overhead derived':>17} {'step ms':>8} {'opt.step ms':>12}")
+    print(
+        f"{'width':>5} {'optimizer':>9} {'tok/s no-probe':>15} {'tok/s probe':>15} {'overhead meas.':>15} "
+        f"{'overhead derived':>17} {'step ms':>8} {'opt.step ms':>12}"
+    )
     for width in args.widths:
         step_ms = {}
         for optimizer in ("adamw", "muon"):
@@ -184,9 +208,14 @@ def main(argv=None) -> int:
             measured = on_s / off_s - 1
             derived = evals_s / (args.steps * off_s)
             step_ms[optimizer] = off_s * 1000
-            print(f"{width:>5} {optimizer:>9} {tok_per_step / off_s:>15,.0f} {tok_per_step / on_s:>15,.0f} "
-                  f"{measured:>15.1%} {derived:>17.2%} {off_s * 1000:>8.1f} {opt_s * 1000:>12.1f}", flush=True)
-        print(f"{width:>5} muon/adamw train-step time ratio: {step_ms['muon'] / step_ms['adamw']:.2f}x (target <= 1.5x)")
+            print(
+                f"{width:>5} {optimizer:>9} {tok_per_step / off_s:>15,.0f} {tok_per_step / on_s:>15,.0f} "
+                f"{measured:>15.1%} {derived:>17.2%} {off_s * 1000:>8.1f} {opt_s * 1000:>12.1f}",
+                flush=True,
+            )
+        print(
+            f"{width:>5} muon/adamw train-step time ratio: {step_ms['muon'] / step_ms['adamw']:.2f}x (target <= 1.5x)"
+        )
     return 0
 
 

@@ -43,9 +43,17 @@ class SweepResult:
         return analysis.load(self.results)
 
 
-def run_sweep(spec_or_path, *, results: str | os.PathLike | None = None, address: str | None = None,
-              resume: bool = False, overrides: list[str] | dict | None = None, local: bool = False,
-              num_cpus: int | None = None, quiet: bool = True) -> SweepResult:
+def run_sweep(
+    spec_or_path,
+    *,
+    results: str | os.PathLike | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    overrides: list[str] | dict | None = None,
+    local: bool = False,
+    num_cpus: int | None = None,
+    quiet: bool = True,
+) -> SweepResult:
     """Run a sweep as `python -m orchestrator.sweep` would, and return where its results are.
 
     spec_or_path: a sweep file, a bundled sweep's name ("smoke", "default", "paradox", "cpu_study"),
@@ -83,15 +91,21 @@ def run_sweep(spec_or_path, *, results: str | os.PathLike | None = None, address
     if isinstance(spec_or_path, dict):
         args.spec = (parse_model(SweepSpec, apply_overrides(spec_or_path, items), "run_sweep"), "<python>")
     elif not isinstance(spec_or_path, (str, os.PathLike)):
-        raise ConfigError(f"run_sweep: expected a sweep file, a bundled sweep's name, a mapping or a SweepSpec, "
-                          f"got {type(spec_or_path).__name__}")
+        raise ConfigError(
+            f"run_sweep: expected a sweep file, a bundled sweep's name, a mapping or a SweepSpec, "
+            f"got {type(spec_or_path).__name__}"
+        )
     else:
         load_spec(spec_or_path, items)  # validate here too: a ConfigError, not a printed message
     prep = cli.prepare(args)
     code = cli.run_sweep(prep, args)
     experiment = _last_experiment(prep.results)
-    return SweepResult(results=prep.results.uri, exit_code=code, experiment=experiment,
-                       grid=result_grid(experiment) if experiment else None)
+    return SweepResult(
+        results=prep.results.uri,
+        exit_code=code,
+        experiment=experiment,
+        grid=result_grid(experiment) if experiment else None,
+    )
 
 
 def _override_items(overrides) -> list[str]:

@@ -100,9 +100,14 @@ class Ledger:
                 attempt["outcome"] = "skipped"
         else:
             row = self.rows.setdefault(tid, trial_row(cfg, self.corpus_hash))
-            row.update(status="running", steps_done=min(step + 1, cfg.steps), tokens=int(report.get("tokens") or 0),
-                       final_train_loss=_finite(report.get("train_loss")),
-                       final_val_loss=_finite(report.get("val_loss")), wall_s=_finite(report.get("wall_s")))
+            row.update(
+                status="running",
+                steps_done=min(step + 1, cfg.steps),
+                tokens=int(report.get("tokens") or 0),
+                final_train_loss=_finite(report.get("train_loss")),
+                final_val_loss=_finite(report.get("val_loss")),
+                wall_s=_finite(report.get("wall_s")),
+            )
         self._changed(force=False)
         return resumed
 
@@ -150,10 +155,21 @@ class Ledger:
             current.update(outcome="restarted", ended_at=now_iso())
         resumed = report.get("resumed_step")
         resumed = int(resumed) if _finite(resumed) is not None else None
-        current = {"trial_id": tid, "attempt": key, "tune_trial_id": tune_trial_id, "node_id": report.get("node_id"),
-                   "node_ip": report.get("node_ip"), "hostname": report.get("hostname"), "pid": report.get("pid"),
-                   "resumed_step": resumed, "last_step": None, "started_at": now_iso(), "ended_at": None,
-                   "outcome": None, "error": None}
+        current = {
+            "trial_id": tid,
+            "attempt": key,
+            "tune_trial_id": tune_trial_id,
+            "node_id": report.get("node_id"),
+            "node_ip": report.get("node_ip"),
+            "hostname": report.get("hostname"),
+            "pid": report.get("pid"),
+            "resumed_step": resumed,
+            "last_step": None,
+            "started_at": now_iso(),
+            "ended_at": None,
+            "outcome": None,
+            "error": None,
+        }
         self.attempts.append(current)
         self.current_attempt[tid] = current
         return current, resumed

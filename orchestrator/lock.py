@@ -46,13 +46,26 @@ def _pid_alive(pid: int) -> bool:
 class DriverLock:
     """`with DriverLock(results, command):` holds <results>/driver.lock for the body."""
 
-    def __init__(self, results: ResultsDir, command: str, *, heartbeat_s: float = HEARTBEAT_S,
-                 stale_s: float = STALE_S, stream=sys.stdout):
+    def __init__(
+        self,
+        results: ResultsDir,
+        command: str,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_s: float = STALE_S,
+        stream=sys.stdout,
+    ):
         self.results, self.command = results, command
         self.heartbeat_s, self.stale_s, self.stream = heartbeat_s, stale_s, stream
         self.token = uuid.uuid4().hex
-        self.record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "token": self.token,
-                       "started_at": time.time(), "heartbeat": time.time()}
+        self.record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "token": self.token,
+            "started_at": time.time(),
+            "heartbeat": time.time(),
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -97,8 +110,10 @@ class DriverLock:
     def describe(self, holder: dict) -> str:
         beat = holder.get("heartbeat")
         age = f", heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
-        return (f"pid {short_repr(holder.get('pid'), 20)} on host {short_repr(holder.get('host'), 60)} "
-                f"({short_repr(holder.get('command'), 40)}{age})")
+        return (
+            f"pid {short_repr(holder.get('pid'), 20)} on host {short_repr(holder.get('host'), 60)} "
+            f"({short_repr(holder.get('command'), 40)}{age})"
+        )
 
     # ---- acquiring -------------------------------------------------------------------------
     def _create(self) -> bool:
@@ -130,11 +145,16 @@ class DriverLock:
                 continue  # released in between: try again
             reason = self.stale_reason(holder)
             if reason is None:
-                raise LockHeld(f"{self.results.uri} is in use by another driver: {self.describe(holder)}; "
-                               f"wait for it to finish or stop it (a lock without a heartbeat for {self.stale_s:.0f} s "
-                               f"is taken over); the lock is {self.results.uri}/{LOCK_FILE}")
-            print(f"  taking over a stale lock in {self.results.uri}: {self.describe(holder)}, {reason}",
-                  file=self.stream, flush=True)
+                raise LockHeld(
+                    f"{self.results.uri} is in use by another driver: {self.describe(holder)}; "
+                    f"wait for it to finish or stop it (a lock without a heartbeat for {self.stale_s:.0f} s "
+                    f"is taken over); the lock is {self.results.uri}/{LOCK_FILE}"
+                )
+            print(
+                f"  taking over a stale lock in {self.results.uri}: {self.describe(holder)}, {reason}",
+                file=self.stream,
+                flush=True,
+            )
             self._write()
             time.sleep(0.2)  # two drivers taking over at once: the last writer wins, the other sees it
             if (self.read() or {}).get("token") == self.token:
@@ -156,8 +176,11 @@ class DriverLock:
         while not self._stop.wait(self.heartbeat_s):
             try:
                 if (self.read() or {}).get("token") != self.token:
-                    print(f"  warning: the lock in {self.results.uri} was taken by another driver", file=self.stream,
-                          flush=True)
+                    print(
+                        f"  warning: the lock in {self.results.uri} was taken by another driver",
+                        file=self.stream,
+                        flush=True,
+                    )
                     return
                 self._write()
             except Exception:  # noqa: BLE001 - a missed heartbeat (a full disk) must not kill the driver

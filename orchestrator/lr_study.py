@@ -27,8 +27,11 @@ from .tune_core import bad_input, choose_address, load_corpora
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m orchestrator.lr_study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.lr_study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="LR-study file, or a bundled one's name: lr, lr_smoke (default: lr)")
     p.add_argument("--results", help="results folder or URI (default: the file's `results:`)")
     p.add_argument("--trials", type=int, help="trials to add to each arm's study (default: search.trials_per_arm)")
@@ -51,8 +54,10 @@ def check_same_train(results, spec) -> None:
         return
     changed = changed_settings(previous.get("config") or {}, spec.model_dump(mode="json"))
     if changed:
-        raise ConfigError(f"{results.uri} holds studies run with other train: settings ({'; '.join(changed)}); "
-                          "adding trials would mix them: restore the settings, or give the study a new name")
+        raise ConfigError(
+            f"{results.uri} holds studies run with other train: settings ({'; '.join(changed)}); "
+            "adding trials would mix them: restore the settings, or give the study a new name"
+        )
 
 
 def main(argv=None) -> int:

@@ -53,8 +53,15 @@ class SweepMonitor(tune.Callback):
 
     def __post_init__(self):
         self.ledger = Ledger(self.results, self.corpus_hash)  # settles what a dead driver left "running"
-        self.progress = Progress(self.plan, self.n_planned, self.to_run, self.ledger.status,
-                                 every_s=self.progress_every_s, stream=self.stream, verbose=self.verbose)
+        self.progress = Progress(
+            self.plan,
+            self.n_planned,
+            self.to_run,
+            self.ledger.status,
+            every_s=self.progress_every_s,
+            stream=self.stream,
+            verbose=self.verbose,
+        )
         self.by_tune_id: dict[str, str] = {}
 
     def trial_id_of(self, trial) -> str:
@@ -99,8 +106,9 @@ class SweepMonitor(tune.Callback):
         error = error_summary(_safe_error(trial))
         self.ledger.retrying(tid, error)
         tries = f"{trial.num_failures}/{self.max_retries}" if self.max_retries >= 0 else f"{trial.num_failures}"
-        self.progress.retrying(tid, f"{tid} (failure {tries}; resumes from its last checkpoint): "
-                                    f"{error.splitlines()[0]}")
+        self.progress.retrying(
+            tid, f"{tid} (failure {tries}; resumes from its last checkpoint): {error.splitlines()[0]}"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tid = self.trial_id_of(trial)
@@ -130,7 +138,7 @@ class SweepMonitor(tune.Callback):
 _LIVE: list = []
 
 
-def register(monitor: "SweepMonitor | None") -> None:
+def register(monitor: SweepMonitor | None) -> None:
     _LIVE[:] = [monitor] if monitor is not None else []
 
 

@@ -41,8 +41,10 @@ class Counts:
 
     def line(self, total: int) -> str:
         extra = f" | {self.pruned} pruned" if self.pruned else ""
-        return (f"{self.completed}/{total} done | {self.running} running | {self.pending} pending | "
-                f"{self.diverged} diverged | {self.failed} failed{extra}")
+        return (
+            f"{self.completed}/{total} done | {self.running} running | {self.pending} pending | "
+            f"{self.diverged} diverged | {self.failed} failed{extra}"
+        )
 
 
 assert {f.name for f in fields(Counts)} == {*STATUSES, "pending"}, "one counter per trainer.schema status"
@@ -55,8 +57,16 @@ def _number(value) -> str:
 class Progress:
     """Counts, ETA and console lines of one run; `row_status` reads a trial's status in the ledger."""
 
-    def __init__(self, plan: dict[str, TrialConfig], n_planned: int, to_run: set[str],
-                 row_status: Callable[[str], str | None], every_s: float = 30.0, stream=None, verbose: bool = True):
+    def __init__(
+        self,
+        plan: dict[str, TrialConfig],
+        n_planned: int,
+        to_run: set[str],
+        row_status: Callable[[str], str | None],
+        every_s: float = 30.0,
+        stream=None,
+        verbose: bool = True,
+    ):
         self.plan, self.n_planned, self.to_run, self.row_status = plan, n_planned, to_run, row_status
         self.every_s, self.stream, self.verbose = every_s, stream, verbose  # stream None = sys.stdout when printing
         self.t0 = time.monotonic()
@@ -86,8 +96,11 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         done = self.work_done + sum(self.partial.values())
         costs = {tid: trial_cost(cfg) for tid, cfg in self.plan.items()}
-        remaining = sum(cost - self.partial.get(tid, 0.0) for tid, cost in costs.items()
-                        if self.status_of(tid) in ("pending", "running"))
+        remaining = sum(
+            cost - self.partial.get(tid, 0.0)
+            for tid, cost in costs.items()
+            if self.status_of(tid) in ("pending", "running")
+        )
         if costs:  # trials a searcher has not proposed yet cost as much as the average one so far
             remaining += max(self.n_planned - len(self.plan), 0) * sum(costs.values()) / len(costs)
         if done <= 0 or elapsed < 1:

@@ -46,8 +46,11 @@ class RayHandle:
         resources = ray.cluster_resources()
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         gpus = f", {resources['GPU']:g} GPUs" if resources.get("GPU") else ""
-        where = {"local": "private local Ray (127.0.0.1)", "cluster": f"Ray cluster at {self.address}",
-                 "existing": "the Ray instance already running in this process"}[self.mode]
+        where = {
+            "local": "private local Ray (127.0.0.1)",
+            "cluster": f"Ray cluster at {self.address}",
+            "existing": "the Ray instance already running in this process",
+        }[self.mode]
         return f"{where}: {nodes} node(s), {resources.get('CPU', 0):g} CPUs{gpus}"
 
     def stop(self) -> None:
@@ -99,19 +102,27 @@ def running_cluster_address() -> str | None:
 def check_local_resources(num_cpus: int, cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Fail before starting Ray when one trial cannot fit on this machine (Tune would wait forever)."""
     if cpus_per_trial > num_cpus:
-        raise ConfigError(f"resources.cpus_per_trial: {cpus_per_trial:g} is more than the {num_cpus} CPUs "
-                          "of this machine")
+        raise ConfigError(
+            f"resources.cpus_per_trial: {cpus_per_trial:g} is more than the {num_cpus} CPUs of this machine"
+        )
     if gpus_per_trial > 0:
         import torch
 
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus_per_trial > max(have, 0) and not (0 < gpus_per_trial <= 1 and have >= 1):
-            raise ConfigError(f"resources.gpus_per_trial: {gpus_per_trial:g} but this machine has {have} GPU(s); "
-                              "use gpus_per_trial: 0 here, or run on a GPU cluster (--address)")
+            raise ConfigError(
+                f"resources.gpus_per_trial: {gpus_per_trial:g} but this machine has {have} GPU(s); "
+                "use gpus_per_trial: 0 here, or run on a GPU cluster (--address)"
+            )
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, local: bool = False,
-              quiet: bool = True, temp_root: str | None = None) -> RayHandle:
+def start_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    local: bool = False,
+    quiet: bool = True,
+    temp_root: str | None = None,
+) -> RayHandle:
     """Reuse an initialised Ray, join a cluster, or start a private loopback-only instance."""
     log_level = logging.ERROR if quiet else logging.WARNING
     if ray.is_initialized():

@@ -39,7 +39,7 @@ def _as_list(value: Any) -> Any:
 
 
 def did_you_mean(key: Any, known) -> str:
-    """" (did you mean 'seed'?)" for the closest known name, or "" when none is close."""
+    """ " (did you mean 'seed'?)" for the closest known name, or "" when none is close."""
     close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -49,8 +49,9 @@ def check_train_keys(value: dict) -> dict:
     unknown = sorted(set(value) - set(TrialConfig.model_fields), key=str)
     if unknown:
         hints = "".join(did_you_mean(k, TrialConfig.model_fields) for k in unknown[:3])
-        raise ValueError(f"unknown trial setting(s) {short_repr(unknown)}{hints}; see trainer/config.py for the "
-                         "field names")
+        raise ValueError(
+            f"unknown trial setting(s) {short_repr(unknown)}{hints}; see trainer/config.py for the field names"
+        )
     return value
 
 
@@ -134,13 +135,17 @@ class WidthResources(BaseModel):
 class Resources(BaseModel):
     model_config = STRICT
     cpus_per_trial: float = Field(1, gt=0, le=1024, description="CPU slots per trial; also its torch thread count")
-    gpus_per_trial: float = Field(0, ge=0, le=64, description="fractional (e.g. 0.25) lets several small trials share a GPU")
+    gpus_per_trial: float = Field(
+        0, ge=0, le=64, description="fractional (e.g. 0.25) lets several small trials share a GPU"
+    )
     max_concurrent: int | None = Field(None, ge=1, description="cap on trials at once; null = as resources allow")
     per_width: dict[int, WidthResources] = Field(
-        default_factory=dict, description="{width: {gpus_per_trial, cpus_per_trial}}: an entry applies to trials of "
+        default_factory=dict,
+        description="{width: {gpus_per_trial, cpus_per_trial}}: an entry applies to trials of "
         "that width and wider, up to the next entry (e.g. {256: {gpus_per_trial: 0.25}, 2048: {gpus_per_trial: 1}} "
         "packs four trials of width 256-1024 on a GPU and gives width 2048 a whole one); narrower trials use the "
-        "values above")
+        "values above",
+    )
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -167,8 +172,11 @@ class Resources(BaseModel):
 
     def largest(self, widths=None) -> tuple[float, float]:
         """The most CPUs and GPUs any trial asks for (over `widths`, or every entry)."""
-        asks = [self.for_width(w) for w in widths] if widths else \
-            [(self.cpus_per_trial, self.gpus_per_trial), *(self.for_width(w) for w in self.per_width)]
+        asks = (
+            [self.for_width(w) for w in widths]
+            if widths
+            else [(self.cpus_per_trial, self.gpus_per_trial), *(self.for_width(w) for w in self.per_width)]
+        )
         return max(c for c, _ in asks), max(g for _, g in asks)
 
 
@@ -177,8 +185,10 @@ class Checkpoints(BaseModel):
 
     model_config = STRICT
     keep: Literal["none", "last", "best"] = Field(
-        "none", description="none: delete them; last: keep the latest; best: keep the one with the lowest "
-        "objective (val loss). Final weights are train.save_final's job")
+        "none",
+        description="none: delete them; last: keep the latest; best: keep the one with the lowest "
+        "objective (val loss). Final weights are train.save_final's job",
+    )
 
 
 class Failure(BaseModel):
@@ -190,17 +200,22 @@ class RunSpec(BaseModel):
     """What sweep and lr_study files share: a name, the shared trial settings, resources, retries, results."""
 
     model_config = STRICT
-    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX,
-                      description="becomes <results>/<name>; letters, digits, - and _ (at most 100)")
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        max_length=NAME_MAX,
+        description="becomes <results>/<name>; letters, digits, - and _ (at most 100)",
+    )
     train: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by every trial")
     resources: Resources = Field(default_factory=Resources)
     failure: Failure = Field(default_factory=Failure)
     checkpoints: Checkpoints = Field(default_factory=Checkpoints)
     results: str = Field("./results", description="local folder or pyarrow filesystem URI (s3://, gs://)")
     callbacks: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
-        ["tensorboard"], description="Ray Tune logger integrations beside Tune's result.json and progress.csv "
+        ["tensorboard"],
+        description="Ray Tune logger integrations beside Tune's result.json and progress.csv "
         "(always written): tensorboard (event files in each trial's Tune folder), wandb, mlflow (optional extras; "
-        "configured by their usual environment variables: WANDB_PROJECT, WANDB_MODE, MLFLOW_TRACKING_URI, ...)")
+        "configured by their usual environment variables: WANDB_PROJECT, WANDB_MODE, MLFLOW_TRACKING_URI, ...)",
+    )
 
     @field_validator("train")
     @classmethod
@@ -219,7 +234,7 @@ class SweepSpec(RunSpec):
     grid: Grid
 
     @model_validator(mode="after")
-    def _axis_once(self) -> "SweepSpec":
+    def _axis_once(self) -> SweepSpec:
         both = [axis for axis in AXES + EXTRA_AXES if getattr(self.grid, axis) is not None and axis in self.train]
         if both:
             raise ValueError(f"{both} set both under grid: and train:; keep each axis in one place")
@@ -227,6 +242,7 @@ class SweepSpec(RunSpec):
 
 
 # ---- loading -------------------------------------------------------------------------------
+
 
 def parse_model(model: type[BaseModel], data: dict, source: str) -> BaseModel:
     """Validate `data`, or a ConfigError whose message names the file, the field and the value.
@@ -241,7 +257,7 @@ def parse_model(model: type[BaseModel], data: dict, source: str) -> BaseModel:
 
 
 def unknown_key(model: type[BaseModel], data: dict, prefix: str = "") -> str | None:
-    """"grid.sed: unknown key (got [0, 1]) (did you mean 'seed'?)" for the first key that no field of
+    """ "grid.sed: unknown key (got [0, 1]) (did you mean 'seed'?)" for the first key that no field of
     `model` (or of a nested section: grid, resources, failure, arms, search) has; None when all are known.
     `train:` keys are checked by `check_train_keys` (TrialConfig's fields)."""
     for key, value in data.items():
@@ -275,8 +291,11 @@ def bundled_sweeps() -> dict[str, Path]:
         folder = files("orchestrator.sweeps")
     except (ModuleNotFoundError, TypeError):
         return {}
-    return {Path(f.name).stem: Path(str(f)) for f in sorted(folder.iterdir(), key=lambda f: f.name)
-            if f.name.endswith(".yaml")}
+    return {
+        Path(f.name).stem: Path(str(f))
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".yaml")
+    }
 
 
 def default_config_path(name: str = "default.yaml") -> Path:
@@ -322,8 +341,10 @@ def apply_overrides(data: dict, overrides: list[str] | None, axes: tuple[str, ..
             grid = out.get("grid") if isinstance(out.get("grid"), dict) else {}
             section, field = ("grid" if key in grid and key in axes else "train"), key
         if section not in SECTIONS or not field:
-            raise ConfigError(f"--set {short_repr(key, 60)}: expected train.KEY, grid.KEY, resources.KEY, "
-                              f"failure.KEY or a train setting{did_you_mean(section, SECTIONS)}")
+            raise ConfigError(
+                f"--set {short_repr(key, 60)}: expected train.KEY, grid.KEY, resources.KEY, "
+                f"failure.KEY or a train setting{did_you_mean(section, SECTIONS)}"
+            )
         if not isinstance(out.get(section), dict):
             out[section] = {}
         out[section][field] = value
@@ -344,6 +365,7 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> tu
 
 # ---- results location ------------------------------------------------------------------------
 
+
 def check_results(location: str, name: str) -> ResultsDir:
     """The sweep's folder <location>/<name>, checked but not created.
 
@@ -356,6 +378,7 @@ def check_results(location: str, name: str) -> ResultsDir:
 
 # ---- expansion -------------------------------------------------------------------------------
 
+
 def arm_name(optimizer: str, qk_norm: str, width: int) -> str:
     """An arm of the study: optimizer x qk_norm x width (readable, like the trial_id prefix)."""
     return f"{optimizer}_{qk_norm}_w{width}"
@@ -366,8 +389,9 @@ def read_lr_best(folder: str) -> dict[str, float]:
     try:
         study = ResultsDir(folder)
         if not study.exists(LR_BEST_FILE):
-            raise ConfigError(f"grid.lr.from_study: no {LR_BEST_FILE} in {folder!r}; "
-                              "run python -m orchestrator.lr_study first")
+            raise ConfigError(
+                f"grid.lr.from_study: no {LR_BEST_FILE} in {folder!r}; run python -m orchestrator.lr_study first"
+            )
         rows = study.read_table(LR_BEST_FILE).to_pylist()
     except ConfigError:
         raise
@@ -398,14 +422,17 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
             arm = arm_name(optimizer, qk_norm, width)
             if arm not in lr_best:
                 known = ", ".join(sorted(lr_best)) or "none"
-                raise ConfigError(f"grid.lr.from_study: no best LR for arm {arm!r} in {grid.lr.from_study!r} "
-                                  f"(it has: {known})")
+                raise ConfigError(
+                    f"grid.lr.from_study: no best LR for arm {arm!r} in {grid.lr.from_study!r} (it has: {known})"
+                )
             lrs = [_round_lr(lr_best[arm] * m) for m in grid.lr.multipliers]
         else:
             lrs = fixed_lrs
         extra = {axis: getattr(grid, axis) for axis in EXTRA_AXES if getattr(grid, axis) is not None}
         for lr, seed, *values in itertools.product(lrs, axis_values["seed"], *extra.values()):
-            point = dict(optimizer=optimizer, qk_norm=qk_norm, width=width, lr=lr, seed=seed, **dict(zip(extra, values)))
+            point = dict(
+                optimizer=optimizer, qk_norm=qk_norm, width=width, lr=lr, seed=seed, **dict(zip(extra, values))
+            )
             try:
                 cfg = build_config({**train, **point})
             except ConfigError as err:
@@ -434,6 +461,7 @@ def spec_summary(spec: SweepSpec, configs: list[TrialConfig]) -> str:
 
 # ---- LR studies ------------------------------------------------------------------------------
 
+
 class Arms(BaseModel):
     """optimizer x qk_norm x width: one Optuna study per combination."""
 
@@ -458,12 +486,16 @@ class Search(BaseModel):
     metric: Literal["val_loss", "train_loss"] = Field("val_loss", description="minimised; diverged = train.max_loss")
     grace_steps: int = Field(50, ge=1, description="ASHA never stops a trial before this step")
     reduction_factor: float = Field(3.0, gt=1, description="ASHA keeps 1/reduction_factor of trials at each rung")
-    min_completed: int = Field(4, ge=0, description="ASHA stops no trial of an arm until this many of the arm's "
-                               "trials ran to their end (earlier runs of the study count); 0 = prune from the start")
+    min_completed: int = Field(
+        4,
+        ge=0,
+        description="ASHA stops no trial of an arm until this many of the arm's "
+        "trials ran to their end (earlier runs of the study count); 0 = prune from the start",
+    )
     storage: str | None = Field(None, description="Optuna storage URL; default <results>/<name>/studies/optuna.db")
 
     @model_validator(mode="after")
-    def _range(self) -> "Search":
+    def _range(self) -> Search:
         if self.lr_min >= self.lr_max:
             raise ValueError(f"lr_min={self.lr_min} must be below lr_max={self.lr_max}")
         return self

@@ -34,8 +34,10 @@ def storage_url(spec: LRStudySpec, results: ResultsDir) -> str:
     if spec.search.storage:
         return check_storage(spec.search.storage)
     if not results.is_local:
-        raise ConfigError(f"search.storage: results are at {results.uri}, where SQLite cannot live; "
-                          "give an Optuna storage URL (e.g. postgresql://user@host/db) or a local sqlite:/// path")
+        raise ConfigError(
+            f"search.storage: results are at {results.uri}, where SQLite cannot live; "
+            "give an Optuna storage URL (e.g. postgresql://user@host/db) or a local sqlite:/// path"
+        )
     return f"sqlite:///{results.local_path(STUDIES_DIR, 'optuna.db')}"
 
 
@@ -48,27 +50,36 @@ def check_storage(url: str) -> str:
         parsed = make_url(url)
         backend = parsed.get_backend_name()
     except Exception:  # noqa: BLE001 - sqlalchemy raises several types for a bad URL
-        raise ConfigError(f"search.storage: {short_repr(url, 80)} is not a database URL "
-                          "(e.g. sqlite:///path/optuna.db or postgresql://user@host/db)") from None
+        raise ConfigError(
+            f"search.storage: {short_repr(url, 80)} is not a database URL "
+            "(e.g. sqlite:///path/optuna.db or postgresql://user@host/db)"
+        ) from None
     if backend == "sqlite":
         db = parsed.database
         if not db or db == ":memory:":
-            raise ConfigError(f"search.storage: {short_repr(url, 80)} has no database file; an in-memory study "
-                              "would be lost: give sqlite:///path/optuna.db")
+            raise ConfigError(
+                f"search.storage: {short_repr(url, 80)} has no database file; an in-memory study "
+                "would be lost: give sqlite:///path/optuna.db"
+            )
         file = Path(db).expanduser().absolute()
         if file.exists() and not file.is_file():
             raise ConfigError(f"search.storage: {str(file)!r} is not a file (got {short_repr(url, 80)})")
         if not file.parent.is_dir():
-            raise ConfigError(f"search.storage: folder {str(file.parent)!r} does not exist (got {short_repr(url, 80)}); "
-                              "create it first")
+            raise ConfigError(
+                f"search.storage: folder {str(file.parent)!r} does not exist (got {short_repr(url, 80)}); "
+                "create it first"
+            )
         if not os.access(file.parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"search.storage: folder {str(file.parent)!r} is not writable (got {short_repr(url, 80)})")
+            raise ConfigError(
+                f"search.storage: folder {str(file.parent)!r} is not writable (got {short_repr(url, 80)})"
+            )
         return url
     try:
         parsed.get_dialect()
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"search.storage: cannot use {short_repr(url, 80)} ({type(exc).__name__}: "
-                          f"{short_repr(str(exc), 80)})") from None
+        raise ConfigError(
+            f"search.storage: cannot use {short_repr(url, 80)} ({type(exc).__name__}: {short_repr(str(exc), 80)})"
+        ) from None
     return url
 
 
@@ -102,8 +113,9 @@ def _study_search_class():
             ot_trial, report = self._ot_trials.get(trial_id), as_report(result)
             if ot_trial is not None and result and trial_id not in self._completed_trials:
                 final = is_final(report)
-                ot_trial.set_user_attr("status", "failed" if error else report.get("status", "pruned")
-                                       if final else "pruned")
+                ot_trial.set_user_attr(
+                    "status", "failed" if error else report.get("status", "pruned") if final else "pruned"
+                )
                 if not error and not final:  # stopped by ASHA before its last step
                     self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
                     self._completed_trials.add(trial_id)
@@ -161,20 +173,36 @@ def summarize(storage, url: str, arm: str, cfg: TrialConfig) -> dict:
     candidates = [t for t in complete if t.user_attrs.get("status") != "diverged" and t.value is not None]
     best = min(candidates, key=lambda t: t.value) if candidates else None
     return {
-        "arm": arm, "optimizer": cfg.optimizer, "qk_norm": cfg.qk_norm, "width": cfg.width,
-        "best_lr": best.params["lr"] if best else None, "best_loss": best.value if best else None,
+        "arm": arm,
+        "optimizer": cfg.optimizer,
+        "qk_norm": cfg.qk_norm,
+        "width": cfg.width,
+        "best_lr": best.params["lr"] if best else None,
+        "best_loss": best.value if best else None,
         "n_trials": len(complete) + sum(t.state == TrialState.PRUNED for t in trials),
-        "n_complete": len(complete) - len(diverged), "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "n_diverged": len(diverged), "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-        "best_trial_id": best.user_attrs.get("trial_id") if best else None, "study_name": arm, "storage": url,
+        "n_complete": len(complete) - len(diverged),
+        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_diverged": len(diverged),
+        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
+        "best_trial_id": best.user_attrs.get("trial_id") if best else None,
+        "study_name": arm,
+        "storage": url,
     }
 
 
 def format_table(rows: list[dict]) -> str:
     header = ("arm", "best_lr", "best_loss", "n_trials", "pruned", "diverged")
-    body = [(r["arm"], "n/a" if r["best_lr"] is None else f"{r['best_lr']:.3e}",
-             "n/a" if r["best_loss"] is None else f"{r['best_loss']:.4f}", str(r["n_trials"]), str(r["n_pruned"]),
-             str(r["n_diverged"])) for r in rows]
+    body = [
+        (
+            r["arm"],
+            "n/a" if r["best_lr"] is None else f"{r['best_lr']:.3e}",
+            "n/a" if r["best_loss"] is None else f"{r['best_loss']:.4f}",
+            str(r["n_trials"]),
+            str(r["n_pruned"]),
+            str(r["n_diverged"]),
+        )
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
 
     def line(cells) -> str:  # the arm left-aligned, the numbers right-aligned
@@ -183,16 +211,36 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])
 
 
-def run_studies(spec: LRStudySpec, path: str, arms: dict[str, TrialConfig], results: ResultsDir, url: str,
-                tokens: dict, address: str | None, args) -> int:
+def run_studies(
+    spec: LRStudySpec,
+    path: str,
+    arms: dict[str, TrialConfig],
+    results: ResultsDir,
+    url: str,
+    tokens: dict,
+    address: str | None,
+    args,
+) -> int:
     """Run the studies holding the results folder's driver lock (exit 2 when another driver holds it,
     3 when the machine fails, e.g. a full disk)."""
-    return tune_core.guarded(lambda: _run_locked(spec, path, arms, results, url, tokens, address, args), results,
-                             "orchestrator.lr_study", "python -m orchestrator.lr_study with the same arguments")
+    return tune_core.guarded(
+        lambda: _run_locked(spec, path, arms, results, url, tokens, address, args),
+        results,
+        "orchestrator.lr_study",
+        "python -m orchestrator.lr_study with the same arguments",
+    )
 
 
-def _run_locked(spec: LRStudySpec, path: str, arms: dict[str, TrialConfig], results: ResultsDir, url: str,
-                tokens: dict, address: str | None, args) -> int:
+def _run_locked(
+    spec: LRStudySpec,
+    path: str,
+    arms: dict[str, TrialConfig],
+    results: ResultsDir,
+    url: str,
+    tokens: dict,
+    address: str | None,
+    args,
+) -> int:
     import optuna
     from optuna.distributions import FloatDistribution
     from ray import tune
@@ -203,23 +251,36 @@ def _run_locked(spec: LRStudySpec, path: str, arms: dict[str, TrialConfig], resu
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n_per_arm = args.trials or spec.search.trials_per_arm
     out = sys.stdout
-    print(f"lr_study {spec.name}: {len(arms)} arms x {n_per_arm} trials, lr in "
-          f"[{spec.search.lr_min:g}, {spec.search.lr_max:g}] -> {results.uri}", file=out, flush=True)
+    print(
+        f"lr_study {spec.name}: {len(arms)} arms x {n_per_arm} trials, lr in "
+        f"[{spec.search.lr_min:g}, {spec.search.lr_max:g}] -> {results.uri}",
+        file=out,
+        flush=True,
+    )
     print(f"  studies: {url}  (optuna-dashboard {url})", file=out, flush=True)
     results.makedirs()
     try:
         storage = open_storage(url)
     except Exception as exc:  # noqa: BLE001 - a driver missing, a server down: one line, exit 2
-        raise ConfigError(f"search.storage: cannot open {short_repr(url, 80)} ({type(exc).__name__}: "
-                          f"{short_repr(str(exc).splitlines()[0] if str(exc) else '', 100)})") from None
+        raise ConfigError(
+            f"search.storage: cannot open {short_repr(url, 80)} ({type(exc).__name__}: "
+            f"{short_repr(str(exc).splitlines()[0] if str(exc) else '', 100)})"
+        ) from None
     previous = results.read_json(SWEEP_JSON) if results.exists(SWEEP_JSON) else {}
     started = now_iso()
     corpus = next(iter(tokens.values()))
-    meta = sweep_record(name=spec.name, kind="lr_study", n_trials=len(read_trials(results)) + len(arms) * n_per_arm,
-                        started_at=previous.get("started_at") or started, config=spec.model_dump(mode="json"),
-                        corpus=corpus, config_file=path,
-                        results=results.uri, optuna_storage=url,
-                        runs=list(previous.get("runs") or []) + [{"started_at": started, "finished_at": None}])
+    meta = sweep_record(
+        name=spec.name,
+        kind="lr_study",
+        n_trials=len(read_trials(results)) + len(arms) * n_per_arm,
+        started_at=previous.get("started_at") or started,
+        config=spec.model_dump(mode="json"),
+        corpus=corpus,
+        config_file=path,
+        results=results.uri,
+        optuna_storage=url,
+        runs=list(previous.get("runs") or []) + [{"started_at": started, "finished_at": None}],
+    )
 
     interrupted, summaries = False, []
     with tune_core.ray_session(address, args.num_cpus, local=args.local, verbose_ray=args.verbose_ray) as handle:
@@ -229,9 +290,14 @@ def _run_locked(spec: LRStudySpec, path: str, arms: dict[str, TrialConfig], resu
         results.write_json(meta, SWEEP_JSON)
         slots = spec.resources.max_concurrent or max(1, int(runtime_cpus() // spec.resources.cpus_per_trial))
         trainable = tune_core.make_trainable(tokens, results, spec.resources, objective=spec.search.metric)
-        monitor = SweepMonitor(results=results, plan={}, n_planned=len(arms) * n_per_arm,
-                               corpus_hash=corpus.corpus_hash, max_retries=spec.failure.max_retries,
-                               verbose=not args.quiet)
+        monitor = SweepMonitor(
+            results=results,
+            plan={},
+            n_planned=len(arms) * n_per_arm,
+            corpus_hash=corpus.corpus_hash,
+            max_retries=spec.failure.max_retries,
+            verbose=not args.quiet,
+        )
         register(monitor)
         StudySearch = _study_search_class()
         from .study_arms import ArmScheduler, ArmSearch
@@ -245,13 +311,22 @@ def _run_locked(spec: LRStudySpec, path: str, arms: dict[str, TrialConfig], resu
             monitor.say("study", f"{arm}{note if existing else ''}: adding {n_per_arm} trials")
             searchers[arm] = StudySearch(
                 space={"lr": FloatDistribution(spec.search.lr_min, spec.search.lr_max, log=True)},
-                metric=OBJECTIVE, mode="min", study_name=arm, storage=storage,
-                sampler=optuna.samplers.TPESampler(seed=spec.search.seed + existing,
-                                                   n_startup_trials=spec.search.startup_trials),
+                metric=OBJECTIVE,
+                mode="min",
+                study_name=arm,
+                storage=storage,
+                sampler=optuna.samplers.TPESampler(
+                    seed=spec.search.seed + existing, n_startup_trials=spec.search.startup_trials
+                ),
             )
-            schedulers[arm] = ASHAScheduler(time_attr=RUNG_STEP, metric=OBJECTIVE, mode="min", max_t=cfg.steps,
-                                            grace_period=min(spec.search.grace_steps, cfg.steps),
-                                            reduction_factor=spec.search.reduction_factor)
+            schedulers[arm] = ASHAScheduler(
+                time_attr=RUNG_STEP,
+                metric=OBJECTIVE,
+                mode="min",
+                max_t=cfg.steps,
+                grace_period=min(spec.search.grace_steps, cfg.steps),
+                reduction_factor=spec.search.reduction_factor,
+            )
         # One Tuner over every arm (study_arms): trials of all arms share the slots, each arm keeps its
         # own study and its own ASHA, and no arm prunes before min_completed of its trials completed.
         budget = {arm: n_per_arm for arm in arms}
@@ -259,21 +334,30 @@ def _run_locked(spec: LRStudySpec, path: str, arms: dict[str, TrialConfig], resu
             trainable,
             param_space={},
             tune_config=tune_core.tune_config(
-                search_alg=ArmSearch(searchers, {a: c.model_dump() for a, c in arms.items()}, budget,
-                                     metric=OBJECTIVE, mode="min"),
+                search_alg=ArmSearch(
+                    searchers, {a: c.model_dump() for a, c in arms.items()}, budget, metric=OBJECTIVE, mode="min"
+                ),
                 scheduler=ArmScheduler(schedulers, spec.search.min_completed, completed),
-                num_samples=sum(budget.values()), max_concurrent_trials=slots),
-            run_config=tune_core.run_config(f"arms-{time.strftime('%Y%m%d-%H%M%S')}", results,
-                                            spec.failure.max_retries, monitor, keep=spec.checkpoints.keep,
-                                            callbacks=spec.callbacks),
+                num_samples=sum(budget.values()),
+                max_concurrent_trials=slots,
+            ),
+            run_config=tune_core.run_config(
+                f"arms-{time.strftime('%Y%m%d-%H%M%S')}",
+                results,
+                spec.failure.max_retries,
+                monitor,
+                keep=spec.checkpoints.keep,
+                callbacks=spec.callbacks,
+            ),
         )
         interrupted = tune_core.fit(tuner) or monitor.counts().running > 0
         summaries = [summarize(storage, url, arm, cfg) for arm, cfg in arms.items()]
         monitor.finish()
 
     done = {s["arm"] for s in summaries}
-    rows = summaries + [summarize(storage, url, arm, cfg) for arm, cfg in arms.items()
-                        if arm not in done and study_size(storage, arm)]
+    rows = summaries + [
+        summarize(storage, url, arm, cfg) for arm, cfg in arms.items() if arm not in done and study_size(storage, arm)
+    ]
     columns = {name: [r.get(name) for r in rows] for name in LR_BEST_SCHEMA.names}
     results.write_table(pa.table(columns, schema=LR_BEST_SCHEMA), LR_BEST_FILE)
     meta["runs"][-1]["finished_at"] = now_iso()

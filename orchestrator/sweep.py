@@ -32,17 +32,29 @@ from .tune_core import TUNE_DIR, bad_input, choose_address, load_corpora
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="sweep file, or a bundled sweep's name: smoke, default, paradox, cpu_study "
-                                    "(default: default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of the sweep file (repeatable): train.steps=50, grid.seed=[0,1], "
-                        "resources.cpus_per_trial=2; a plain key is a train setting (or a grid axis the file has)")
-    p.add_argument("--results", help="results folder or URI (default: the file's `results:`); "
-                                     "the sweep goes in <results>/<name>")
-    p.add_argument("--address", help="join this Ray cluster ('auto' on a head node); default: the cluster this "
-                                     "machine belongs to if there is one, else a private local Ray")
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config", help="sweep file, or a bundled sweep's name: smoke, default, paradox, cpu_study (default: default)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the sweep file (repeatable): train.steps=50, grid.seed=[0,1], "
+        "resources.cpus_per_trial=2; a plain key is a train setting (or a grid axis the file has)",
+    )
+    p.add_argument(
+        "--results", help="results folder or URI (default: the file's `results:`); the sweep goes in <results>/<name>"
+    )
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster ('auto' on a head node); default: the cluster this "
+        "machine belongs to if there is one, else a private local Ray",
+    )
     p.add_argument("--local", action="store_true", help="always start a private local Ray, even on a cluster node")
     p.add_argument("--num-cpus", type=int, help="CPUs of the private local Ray (default: all)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its trials' checkpoints")
@@ -73,9 +85,11 @@ def prepare(args) -> Prepared:
         if planned and planned != {c.trial_id() for c in configs}:
             changed = changed_settings(previous.get("config") or {}, spec.model_dump(mode="json"))
             what = f" ({'; '.join(changed)})" if changed else ""
-            raise ConfigError(f"--resume: the trials in {path} are not those of the interrupted sweep in "
-                              f"{results.uri}{what}; run without --resume (finished trials are kept and not run "
-                              "again)")
+            raise ConfigError(
+                f"--resume: the trials in {path} are not those of the interrupted sweep in "
+                f"{results.uri}{what}; run without --resume (finished trials are kept and not run "
+                "again)"
+            )
     tokens = load_corpora(configs)
     return Prepared(spec, path, configs, results, tokens, address, args.num_cpus)
 
@@ -84,8 +98,10 @@ def check_placement(configs, spec, *, local: bool, dry_run: bool) -> None:
     """Devices and memory: a cuda trial needs a GPU slot; on this machine (a private local Ray, not a
     plan) every trial must find its device and fit in its memory (trainer.budget.check_device)."""
     if any(c.device == "cuda" and spec.resources.for_width(c.width)[1] == 0 for c in configs):
-        raise ConfigError("train.device: 'cuda' but resources.gpus_per_trial is 0, so a trial would see no GPU "
-                          "(got 'cuda'); set gpus_per_trial, or device: auto")
+        raise ConfigError(
+            "train.device: 'cuda' but resources.gpus_per_trial is 0, so a trial would see no GPU "
+            "(got 'cuda'); set gpus_per_trial, or device: auto"
+        )
     if local and not dry_run:
         check_device(configs)
 
@@ -98,22 +114,31 @@ def check_previous(results, kind: str, *, resume: bool) -> dict | None:
     read_trials(results)  # a corrupt trials.parquet is one line here, not a traceback later
     if previous is None:
         return None
-    for key, ok in (("trial_ids", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
-                    ("runs", lambda v: isinstance(v, list)), ("config", lambda v: isinstance(v, dict))):
+    for key, ok in (
+        ("trial_ids", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
+        ("runs", lambda v: isinstance(v, list)),
+        ("config", lambda v: isinstance(v, dict)),
+    ):
         if previous.get(key) is not None and not ok(previous[key]):
-            raise ConfigError(f"{results.uri}/{SWEEP_JSON}: {key} is malformed ({short_repr(previous[key], 60)}); "
-                              "fix it or move the file away")
+            raise ConfigError(
+                f"{results.uri}/{SWEEP_JSON}: {key} is malformed ({short_repr(previous[key], 60)}); "
+                "fix it or move the file away"
+            )
     found = previous.get("kind")
     if found is not None and found != kind:
-        raise ConfigError(f"{results.uri}/{SWEEP_JSON}: this folder holds a {short_repr(found, 30)}, not a "
-                          f"{kind}; choose another results folder or name")
+        raise ConfigError(
+            f"{results.uri}/{SWEEP_JSON}: this folder holds a {short_repr(found, 30)}, not a "
+            f"{kind}; choose another results folder or name"
+        )
     if resume:
         tune_root = f"{results.uri}/{TUNE_DIR}"
         for i, run in enumerate(previous.get("runs") or []):
             path = run.get("tune_experiment") if isinstance(run, dict) else None
             if path is not None and not (isinstance(path, str) and inside(path, tune_root)):
-                raise ConfigError(f"{results.uri}/{SWEEP_JSON}: runs[{i}].tune_experiment {short_repr(path, 80)} "
-                                  f"is outside {tune_root}; --resume restores (unpickles) only experiments there")
+                raise ConfigError(
+                    f"{results.uri}/{SWEEP_JSON}: runs[{i}].tune_experiment {short_repr(path, 80)} "
+                    f"is outside {tune_root}; --resume restores (unpickles) only experiments there"
+                )
     return previous
 
 

@@ -51,7 +51,9 @@ def sweep_meta(prep: Prepared, previous: dict | None, run: dict | None) -> dict:
         corpus=corpus,
         trial_ids=[c.trial_id() for c in prep.configs],
         config_file=prep.config_path,
-        grid=[{"trial_id": c.trial_id(), **{axis: getattr(c, axis) for axis in AXES + EXTRA_AXES}} for c in prep.configs],
+        grid=[
+            {"trial_id": c.trial_id(), **{axis: getattr(c, axis) for axis in AXES + EXTRA_AXES}} for c in prep.configs
+        ],
         results=prep.results.uri,
         runs=runs,
     )
@@ -73,8 +75,12 @@ def run_sweep(prep: Prepared, args) -> int:
     """Run the unfinished trials of a prepared sweep, holding the results folder's driver lock;
     returns the exit status (2: another driver holds the folder; 3: the machine failed, e.g. a full disk)."""
     again = [a for a in getattr(args, "argv", None) or [] if a != "--resume"] + ["--resume"]
-    return tune_core.guarded(lambda: _run_locked(prep, args), prep.results, "orchestrator.sweep",
-                             f"python -m orchestrator.sweep {shlex.join(again)}")
+    return tune_core.guarded(
+        lambda: _run_locked(prep, args),
+        prep.results,
+        "orchestrator.sweep",
+        f"python -m orchestrator.sweep {shlex.join(again)}",
+    )
 
 
 def _run_locked(prep: Prepared, args) -> int:
@@ -94,41 +100,62 @@ def _run_locked(prep: Prepared, args) -> int:
 
     if not args.resume and previous and previous.get("finished_at") is None and todo:
         if latest_experiment(results, previous):
-            print("  note: the last run was interrupted; --resume would continue its trials from their checkpoints "
-                  "(this run starts them afresh)", file=out)
+            print(
+                "  note: the last run was interrupted; --resume would continue its trials from their checkpoints "
+                "(this run starts them afresh)",
+                file=out,
+            )
 
     if not todo:
         meta = sweep_meta(prep, previous, None)
         meta["finished_at"] = (previous or {}).get("finished_at") or now_iso()
         results.write_json(meta, SWEEP_JSON)
-        print(f"all {len(prep.configs)} trials already finished; report: python -m analysis.report {results.uri}",
-              file=out)
+        print(
+            f"all {len(prep.configs)} trials already finished; report: python -m analysis.report {results.uri}",
+            file=out,
+        )
         return 0
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = {"started_at": now_iso(), "finished_at": None, "resumed": bool(restore_from),
-           "tune_experiment": restore_from or f"{results.uri}/{TUNE_DIR}/run-{stamp}"}
+    run = {
+        "started_at": now_iso(),
+        "finished_at": None,
+        "resumed": bool(restore_from),
+        "tune_experiment": restore_from or f"{results.uri}/{TUNE_DIR}/run-{stamp}",
+    }
     with tune_core.ray_session(prep.address, prep.num_cpus, local=args.local, verbose_ray=args.verbose_ray) as handle:
         print(f"  on {handle.describe()}", file=out, flush=True)
         if handle.mode == "cluster" and results.is_local:
-            print(f"  note: {results.uri} is a local path: on a multi-node cluster it must be shared storage "
-                  "mounted at the same path on every node (or use an s3:// / gs:// URI)", file=out)
+            print(
+                f"  note: {results.uri} is a local path: on a multi-node cluster it must be shared storage "
+                "mounted at the same path on every node (or use an s3:// / gs:// URI)",
+                file=out,
+            )
         try:  # before any trial starts: every node must see the results folder (storage_probe)
             storage_probe.check_shared_storage(results)
         except ConfigError as err:
             return tune_core.bad_input(err)
         cpus, gpus = spec.resources.largest({c.width for c in todo})
         if not runtime.fits_a_node(cpus, gpus):
-            print(f"  note: no node has {cpus:g} CPUs and {gpus:g} "
-                  "GPUs free for a trial yet; trials wait for one (the autoscaler adds GPU workers on demand)",
-                  file=out, flush=True)
+            print(
+                f"  note: no node has {cpus:g} CPUs and {gpus:g} "
+                "GPUs free for a trial yet; trials wait for one (the autoscaler adds GPU workers on demand)",
+                file=out,
+                flush=True,
+            )
         run["ray"] = handle.describe()
         meta = sweep_meta(prep, previous, run)
         results.write_json(meta, SWEEP_JSON)
-        monitor = SweepMonitor(results=results, plan={c.trial_id(): c for c in prep.configs},
-                               n_planned=len(prep.configs), to_run={c.trial_id() for c in todo},
-                               corpus_hash=meta["corpus_hash"], max_retries=spec.failure.max_retries,
-                               progress_every_s=args.progress_every, verbose=not args.quiet)
+        monitor = SweepMonitor(
+            results=results,
+            plan={c.trial_id(): c for c in prep.configs},
+            n_planned=len(prep.configs),
+            to_run={c.trial_id() for c in todo},
+            corpus_hash=meta["corpus_hash"],
+            max_retries=spec.failure.max_retries,
+            progress_every_s=args.progress_every,
+            verbose=not args.quiet,
+        )
         register(monitor)
         tuner = make_tuner(prep, todo, monitor, run["tune_experiment"], restore_from, args)
         t0 = time.monotonic()
@@ -153,8 +180,12 @@ def _run_locked(prep: Prepared, args) -> int:
     print(f"results in {results.uri}", file=out)
     print(f"report:     python -m analysis.report {results.uri}", file=out, flush=True)
     if counts.failed:
-        print(f"{counts.failed} trial(s) failed (see the error column of trials.parquet); "
-              "running the sweep again retries them", file=out, flush=True)
+        print(
+            f"{counts.failed} trial(s) failed (see the error column of trials.parquet); "
+            "running the sweep again retries them",
+            file=out,
+            flush=True,
+        )
         return EXIT_TRIALS_FAILED
     return 0
 
@@ -174,6 +205,12 @@ def make_tuner(prep: Prepared, todo: list[TrialConfig], monitor, experiment: str
         trainable,
         param_space={TRIAL_KEY: tune.grid_search([c.model_dump() for c in todo])},
         tune_config=tune_core.tune_config(max_concurrent_trials=spec.resources.max_concurrent),
-        run_config=tune_core.run_config(experiment.rsplit("/", 1)[1], prep.results, spec.failure.max_retries, monitor,
-                                        keep=spec.checkpoints.keep, callbacks=spec.callbacks),
+        run_config=tune_core.run_config(
+            experiment.rsplit("/", 1)[1],
+            prep.results,
+            spec.failure.max_retries,
+            monitor,
+            keep=spec.checkpoints.keep,
+            callbacks=spec.callbacks,
+        ),
     )

@@ -73,8 +73,13 @@ class TuneHooks(TrialHooks):
 
     def on_report(self, step, metrics, checkpoint_dir):
         self.last.update({k: v for k, v in metrics.items() if k in self.last})
-        result: TrialReport = {**self.context, **self.last, **metrics, "resumed_step": self.resumed_step,
-                               "final": False}
+        result: TrialReport = {
+            **self.context,
+            **self.last,
+            **metrics,
+            "resumed_step": self.resumed_step,
+            "final": False,
+        }
         result[OBJECTIVE] = self._objective(result.get(self.options.objective), diverged=False)
         if step < self.cfg.steps:  # ASHA's clock; absent from the eval after the last update, so a
             result[RUNG_STEP] = step  # scheduler never stops a trial that has finished training
@@ -94,10 +99,20 @@ class TuneHooks(TrialHooks):
 
     def final_result(self, row: dict, skipped: bool = False) -> TrialReport:
         last_step = max((row.get("steps_done") or 0) - 1, 0)
-        result: TrialReport = {**self.context, **self.last, "step": last_step, "status": row["status"],
-                  "train_loss": row.get("final_train_loss"), "val_loss": row.get("final_val_loss"),
-                  "tokens": row.get("tokens"), "wall_s": row.get("wall_s"), "resumed_step": self.resumed_step,
-                  "final": True, "skipped": skipped, "row_json": json.dumps(row)}
+        result: TrialReport = {
+            **self.context,
+            **self.last,
+            "step": last_step,
+            "status": row["status"],
+            "train_loss": row.get("final_train_loss"),
+            "val_loss": row.get("final_val_loss"),
+            "tokens": row.get("tokens"),
+            "wall_s": row.get("wall_s"),
+            "resumed_step": self.resumed_step,
+            "final": True,
+            "skipped": skipped,
+            "row_json": json.dumps(row),
+        }
         result[OBJECTIVE] = self._objective(result["val_loss"], diverged=row["status"] == "diverged")
         return {k: (math.nan if v is None else v) for k, v in result.items()}  # type: ignore[return-value]
 
@@ -127,6 +142,13 @@ def train_trial(config: dict, tokens: dict[tuple, TokenData], options: Trainable
         return
     with tempfile.TemporaryDirectory(prefix="qk-trial-") as scratch:
         resume_from = Path(checkpoint.to_directory(str(Path(scratch, "restore")))) if checkpoint else None
-        row = run_trial(cfg, results, trial_id=trial_id, tokens=tokens[corpus_key(cfg)], hooks=hooks,
-                        checkpoint_dir=Path(scratch, "checkpoint"), resume_from=resume_from)
+        row = run_trial(
+            cfg,
+            results,
+            trial_id=trial_id,
+            tokens=tokens[corpus_key(cfg)],
+            hooks=hooks,
+            checkpoint_dir=Path(scratch, "checkpoint"),
+            resume_from=resume_from,
+        )
     tune.report(hooks.final_result(row))

@@ -54,12 +54,14 @@ def guarded(body, results: ResultsDir, command: str, again: str) -> int:
         problem = environment_problem(exc)
         if problem is None:
             raise
-        return environment_failure(problem, f"writing to {results.uri}",
-                                   f"free space (or fix the file system), then continue with: {again}")
+        return environment_failure(
+            problem, f"writing to {results.uri}", f"free space (or fix the file system), then continue with: {again}"
+        )
 
 
-def choose_address(address: str | None, local: bool, num_cpus: int | None, resources: Resources,
-                   widths=None) -> str | None:
+def choose_address(
+    address: str | None, local: bool, num_cpus: int | None, resources: Resources, widths=None
+) -> str | None:
     """The Ray cluster to join (None: start a private local Ray, which must have room for the
     largest trial of the grid's `widths`)."""
     address = None if local else (address or runtime.running_cluster_address())
@@ -80,8 +82,9 @@ def load_corpora(configs: list[TrialConfig]) -> dict[tuple, TokenData]:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None, *, local: bool,
-                verbose_ray: bool) -> Iterator[runtime.RayHandle]:
+def ray_session(
+    address: str | None, num_cpus: int | None, *, local: bool, verbose_ray: bool
+) -> Iterator[runtime.RayHandle]:
     """Ray for one run: started or joined, Tune's logging quieted; on the way out the registered
     monitor is forgotten and Ray is stopped (or left alone if it was running before)."""
     from .monitor import register
@@ -160,12 +163,14 @@ def tune_config(**settings):
     """TuneConfig with the shared settings: actors reused, trials named by trial_id."""
     from ray import tune
 
-    return tune.TuneConfig(**settings, reuse_actors=True, trial_name_creator=trial_name,
-                           trial_dirname_creator=trial_dirname)
+    return tune.TuneConfig(
+        **settings, reuse_actors=True, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname
+    )
 
 
-def run_config(name: str, results: ResultsDir, max_retries: int, monitor, keep: str = "none",
-               callbacks=("tensorboard",)):
+def run_config(
+    name: str, results: ResultsDir, max_retries: int, monitor, keep: str = "none", callbacks=("tensorboard",)
+):
     """RunConfig: state under <results>/tune/<name> (Tune writes there through pyarrow, so an
     s3:// results URI holds it too), retries from the last checkpoint, our monitor, the
     checkpoints of finished trials pruned to `keep` (orchestrator.checkpoints), and Tune's own
@@ -179,7 +184,11 @@ def run_config(name: str, results: ResultsDir, max_retries: int, monitor, keep: 
         storage_path=f"{results.uri}/{TUNE_DIR}",
         failure_config=tune.FailureConfig(max_failures=max_retries),
         checkpoint_config=checkpoint_config(keep),
-        callbacks=[monitor, CheckpointPruner(keep), *logger_callbacks(callbacks, results.uri.rstrip('/').rsplit('/', 1)[-1])],
+        callbacks=[
+            monitor,
+            CheckpointPruner(keep),
+            *logger_callbacks(callbacks, results.uri.rstrip("/").rsplit("/", 1)[-1]),
+        ],
         verbose=0,
     )
 
@@ -204,14 +213,23 @@ def logger_callbacks(names, project: str) -> list:
 
             # Tune's logging actor inherits only the API key: hand it WANDB_MODE (offline) and WANDB_DIR too.
             init = {k: os.environ[v] for k, v in (("mode", "WANDB_MODE"), ("dir", "WANDB_DIR")) if os.environ.get(v)}
-            out.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT") or project,
-                                           group=os.environ.get("WANDB_GROUP"), excludes=list(LOGGER_EXCLUDES),
-                                           **init))
+            out.append(
+                WandbLoggerCallback(
+                    project=os.environ.get("WANDB_PROJECT") or project,
+                    group=os.environ.get("WANDB_GROUP"),
+                    excludes=list(LOGGER_EXCLUDES),
+                    **init,
+                )
+            )
         elif name == "mlflow":
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-            out.append(MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
-                                            experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or project))
+            out.append(
+                MLflowLoggerCallback(
+                    tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+                    experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or project,
+                )
+            )
         else:
             raise ValueError(f"unknown callback {name!r}")
     return out

@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +74,7 @@ class Effect:
     pr_bias: float = 0.0  # added to the bias-corrected PR share only (pr - pr_bias)
     pr_centred: float = 0.0  # added to the centred PR share only
 
-    def cell(self, table: dict, key: "TrialKey") -> float:
+    def cell(self, table: dict, key: TrialKey) -> float:
         return float(table.get((key.width, key.lr), table.get(key.lr, 0.0)))
 
 
@@ -178,8 +179,14 @@ class SyntheticSpec:
         eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
         best = np.log10(self.best_lr.get(key.optimizer, 1e-2) * eff.lr_mult)
         init = 0.0 if key.init_std is None else self.init_loss_slope * np.log(key.init_std / 0.02)
-        return (2.0 - 0.1 * np.log2(key.width / 64) + self.lr_curvature * (np.log10(key.lr) - best) ** 2
-                + eff.loss + eff.cell(eff.loss_cells, key) + init)
+        return (
+            2.0
+            - 0.1 * np.log2(key.width / 64)
+            + self.lr_curvature * (np.log10(key.lr) - best) ** 2
+            + eff.loss
+            + eff.cell(eff.loss_cells, key)
+            + init
+        )
 
     def pr_shift(self, key: TrialKey) -> float:
         """Planted shift of the final q/k PR share of one trial's arm and cell."""
@@ -258,17 +265,28 @@ def trial_finals(spec: SyntheticSpec) -> list[dict]:
         init = None if k.init_std is None else "normal"
         rows.append(
             dict(
-                trial_id=tr.trial_id, optimizer=k.optimizer, qk_norm=k.qk_norm, width=k.width,
-                lr=k.lr, seed=k.seed, depth=spec.depth, d_head=spec.d_head,
-                steps_planned=spec.steps, status=tr.status,
+                trial_id=tr.trial_id,
+                optimizer=k.optimizer,
+                qk_norm=k.qk_norm,
+                width=k.width,
+                lr=k.lr,
+                seed=k.seed,
+                depth=spec.depth,
+                d_head=spec.d_head,
+                steps_planned=spec.steps,
+                status=tr.status,
                 final_val_loss=spec.final_loss(k) + tr.loss_off if done else None,
-                final_pr_q=q, final_pr_k=q + 0.02, final_pr_wq=w, final_pr_wk=w + 0.01,
+                final_pr_q=q,
+                final_pr_k=q + 0.02,
+                final_pr_wq=w,
+                final_pr_wk=w + 0.01,
                 init_loss=LOSS_INIT,
                 final_pr_q_corrected=corr if act else None,
                 final_pr_k_corrected=corr + 0.02 if act else None,
                 final_pr_q_centred=cent if act else None,
                 final_pr_k_centred=cent + 0.02 if act else None,
-                init=init, init_std=k.init_std,
+                init=init,
+                init_std=k.init_std,
                 init_key=f"{init or '?'}:{'?' if k.init_std is None else k.init_std}",
             )
         )
@@ -354,8 +372,9 @@ def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
     def int_col(idx):
         return pa.array(idx, pa.int16(), mask=idx < 0)
 
-    return _Template(step, int_col(layer_i), int_col(head_i), dict_col(name_i, names),
-                     dict_col(tensor_i, tensors), s_step.size)
+    return _Template(
+        step, int_col(layer_i), int_col(head_i), dict_col(name_i, names), dict_col(tensor_i, tensors), s_step.size
+    )
 
 
 def eval_steps(spec: SyntheticSpec) -> np.ndarray:
@@ -385,8 +404,13 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
     loss = final + (LOSS_INIT - final) * _decay(s, spec.steps)
     sched = k.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / spec.steps)))
     step_block = np.stack(
-        [loss + 0.02 * rng.standard_normal(s.size), sched, 1.0 + 0.1 * rng.random(s.size),
-         s * spec.tokens_per_step, s * 0.08],
+        [
+            loss + 0.02 * rng.standard_normal(s.size),
+            sched,
+            1.0 + 0.1 * rng.random(s.size),
+            s * spec.tokens_per_step,
+            s * 0.08,
+        ],
         axis=1,
     )
     # eval block
@@ -410,8 +434,9 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
         # (E, 3 metrics, 2 tensors) in ACTIVATION_METRICS x (q, k) order, in units of PR
         bias = -(spec.pr_bias_share + eff.pr_bias * ramp)
         cent = _centred(q) + eff.pr_centred * ramp
-        act = np.stack([np.stack([cent, cent + 0.02], 1), np.stack([bias, bias], 1),
-                        np.stack([0.5 * bias, 0.5 * bias], 1)], axis=1)
+        act = np.stack(
+            [np.stack([cent, cent + 0.02], 1), np.stack([bias, bias], 1), np.stack([0.5 * bias, 0.5 * bias], 1)], axis=1
+        )
         blocks.append((D * act[..., None, None] * fac).reshape(E, -1))
     blocks.append(attn.reshape(E, -1))
     eval_block = np.concatenate(blocks, axis=1)
@@ -460,8 +485,14 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
     trials = plan_trials(spec)
     templates: dict[int, _Template] = {}
     t0 = 1.7e9  # fixed mtimes: part order on disk is part of what is tested
-    manifest = {"duplicate_rows": 0, "truncated": [], "duplicated_trials": [], "metric_rows": 0,
-                "spectra_rows": 0, "n_trials": len(trials)}
+    manifest = {
+        "duplicate_rows": 0,
+        "truncated": [],
+        "duplicated_trials": [],
+        "metric_rows": 0,
+        "spectra_rows": 0,
+        "n_trials": len(trials),
+    }
     done = [t.trial_id for t in trials if t.status == "completed"]
     dup_ids = set(done[: spec.n_duplicated])  # first completed trials get a replayed part
     trunc_ids = set(done[::-1][: spec.n_truncated])  # last completed trials lose their last part
@@ -470,8 +501,15 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
         tpl = templates.setdefault(H, _template(spec, H))
         values = _values(spec, tr, tpl, H, rng)
         table = pa.Table.from_arrays(
-            [pa.repeat(pa.scalar(tr.trial_id), len(values)), pa.array(tpl.step), tpl.name,
-             tpl.layer, tpl.head, tpl.tensor, pa.array(values)],
+            [
+                pa.repeat(pa.scalar(tr.trial_id), len(values)),
+                pa.array(tpl.step),
+                tpl.name,
+                tpl.layer,
+                tpl.head,
+                tpl.tensor,
+                pa.array(values),
+            ],
             schema=METRICS_SCHEMA,
         )
         step = tpl.step
@@ -523,10 +561,14 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
             "n_trials": len(trials) + spec.n_planned_extra,
             "started_at": "2025-01-01T00:00:00+00:00",
             "finished_at": "2025-01-01T01:00:00+00:00" if spec.finished else None,
-            "grid": {"optimizer": list(spec.optimizers), "qk_norm": list(spec.qk_norms),
-                     "width": list(spec.widths), "lr": list(spec.lrs), "seed": list(spec.seeds)},
-            "train": {"depth": spec.depth, "d_head": spec.d_head, "steps": spec.steps,
-                      "eval_every": spec.eval_every},
+            "grid": {
+                "optimizer": list(spec.optimizers),
+                "qk_norm": list(spec.qk_norms),
+                "width": list(spec.widths),
+                "lr": list(spec.lrs),
+                "seed": list(spec.seeds),
+            },
+            "train": {"depth": spec.depth, "d_head": spec.d_head, "steps": spec.steps, "eval_every": spec.eval_every},
             "synthetic": {k: v for k, v in asdict(spec).items() if k not in ("effects", "diverge_if")},
         }
         (out / SWEEP_JSON).write_text(json.dumps(sweep, indent=2, default=str))
@@ -541,12 +583,24 @@ def _write_trials(spec: SyntheticSpec, trials: list[_Trial], out: Path) -> None:
         final = spec.final_loss(k) + tr.loss_off
         rows.append(
             dict(
-                trial_id=tr.trial_id, optimizer=k.optimizer, qk_norm=k.qk_norm, width=k.width,
-                depth=spec.depth, n_heads=k.width // spec.d_head, d_head=spec.d_head, lr=k.lr,
-                seed=k.seed, steps_planned=spec.steps, steps_done=tr.last_step,
-                tokens=tr.last_step * spec.tokens_per_step, status=tr.status,
-                final_train_loss=final if done else None, final_val_loss=final if done else None,
-                wall_s=tr.last_step * 0.08, corpus_hash="synthetic", config_json=_config_json(k),
+                trial_id=tr.trial_id,
+                optimizer=k.optimizer,
+                qk_norm=k.qk_norm,
+                width=k.width,
+                depth=spec.depth,
+                n_heads=k.width // spec.d_head,
+                d_head=spec.d_head,
+                lr=k.lr,
+                seed=k.seed,
+                steps_planned=spec.steps,
+                steps_done=tr.last_step,
+                tokens=tr.last_step * spec.tokens_per_step,
+                status=tr.status,
+                final_train_loss=final if done else None,
+                final_val_loss=final if done else None,
+                wall_s=tr.last_step * 0.08,
+                corpus_hash="synthetic",
+                config_json=_config_json(k),
                 diverged_step=tr.diverged_step,
                 error="loss is not finite" if tr.status == "diverged" else None,
             )

@@ -52,22 +52,28 @@ def check_device(configs: list[TrialConfig]) -> None:
         need = estimate_bytes(cfg)
         if cfg.device == "cpu" or (cfg.device == "auto" and ram is not None and need <= ram):
             if ram is not None and need > ram:
-                raise ConfigError(f"width={cfg.width}, depth={cfg.depth}, vocab_size={cfg.vocab_size}, "
-                                  f"batch_size={cfg.batch_size} x seq_len={cfg.seq_len}: a trial needs about "
-                                  f"{_gib(need)}, more than this machine's {_gib(ram)} of memory")
+                raise ConfigError(
+                    f"width={cfg.width}, depth={cfg.depth}, vocab_size={cfg.vocab_size}, "
+                    f"batch_size={cfg.batch_size} x seq_len={cfg.seq_len}: a trial needs about "
+                    f"{_gib(need)}, more than this machine's {_gib(ram)} of memory"
+                )
             continue
         if torch is None:
             import torch
         has_cuda = torch.cuda.is_available()
         if cfg.device == "cuda" and not has_cuda:
-            raise ConfigError("device: 'cuda' but torch sees no CUDA device on this machine (got 'cuda'); "
-                              "use device: cpu or auto, or run on a GPU machine")
+            raise ConfigError(
+                "device: 'cuda' but torch sees no CUDA device on this machine (got 'cuda'); "
+                "use device: cpu or auto, or run on a GPU machine"
+            )
         if has_cuda:
             have = torch.cuda.get_device_properties(0).total_memory
             where = f"the GPU's {_gib(have)}"
         else:
             have, where = ram, f"this machine's {_gib(ram or 0)} of memory"
         if have is not None and need > have:
-            raise ConfigError(f"width={cfg.width}, depth={cfg.depth}, vocab_size={cfg.vocab_size}, "
-                              f"batch_size={cfg.batch_size} x seq_len={cfg.seq_len}: a trial needs about "
-                              f"{_gib(need)}, more than {where}")
+            raise ConfigError(
+                f"width={cfg.width}, depth={cfg.depth}, vocab_size={cfg.vocab_size}, "
+                f"batch_size={cfg.batch_size} x seq_len={cfg.seq_len}: a trial needs about "
+                f"{_gib(need)}, more than {where}"
+            )

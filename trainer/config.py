@@ -56,16 +56,24 @@ class TrialConfig(BaseModel):
     depth: int = Field(2, gt=0, le=MAX_DEPTH, description="number of transformer blocks")
     d_head: int = Field(32, gt=0, le=MAX_WIDTH, description="head dimension; n_heads = width / d_head")
     mlp_ratio: int = Field(4, gt=0, le=64, description="MLP hidden size as a multiple of width")
-    vocab_size: int = Field(256, gt=1, le=MAX_VOCAB, description="256 for byte tokens; larger for .bin token shards "
-                            "(uint16, so at most 65536)")
+    vocab_size: int = Field(
+        256,
+        gt=1,
+        le=MAX_VOCAB,
+        description="256 for byte tokens; larger for .bin token shards (uint16, so at most 65536)",
+    )
 
     init: Literal["normal", "torch"] = Field(
-        "normal", description="normal: N(0, init_std) weights, residual projections scaled by 1/sqrt(2 depth) "
-        "(GPT-2); torch: PyTorch's own defaults (uniform, std ~ 1/sqrt(3 fan_in)). Changes loss and PR a lot")
+        "normal",
+        description="normal: N(0, init_std) weights, residual projections scaled by 1/sqrt(2 depth) "
+        "(GPT-2); torch: PyTorch's own defaults (uniform, std ~ 1/sqrt(3 fan_in)). Changes loss and PR a lot",
+    )
     init_std: float = Field(0.02, gt=0, le=1.0, description="std of the normal init (GPT-2's 0.02)")
 
     # --- data
-    corpus: str = Field("stdlib", description="stdlib | synthetic | path to a text file, a folder of text, or .bin shards")
+    corpus: str = Field(
+        "stdlib", description="stdlib | synthetic | path to a text file, a folder of text, or .bin shards"
+    )
     seq_len: int = Field(128, gt=1, le=2**20, description="tokens per sequence")
     batch_size: int = Field(16, gt=0, le=2**20, description="sequences per step")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="held-out share of a text corpus")
@@ -85,24 +93,36 @@ class TrialConfig(BaseModel):
     # --- metrics and bookkeeping
     eval_every: int = Field(50, ge=1, description="probe and val-loss cadence in steps (also step 0 and the last)")
     eval_schedule: Literal["log", "every"] = Field(
-        "log", description="log: extra probes log-spaced from step 1 until their gap reaches eval_every, so an "
-        "early fall of PR with a time constant of a few steps is resolved; every: only each eval_every steps")
+        "log",
+        description="log: extra probes log-spaced from step 1 until their gap reaches eval_every, so an "
+        "early fall of PR with a time constant of a few steps is resolved; every: only each eval_every steps",
+    )
     log_every: int = Field(1, ge=1, description="train_loss/lr/grad_norm cadence in steps")
     eval_batches: int = Field(2, ge=1, description="batches (of batch_size x seq_len) of held-out data for val_loss")
-    probe_seqs: int = Field(32, ge=1, description="sequences in the fixed held-out probe batch (spread over every "
-                            "held-out document; activation PR is biased low with few tokens, see pr_bias)")
+    probe_seqs: int = Field(
+        32,
+        ge=1,
+        description="sequences in the fixed held-out probe batch (spread over every "
+        "held-out document; activation PR is biased low with few tokens, see pr_bias)",
+    )
     checkpoint_every: int = Field(100, ge=0, description="checkpoint cadence in steps; 0 = never")
-    save_final: bool = Field(False, description="write the final weights of a completed trial to "
-                             "weights/<trial_id>.pt (load with torch.load(..., weights_only=True)); "
-                             "not part of the trial's identity")
+    save_final: bool = Field(
+        False,
+        description="write the final weights of a completed trial to "
+        "weights/<trial_id>.pt (load with torch.load(..., weights_only=True)); "
+        "not part of the trial's identity",
+    )
     max_loss: float = Field(20.0, gt=0, description="a train loss above this (or non-finite) marks the trial diverged")
 
     # --- hardware
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="autocast dtype; auto = bf16 on cuda, fp32 on cpu")
-    compile: bool = Field(False, description="torch.compile the model (CUDA)")
-    threads: int = Field(0, ge=0, le=MAX_THREADS,
-                         description="torch CPU threads; 0 = leave as is (Ray sets OMP_NUM_THREADS)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="autocast dtype; auto = bf16 on cuda, fp32 on cpu"
+    )
+    compile: bool = Field(False, description="torch.compile the model (CUDA, or CPU after a ~20 s compile)")
+    threads: int = Field(
+        0, ge=0, le=MAX_THREADS, description="torch CPU threads; 0 = leave as is (Ray sets OMP_NUM_THREADS)"
+    )
 
     @field_validator("corpus")
     @classmethod
@@ -117,12 +137,13 @@ class TrialConfig(BaseModel):
         except OSError as exc:
             raise ValueError(f"corpus path cannot be read: {short_repr(value)} ({exc.strerror or exc})") from None
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # /dev/zero, a FIFO, a socket: may never end
-            raise ValueError(f"corpus must be a regular file or a folder, not a device, FIFO or socket: "
-                             f"{short_repr(value)}")
+            raise ValueError(
+                f"corpus must be a regular file or a folder, not a device, FIFO or socket: {short_repr(value)}"
+            )
         return value
 
     @model_validator(mode="after")
-    def _shapes_fit(self) -> "TrialConfig":
+    def _shapes_fit(self) -> TrialConfig:
         if self.width % self.d_head:
             raise ValueError(f"width={self.width} is not divisible by d_head={self.d_head}")
         if self.d_head % 2:
@@ -147,9 +168,22 @@ class TrialConfig(BaseModel):
 
 
 SMOKE = dict(
-    corpus="stdlib", width=32, depth=2, d_head=16, seq_len=64, batch_size=8, steps=40, warmup=4,
-    eval_every=10, checkpoint_every=20, lr=1e-2, probe_seqs=2, eval_batches=2, device="cpu",
-    max_corpus_bytes=2_000_000, threads=1,  # one thread: a tiny model gains nothing from two, and loses a lot on a busy machine
+    corpus="stdlib",
+    width=32,
+    depth=2,
+    d_head=16,
+    seq_len=64,
+    batch_size=8,
+    steps=40,
+    warmup=4,
+    eval_every=10,
+    checkpoint_every=20,
+    lr=1e-2,
+    probe_seqs=2,
+    eval_batches=2,
+    device="cpu",
+    max_corpus_bytes=2_000_000,
+    threads=1,  # one thread: a tiny model gains nothing from two, and loses a lot on a busy machine
 )
 
 
@@ -203,8 +237,9 @@ class StrictSafeLoader(yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > MAX_YAML_ALIASES:
                 mark = self.peek_event().start_mark
-                raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name) at line {mark.line + 1}; "
-                                  "write the values out")
+                raise ConfigError(
+                    f"more than {MAX_YAML_ALIASES} YAML aliases (*name) at line {mark.line + 1}; write the values out"
+                )
         return super().compose_node(parent, index)
 
     def get_single_node(self):
@@ -212,8 +247,9 @@ class StrictSafeLoader(yaml.SafeLoader):
         if node is not None:
             size = _expanded_size(node, {})
             if size > MAX_YAML_NODES:
-                raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); "
-                                  "write the values out")
+                raise ConfigError(
+                    f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); write the values out"
+                )
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -225,8 +261,10 @@ class StrictSafeLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 try:
                     if key in seen:
-                        raise ConfigError(f"duplicate key {short_repr(key, 60)} at line {key_node.start_mark.line + 1} "
-                                          f"(first at line {seen[key] + 1}); each key may appear once")
+                        raise ConfigError(
+                            f"duplicate key {short_repr(key, 60)} at line {key_node.start_mark.line + 1} "
+                            f"(first at line {seen[key] + 1}); each key may appear once"
+                        )
                     seen[key] = key_node.start_mark.line
                 except TypeError:  # an unhashable key: SafeLoader names it below
                     pass
@@ -234,9 +272,11 @@ class StrictSafeLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node):
         if _NON_DECIMAL_INT.match(str(node.value)):
-            raise ConfigError(f"{short_repr(node.value, 40)} at line {node.start_mark.line + 1} is not a decimal "
-                              "number (YAML reads 0x, 0o, 0b, a leading 0 and h:m:s as other bases); write it in "
-                              "decimal, or quote it")
+            raise ConfigError(
+                f"{short_repr(node.value, 40)} at line {node.start_mark.line + 1} is not a decimal "
+                "number (YAML reads 0x, 0o, 0b, a leading 0 and h:m:s as other bases); write it in "
+                "decimal, or quote it"
+            )
         return super().construct_yaml_int(node)
 
 
@@ -258,7 +298,8 @@ def _expanded_size(node, memo: dict) -> int:
 
 StrictSafeLoader.add_constructor("tag:yaml.org,2002:int", StrictSafeLoader.construct_yaml_int)
 StrictSafeLoader.add_implicit_resolver(  # 1e-3 and 5E+2 (no dot) are floats, as in YAML 1.2
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def safe_yaml(text: str):
@@ -283,7 +324,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        bad = exc.object[exc.start:exc.start + 1]
+        bad = exc.object[exc.start : exc.start + 1]
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {bad!r})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None

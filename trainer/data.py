@@ -117,7 +117,7 @@ def _blocks(docs: list[tuple[str, np.ndarray]], seq_len: int) -> list[tuple[str,
     out = []
     for name, d in docs:
         for start in range(0, d.size, size):
-            out.append((f"{name}[{start}:{min(start + size, d.size)}]", d[start:start + size]))
+            out.append((f"{name}[{start}:{min(start + size, d.size)}]", d[start : start + size]))
     return out
 
 
@@ -127,16 +127,23 @@ def _token_data(train: list, val: list, source: str, cfg: TrialConfig, stream=No
     train_stream = stream([d for _, d in train])
     val_stream = stream([d for _, d in val])
     if train_stream.size <= cfg.seq_len + 1 or val_stream.size < cfg.seq_len + 1:
-        raise ConfigError(f"corpus: {cfg.corpus!r} is too small to hold out whole documents for "
-                          f"seq_len={cfg.seq_len} ({train_stream.size} train, {val_stream.size} held-out tokens)")
+        raise ConfigError(
+            f"corpus: {cfg.corpus!r} is too small to hold out whole documents for "
+            f"seq_len={cfg.seq_len} ({train_stream.size} train, {val_stream.size} held-out tokens)"
+        )
     digest = hashlib.sha256()  # chunk by chunk: the same digest as of the whole streams' bytes
     for chunk in _chunks(train_stream):
         digest.update(chunk)
     digest.update(b"|")
     for chunk in _chunks(val_stream):
         digest.update(chunk)
-    return TokenData(train=train_stream, val=val_stream, corpus_hash=digest.hexdigest()[:16], source=source,
-                     heldout=tuple(n for n, _ in val))
+    return TokenData(
+        train=train_stream,
+        val=val_stream,
+        corpus_hash=digest.hexdigest()[:16],
+        source=source,
+        heldout=tuple(n for n, _ in val),
+    )
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -185,7 +192,7 @@ class ShardStream:
     def chunks(self, tokens: int = 1 << 24):
         for p in self.parts:
             for start in range(0, p.size, tokens):
-                yield np.ascontiguousarray(p[start:start + tokens])
+                yield np.ascontiguousarray(p[start : start + tokens])
 
     def __reduce__(self):
         where = [_file_slice(p) for p in self.parts]
@@ -328,7 +335,7 @@ def heldout_windows(data: TokenData, n: int, seq_len: int) -> tuple[np.ndarray, 
 def val_batches(data: TokenData, cfg: TrialConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """Fixed held-out batches (the same for every trial of a sweep) for val_loss."""
     x, y = heldout_windows(data, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
-    return [(x[i:i + cfg.batch_size], y[i:i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)]
+    return [(x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)]
 
 
 def probe_batch(data: TokenData, cfg: TrialConfig) -> np.ndarray:

@@ -84,17 +84,30 @@ def load_checkpoint(folder: Path) -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        why = (f"it holds {found.group(1)}, which is not tensors or plain data" if found
-               else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}")
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({why}); refusing to resume from it. "
-                              "Delete it to start this trial afresh") from None
+        why = (
+            f"it holds {found.group(1)}, which is not tensors or plain data"
+            if found
+            else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        )
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({why}); refusing to resume from it. "
+            "Delete it to start this trial afresh"
+        ) from None
 
 
 class Trial:
     """State of one run; `run()` drives it to the end."""
 
-    def __init__(self, cfg: TrialConfig, results: ResultsDir, trial_id: str, tokens: data_mod.TokenData,
-                 hooks: TrialHooks, checkpoint_dir: Path | None, resume_from: Path | None):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        results: ResultsDir,
+        trial_id: str,
+        tokens: data_mod.TokenData,
+        hooks: TrialHooks,
+        checkpoint_dir: Path | None,
+        resume_from: Path | None,
+    ):
         self.cfg, self.results, self.trial_id, self.tokens = cfg, results, trial_id, tokens
         self.hooks, self.checkpoint_dir, self.resume_from = hooks, checkpoint_dir, resume_from
         if cfg.threads:
@@ -108,7 +121,10 @@ class Trial:
         self.optimizers = build_optimizers(self.model, cfg, self.device)
         self.autocast = autocast_for(cfg, self.device)
         self.sink = TrialSink(results, trial_id)
-        to_dev = lambda a: torch.from_numpy(a).to(self.device)
+
+        def to_dev(a):
+            return torch.from_numpy(a).to(self.device)
+
         self.val = [(to_dev(x), to_dev(y)) for x, y in data_mod.val_batches(tokens, cfg)]
         probe_x, probe_y = data_mod.heldout_windows(tokens, cfg.probe_seqs, cfg.seq_len)
         self.probe_inputs, self.probe_targets = to_dev(probe_x), to_dev(probe_y)
@@ -194,14 +210,20 @@ class Trial:
         self.hooks.on_start(row, resumed)
         t_start, last_flush = time.perf_counter(), time.perf_counter()
         status, diverged_step = "completed", None
-        wall = lambda: self.wall_prior + time.perf_counter() - t_start
+
+        def wall():
+            return self.wall_prior + time.perf_counter() - t_start
+
         while self.step < cfg.steps:
             step = self.step
             # Evals at step s measure the model after s updates: step 0 is the initialisation.
             report = self._evaluate(step) if step in self.eval_at else {}
             factor = lr_factor(step, cfg)
             set_lr(self.optimizers, factor)
-            x, y = (torch.from_numpy(a).to(self.device, non_blocking=True) for a in data_mod.train_batch(self.tokens, cfg, step))
+            x, y = (
+                torch.from_numpy(a).to(self.device, non_blocking=True)
+                for a in data_mod.train_batch(self.tokens, cfg, step)
+            )
             with self.autocast:
                 _, loss = self.forward(x, y)
             loss.backward()
@@ -214,7 +236,13 @@ class Trial:
             self.last_train_loss = loss_value
             self.step = step + 1
             tokens = self.step * self.tokens_per_step
-            info = {"train_loss": loss_value, "lr": cfg.lr * factor, "grad_norm": grad_norm, "tokens": tokens, "wall_s": wall()}
+            info = {
+                "train_loss": loss_value,
+                "lr": cfg.lr * factor,
+                "grad_norm": grad_norm,
+                "tokens": tokens,
+                "wall_s": wall(),
+            }
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 for name, value in info.items():
                     self.sink.scalar(step, name, value)
@@ -233,8 +261,13 @@ class Trial:
                 self.hooks.on_report(step, report, self.checkpoint_dir if checkpoint else None)
         if status == "completed":  # the final eval, after the last update
             report = self._evaluate(cfg.steps)
-            report.update(step=cfg.steps, train_loss=self.last_train_loss, tokens=self.step * self.tokens_per_step,
-                          wall_s=wall(), status="running")
+            report.update(
+                step=cfg.steps,
+                train_loss=self.last_train_loss,
+                tokens=self.step * self.tokens_per_step,
+                wall_s=wall(),
+                status="running",
+            )
             self.sink.flush()
             self.hooks.on_report(cfg.steps, report, None)
         self.sink.flush()
@@ -247,21 +280,40 @@ class Trial:
     def _save_final(self) -> None:
         """weights/<trial_id>.pt: the model's state dict (CPU tensors) and what produced it; plain
         data only, so `torch.load(path, weights_only=True)` loads it."""
-        state = {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                 "trial_id": self.trial_id, "step": self.step, "config_json": self.cfg.canonical_json()}
+        state = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "trial_id": self.trial_id,
+            "step": self.step,
+            "config_json": self.cfg.canonical_json(),
+        }
         buf = io.BytesIO()
         torch.save(state, buf)
         self.results.write_bytes(buf.getvalue(), WEIGHTS_DIR, f"{self.trial_id}.pt")
 
     def _row(self, status: str, wall_s: float = 0.0, diverged_step: int | None = None) -> dict:
-        return trial_row(self.cfg, self.tokens.corpus_hash, status, trial_id=self.trial_id, steps_done=self.step,
-                         final_train_loss=self.last_train_loss, final_val_loss=self.last_val_loss, wall_s=wall_s,
-                         diverged_step=diverged_step)
+        return trial_row(
+            self.cfg,
+            self.tokens.corpus_hash,
+            status,
+            trial_id=self.trial_id,
+            steps_done=self.step,
+            final_train_loss=self.last_train_loss,
+            final_val_loss=self.last_val_loss,
+            wall_s=wall_s,
+            diverged_step=diverged_step,
+        )
 
 
-def run_trial(cfg: TrialConfig, results: ResultsDir | str, *, trial_id: str | None = None,
-              tokens: data_mod.TokenData | None = None, hooks: TrialHooks | None = None,
-              checkpoint_dir: Path | None = None, resume_from: Path | None = None) -> dict:
+def run_trial(
+    cfg: TrialConfig,
+    results: ResultsDir | str,
+    *,
+    trial_id: str | None = None,
+    tokens: data_mod.TokenData | None = None,
+    hooks: TrialHooks | None = None,
+    checkpoint_dir: Path | None = None,
+    resume_from: Path | None = None,
+) -> dict:
     """Train one trial, streaming rows under `results`; returns its trials.parquet row."""
     results = results if isinstance(results, ResultsDir) else ResultsDir(results)
     tokens = tokens if tokens is not None else data_mod.load_tokens(cfg)

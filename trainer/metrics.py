@@ -66,6 +66,7 @@ def activation_prs(x: torch.Tensor, sequences: int) -> dict[str, torch.Tensor]:
     """x (H, N, D) with N = sequences x T tokens -> per-head pr, pr_centred and their split-half biases.
 
     Spectra come from the D x D Gram matrix in float64 (N >> D, so this is cheap and exact enough)."""
+
     def pr_of(a: torch.Tensor) -> torch.Tensor:
         gram = a.double().transpose(-1, -2) @ a.double()
         s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
@@ -111,7 +112,7 @@ def probe(model: GPT, inputs: torch.Tensor, targets: torch.Tensor | None = None)
         mats = {
             "wq": block.attn.wq.weight.detach().float().view(H, D, -1),  # (H, D, C): head h's rows
             "wk": block.attn.wk.weight.detach().float().view(H, D, -1),
-            "q": rec["q"].float().transpose(0, 1).reshape(H, -1, D),    # (H, B*T, D), uncentred
+            "q": rec["q"].float().transpose(0, 1).reshape(H, -1, D),  # (H, B*T, D), uncentred
             "k": rec["k"].float().transpose(0, 1).reshape(H, -1, D),
         }
         for tensor, mat in mats.items():

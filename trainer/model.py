@@ -10,7 +10,7 @@ The hot path is `F.scaled_dot_product_attention(is_causal=True)`. A probe pass (
 computes attention explicitly and records per layer the post-norm, pre-RoPE q and k and the
 attention logits and probabilities; the metrics module turns those into rank statistics.
 
-Speed without changing the math (tests/test_model_speed.py checks logits and every gradient against a
+Speed without changing the math (tests/trainer/test_model_speed.py checks logits and every gradient against a
 plain transcription): q, k, v run as one matmul against their concatenated weights (they stay three
 Parameters, so Muon orthogonalises each and the probe slices wq/wk per head); RoPE is one fused
 rotation over whole rows with precomputed tables; RMSNorm has a hand-written CPU backward, and the
@@ -189,8 +189,14 @@ class Attention(nn.Module):
             logits = logits.masked_fill(~mask, float("-inf"))
             probs = logits.float().softmax(dim=-1)
             y = probs.to(v.dtype) @ v
-            record.append({"q": q.detach().transpose(1, 2), "k": k.detach().transpose(1, 2),  # (B, H, T, D)
-                           "logits": logits.detach(), "probs": probs.detach()})
+            record.append(
+                {
+                    "q": q.detach().transpose(1, 2),
+                    "k": k.detach().transpose(1, 2),  # (B, H, T, D)
+                    "logits": logits.detach(),
+                    "probs": probs.detach(),
+                }
+            )
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
 

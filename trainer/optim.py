@@ -22,7 +22,9 @@ from .config import TrialConfig
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def newton_schulz(
+    G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Approximately orthogonalise G (push its singular values towards ~1) with a quintic iteration."""
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
@@ -45,8 +47,15 @@ def match_rms_adamw(lr: float, shape: torch.Size) -> float:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, then Newton-Schulz orthogonalisation. Only for 2-D hidden weights."""
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.1, momentum: float = 0.95,
-                 ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
         self.ns_dtype = ns_dtype
         for group in self.param_groups:
@@ -102,8 +111,14 @@ def build_optimizers(model: nn.Module, cfg: TrialConfig, device: torch.device) -
         optimizers = [torch.optim.AdamW([decay, no_decay], **adam_kw)]
     else:
         ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        muon = Muon(groups["hidden"], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                    momentum=cfg.muon_momentum, ns_steps=cfg.ns_steps, ns_dtype=ns_dtype)
+        muon = Muon(
+            groups["hidden"],
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.muon_momentum,
+            ns_steps=cfg.ns_steps,
+            ns_dtype=ns_dtype,
+        )
         optimizers = [muon, torch.optim.AdamW([decay, no_decay], **adam_kw)]
     for opt in optimizers:
         for group in opt.param_groups:

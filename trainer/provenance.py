@@ -23,8 +23,13 @@ def git_commit() -> str | None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return commit.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -57,8 +62,17 @@ def provenance() -> dict:
     return {"versions": versions(), "git_commit": git_commit(), "hardware": hardware()}
 
 
-def sweep_record(*, name: str, kind: str, n_trials: int, started_at: str, config: dict, corpus,
-                 finished_at: str | None = None, **extra) -> dict:
+def sweep_record(
+    *,
+    name: str,
+    kind: str,
+    n_trials: int,
+    started_at: str,
+    config: dict,
+    corpus,
+    finished_at: str | None = None,
+    **extra,
+) -> dict:
     """sweep.json: what every run writes beside its results (a standalone trial, a sweep, an LR study).
 
     The keys here are common to all three; `kind` ("trial", "sweep" or "lr_study") says which wrote

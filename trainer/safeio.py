@@ -23,8 +23,9 @@ from .errors import ConfigError, short_repr
 
 EXIT_ENVIRONMENT = 3
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE}
-_ENV_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system|\[errno (28|122|30)\]",
-                       re.IGNORECASE)
+_ENV_TEXT = re.compile(
+    r"No space left on device|Disk quota exceeded|Read-only file system|\[errno (28|122|30)\]", re.IGNORECASE
+)
 # Sweep and study names (orchestrator.spec.NAME_PATTERN, at most 100 characters) and the trial ids
 # a standalone trial uses as its name.
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,100}$")
@@ -55,8 +56,10 @@ def refuse_symlink(path: Path, what: str) -> None:
     except (FileNotFoundError, NotADirectoryError):
         return
     if stat.S_ISLNK(info.st_mode):
-        raise UnsafePath(f"{what} {str(path)!r} is a symlink; refusing to write through it "
-                         "(remove the link or choose another folder)")
+        raise UnsafePath(
+            f"{what} {str(path)!r} is a symlink; refusing to write through it "
+            "(remove the link or choose another folder)"
+        )
 
 
 def check_out_dir(path: str | os.PathLike, field: str = "out") -> Path:
@@ -113,8 +116,10 @@ def safe_write_text(path: str | os.PathLike, text: str) -> None:
 def check_run_name(name, source: str) -> str:
     """A name read back from a sweep.json: letters, digits and - _ . + only (no path, no newline)."""
     if not isinstance(name, str) or not RUN_NAME.match(name) or not name.strip("."):
-        raise ConfigError(f"{source}: name {short_repr(name, 60)} is not a valid sweep name "
-                          "(letters, digits, - and _ only, at most 100 characters)")
+        raise ConfigError(
+            f"{source}: name {short_repr(name, 60)} is not a valid sweep name "
+            "(letters, digits, - and _ only, at most 100 characters)"
+        )
     return name
 
 

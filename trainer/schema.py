@@ -123,20 +123,38 @@ TRIALS_SCHEMA = pa.schema(
 # One row per attempt of a trial: which node ran it, where it resumed, how it ended.
 ATTEMPTS_SCHEMA = pa.schema(
     [
-        ("trial_id", pa.string()), ("attempt", pa.string()), ("tune_trial_id", pa.string()),
-        ("node_id", pa.string()), ("node_ip", pa.string()), ("hostname", pa.string()), ("pid", pa.int64()),
-        ("resumed_step", pa.int64()), ("last_step", pa.int64()), ("started_at", pa.string()),
-        ("ended_at", pa.string()), ("outcome", pa.string()), ("error", pa.string()),
+        ("trial_id", pa.string()),
+        ("attempt", pa.string()),
+        ("tune_trial_id", pa.string()),
+        ("node_id", pa.string()),
+        ("node_ip", pa.string()),
+        ("hostname", pa.string()),
+        ("pid", pa.int64()),
+        ("resumed_step", pa.int64()),
+        ("last_step", pa.int64()),
+        ("started_at", pa.string()),
+        ("ended_at", pa.string()),
+        ("outcome", pa.string()),
+        ("error", pa.string()),
     ]
 )
 
 # An LR study's result: one row per arm, read back by a sweep's `lr: {from_study: ...}`.
 LR_BEST_SCHEMA = pa.schema(
     [
-        ("arm", pa.string()), ("optimizer", pa.string()), ("qk_norm", pa.string()), ("width", pa.int64()),
-        ("best_lr", pa.float64()), ("best_loss", pa.float64()), ("n_trials", pa.int64()),
-        ("n_complete", pa.int64()), ("n_pruned", pa.int64()), ("n_diverged", pa.int64()),
-        ("n_failed", pa.int64()), ("best_trial_id", pa.string()), ("study_name", pa.string()),
+        ("arm", pa.string()),
+        ("optimizer", pa.string()),
+        ("qk_norm", pa.string()),
+        ("width", pa.int64()),
+        ("best_lr", pa.float64()),
+        ("best_loss", pa.float64()),
+        ("n_trials", pa.int64()),
+        ("n_complete", pa.int64()),
+        ("n_pruned", pa.int64()),
+        ("n_diverged", pa.int64()),
+        ("n_failed", pa.int64()),
+        ("best_trial_id", pa.string()),
+        ("study_name", pa.string()),
         ("storage", pa.string()),
     ]
 )

@@ -42,7 +42,7 @@ class ResultsDir:
             raise ValueError(f"{self.uri} is not on a local filesystem")
         return Path(self.path(*parts))
 
-    def child(self, *parts: str) -> "ResultsDir":
+    def child(self, *parts: str) -> ResultsDir:
         return ResultsDir(self.uri.rstrip("/") + "/" + "/".join(parts))
 
     def exists(self, *parts: str) -> bool:
@@ -66,7 +66,7 @@ class ResultsDir:
         *folder, name = parts
         if self.is_local:  # never write through a symlink planted in the results folder
             for i in range(len(parts)):
-                refuse_symlink(Path(self.path(*parts[:i + 1])), "results path")
+                refuse_symlink(Path(self.path(*parts[: i + 1])), "results path")
         self.makedirs(*folder)
         if not self.is_local:  # object store: one PUT of the whole file is atomic (see the module docstring)
             with self.fs.open_output_stream(self.path(*parts)) as out:

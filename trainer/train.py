@@ -48,13 +48,21 @@ class ConsolePrinter(TrialHooks):
         rate = done / max(now - self.t0, 1e-9)
         tok_s = rate * info["tokens"] / (step + 1)
         eta = (self.steps - step - 1) / max(rate, 1e-9)
-        print(f"step {step + 1:>6}/{self.steps} | loss {info['train_loss']:.4f} | lr {info['lr']:.2e} | "
-              f"{tok_s / 1000:.1f}k tok/s | ETA {format_duration(eta)}", file=self.stream, flush=True)
+        print(
+            f"step {step + 1:>6}/{self.steps} | loss {info['train_loss']:.4f} | lr {info['lr']:.2e} | "
+            f"{tok_s / 1000:.1f}k tok/s | ETA {format_duration(eta)}",
+            file=self.stream,
+            flush=True,
+        )
 
     def on_report(self, step, metrics, checkpoint_dir):
         if "val_loss" in metrics:
-            print(f"  eval @ {step}: val_loss {metrics['val_loss']:.4f} | PR(q)/d_head {metrics['pr_q']:.3f} | "
-                  f"PR(k)/d_head {metrics['pr_k']:.3f}", file=self.stream, flush=True)
+            print(
+                f"  eval @ {step}: val_loss {metrics['val_loss']:.4f} | PR(q)/d_head {metrics['pr_q']:.3f} | "
+                f"PR(k)/d_head {metrics['pr_k']:.3f}",
+                file=self.stream,
+                flush=True,
+            )
 
     def on_end(self, row):
         write_trials(self.results, merged_rows(self.results, row))
@@ -68,12 +76,19 @@ def merged_rows(results: ResultsDir, row: dict) -> list[dict]:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help="trial YAML (fields of TrialConfig)")
     p.add_argument("--out", required=True, help="results folder (local path or pyarrow filesystem URI)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field; repeatable; applied after the YAML")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field; repeatable; applied after the YAML",
+    )
     p.add_argument("--smoke", action="store_true", help="built-in tiny CPU trial (under a minute)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     return p.parse_args(argv)
@@ -113,8 +128,12 @@ def main(argv=None) -> int:
         if problem is None:
             raise
         settle_running(results, f"stopped: {problem}")
-        print(f"error: writing to {results.uri}: {problem}; free space (or fix the file system), then run the same "
-              "command again: it resumes from the trial's last checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"error: writing to {results.uri}: {problem}; free space (or fix the file system), then run the same "
+            "command again: it resumes from the trial's last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_ENVIRONMENT
 
 
@@ -126,8 +145,10 @@ def check_previous(results: ResultsDir) -> dict | None:
     read_trials(results)
     kind = (previous or {}).get("kind")
     if kind is not None and kind != "trial":
-        raise ConfigError(f"out: {results.uri} holds a {short_repr(kind, 30)} (sweep.json kind {short_repr(kind, 30)}); "
-                          "a standalone trial would overwrite its trials.parquet and sweep.json: choose another --out")
+        raise ConfigError(
+            f"out: {results.uri} holds a {short_repr(kind, 30)} (sweep.json kind {short_repr(kind, 30)}); "
+            "a standalone trial would overwrite its trials.parquet and sweep.json: choose another --out"
+        )
     return previous
 
 
@@ -160,25 +181,46 @@ def run(args, cfg: TrialConfig, tokens, results: ResultsDir, previous: dict | No
     listed = previous.get("trial_ids")
     known = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
     trial_ids = sorted(set(known) | {r["trial_id"] for r in read_trials(results)} | {trial_id})
-    name = previous.get("name") if isinstance(previous.get("name"), str) and RUN_NAME.match(previous["name"]) else trial_id
-    meta = sweep_record(name=name, kind="trial", n_trials=len(trial_ids), started_at=started, config=cfg.model_dump(),
-                        corpus=tokens, trial_ids=trial_ids)
+    name = (
+        previous.get("name") if isinstance(previous.get("name"), str) and RUN_NAME.match(previous["name"]) else trial_id
+    )
+    meta = sweep_record(
+        name=name,
+        kind="trial",
+        n_trials=len(trial_ids),
+        started_at=started,
+        config=cfg.model_dump(),
+        corpus=tokens,
+        trial_ids=trial_ids,
+    )
     results.write_json(meta, SWEEP_JSON)
     printer = ConsolePrinter(results, cfg.steps)
     try:
-        row = run_trial(cfg, results, trial_id=trial_id, tokens=tokens, hooks=printer,
-                        checkpoint_dir=checkpoint_dir, resume_from=resume_from)
+        row = run_trial(
+            cfg,
+            results,
+            trial_id=trial_id,
+            tokens=tokens,
+            hooks=printer,
+            checkpoint_dir=checkpoint_dir,
+            resume_from=resume_from,
+        )
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     results.write_json({**meta, "finished_at": now_iso()}, SWEEP_JSON)
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
     losses = f"train {fmt(row['final_train_loss'])}, val {fmt(row['final_val_loss'])}"
     if row["status"] == "diverged":
         print(f"trial {trial_id} diverged at step {row['diverged_step']} ({losses}); rows up to then are kept")
     else:
-        print(f"trial {trial_id} {row['status']}: {row['steps_done']} steps, {row['tokens']} tokens, "
-              f"{row['wall_s']:.1f} s, final loss {losses}")
+        print(
+            f"trial {trial_id} {row['status']}: {row['steps_done']} steps, {row['tokens']} tokens, "
+            f"{row['wall_s']:.1f} s, final loss {losses}"
+        )
     print(f"results in {results.uri}; report: python -m analysis.report {results.uri}")
     return 0
 

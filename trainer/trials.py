@@ -14,18 +14,41 @@ if TYPE_CHECKING:  # the config pulls in pydantic and yaml; a row builder only r
     from .config import TrialConfig
 
 
-def trial_row(cfg: "TrialConfig", corpus_hash: str | None, status: str = "running", *, trial_id: str | None = None,
-              steps_done: int = 0, final_train_loss: float | None = None, final_val_loss: float | None = None,
-              wall_s: float = 0.0, diverged_step: int | None = None) -> dict:
+def trial_row(
+    cfg: TrialConfig,
+    corpus_hash: str | None,
+    status: str = "running",
+    *,
+    trial_id: str | None = None,
+    steps_done: int = 0,
+    final_train_loss: float | None = None,
+    final_val_loss: float | None = None,
+    wall_s: float = 0.0,
+    diverged_step: int | None = None,
+) -> dict:
     """The trials row of one trial: the loop's (while and after training) and the sweep driver's
     (a trial that started but reported nothing yet) come from here, so they cannot drift apart."""
     row = empty_trial_row()
     row.update(
-        trial_id=trial_id or cfg.trial_id(), optimizer=cfg.optimizer, qk_norm=cfg.qk_norm, width=cfg.width,
-        depth=cfg.depth, n_heads=cfg.n_heads, d_head=cfg.d_head, lr=cfg.lr, seed=cfg.seed,
-        steps_planned=cfg.steps, steps_done=steps_done, tokens=steps_done * cfg.batch_size * cfg.seq_len,
-        status=status, final_train_loss=_finite(final_train_loss), final_val_loss=_finite(final_val_loss),
-        wall_s=wall_s, corpus_hash=corpus_hash, config_json=cfg.canonical_json(), diverged_step=diverged_step,
+        trial_id=trial_id or cfg.trial_id(),
+        optimizer=cfg.optimizer,
+        qk_norm=cfg.qk_norm,
+        width=cfg.width,
+        depth=cfg.depth,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        steps_planned=cfg.steps,
+        steps_done=steps_done,
+        tokens=steps_done * cfg.batch_size * cfg.seq_len,
+        status=status,
+        final_train_loss=_finite(final_train_loss),
+        final_val_loss=_finite(final_val_loss),
+        wall_s=wall_s,
+        corpus_hash=corpus_hash,
+        config_json=cfg.canonical_json(),
+        diverged_step=diverged_step,
     )
     return row
 
@@ -55,9 +78,11 @@ def read_trials(results: ResultsDir) -> list[dict]:
     except (OSError, pa.ArrowException, ValueError) as exc:  # truncated, not Parquet, a folder
         from .config import ConfigError, short_repr
 
-        raise ConfigError(f"{results.uri}/{TRIALS_FILE}: cannot read it ({type(exc).__name__}: "
-                          f"{short_repr(str(exc).splitlines()[0] if str(exc) else '', 100)}); move it away to start "
-                          "afresh (finished trials would run again)") from None
+        raise ConfigError(
+            f"{results.uri}/{TRIALS_FILE}: cannot read it ({type(exc).__name__}: "
+            f"{short_repr(str(exc).splitlines()[0] if str(exc) else '', 100)}); move it away to start "
+            "afresh (finished trials would run again)"
+        ) from None
     if rows and not all(isinstance(r.get("trial_id"), str) and r.get("status") for r in rows):
         from .config import ConfigError
 

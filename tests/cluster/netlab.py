@@ -114,10 +114,10 @@ exec "$@"
 
 @dataclass
 class Machine:
-    name: str          # short name: head, worker, client
+    name: str  # short name: head, worker, client
     netns: str
     ip: str
-    path: Path         # host folder: home/, tmp/, boot.sh, boot.log
+    path: Path  # host folder: home/, tmp/, boot.sh, boot.log
     proc: subprocess.Popen | None = None
     log: Path = field(init=False)
 
@@ -137,14 +137,34 @@ class Machine:
             raise RuntimeError(f"{self.name}: machine has no PID 1 (see {self.log}):\n{self.log.read_text()}")
         return int(children[0])
 
-    def run(self, command: str, env: dict[str, str] | None = None, cwd: str = "/root",
-            timeout: float = 60, log: Path | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        command: str,
+        env: dict[str, str] | None = None,
+        cwd: str = "/root",
+        timeout: float = 60,
+        log: Path | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run a bash command inside the machine (its network, PID and mount namespaces)."""
-        base = {"HOME": str(host_home()), "USER": "root", "LANG": "C.UTF-8",
-                "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        base = {
+            "HOME": str(host_home()),
+            "USER": "root",
+            "LANG": "C.UTF-8",
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
         base.update(env or {})
-        cmd = ["nsenter", "-t", str(self.init_pid()), "-n", "-m", "-p", "--", "/bin/bash", "-c",
-               f"cd {cwd} && {command}"]
+        cmd = [
+            "nsenter",
+            "-t",
+            str(self.init_pid()),
+            "-n",
+            "-m",
+            "-p",
+            "--",
+            "/bin/bash",
+            "-c",
+            f"cd {cwd} && {command}",
+        ]
         started = time.monotonic()
         try:
             result = subprocess.run(cmd, env=base, capture_output=True, text=True, timeout=timeout, check=False)
@@ -153,8 +173,10 @@ class Machine:
             result = subprocess.CompletedProcess(cmd, 124, out, f"timed out after {timeout:.0f} s")
         if log is not None:
             with log.open("a") as f:
-                f.write(f"\n$ [{self.name}] {command}   (rc {result.returncode}, "
-                        f"{time.monotonic() - started:.1f} s)\n{result.stdout}{result.stderr}")
+                f.write(
+                    f"\n$ [{self.name}] {command}   (rc {result.returncode}, "
+                    f"{time.monotonic() - started:.1f} s)\n{result.stdout}{result.stderr}"
+                )
         return result
 
     def pids(self) -> list[int]:
@@ -207,29 +229,31 @@ class Lab:
         self.close()
 
     # -- machines --------------------------------------------------------------------------------
-    def add(self, name: str, host: int, sshd: bool, authorized_key: str | None = None,
-            project: Path | None = None) -> Machine:
+    def add(
+        self, name: str, host: int, sshd: bool, authorized_key: str | None = None, project: Path | None = None
+    ) -> Machine:
         """Create machine `name` at 10.213.0.<host>: its namespace, link, home and PID 1."""
-        m = Machine(name=name, netns=f"{self.prefix}-{name[0]}", ip=f"{SUBNET}.{host}",
-                    path=self.base / name)
+        m = Machine(name=name, netns=f"{self.prefix}-{name[0]}", ip=f"{SUBNET}.{host}", path=self.base / name)
         self.machines[name] = m
         for sub in ("home", "tmp"):
             (m.path / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(m.home, 0o700)
         self._add_netns(m.netns)
         veth = f"v{name[0]}"
-        run(["ip", "-n", self.router, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-             "netns", m.netns])
+        run(["ip", "-n", self.router, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", m.netns])
         run(["ip", "-n", self.router, "link", "set", veth, "master", "br0", "up"])
         run(["ip", "-n", m.netns, "addr", "add", f"{m.ip}/24", "dev", "eth0"])
         run(["ip", "-n", m.netns, "link", "set", "eth0", "up"])
 
         boot = m.path / "boot.sh"
         boot.write_text(BOOT)
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-               "LAB_MACHINE": str(m.path), "LAB_SHARED": str(self.shared),
-               "LAB_HOST_HOME": str(host_home()),
-               "LAB_PYTHON": " ".join(str(p) for p in python_binds())}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LAB_MACHINE": str(m.path),
+            "LAB_SHARED": str(self.shared),
+            "LAB_HOST_HOME": str(host_home()),
+            "LAB_PYTHON": " ".join(str(p) for p in python_binds()),
+        }
         if project is not None:
             env["LAB_PROJECT"] = str(project)
         if sshd:
@@ -243,10 +267,27 @@ class Lab:
             command = ["sleep", "infinity"]
         with m.log.open("w") as log:
             m.proc = subprocess.Popen(
-                ["ip", "netns", "exec", m.netns, "unshare", "--pid", "--fork", "--kill-child",
-                 "--mount-proc", "--", "/bin/bash", str(boot), *command],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    m.netns,
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount-proc",
+                    "--",
+                    "/bin/bash",
+                    str(boot),
+                    *command,
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while "lab: booted" not in m.log.read_text():
             if m.proc.poll() is not None or time.monotonic() > deadline:
@@ -259,12 +300,25 @@ class Lab:
         ssh_dir = m.home / ".ssh"
         sshd_dir.mkdir(mode=0o700)
         ssh_dir.mkdir(mode=0o700)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{m.name} host key",
-             "-f", str(sshd_dir / "host_ed25519")])
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"{m.name} host key",
+                "-f",
+                str(sshd_dir / "host_ed25519"),
+            ]
+        )
         (ssh_dir / "authorized_keys").write_text(authorized_key)
         os.chmod(ssh_dir / "authorized_keys", 0o600)
         home = host_home()
-        (sshd_dir / "sshd_config").write_text(textwrap.dedent(f"""\
+        (sshd_dir / "sshd_config").write_text(
+            textwrap.dedent(f"""\
             # Key-only sshd for one lab machine; listens on port 22 of its own network namespace.
             Port 22
             ListenAddress {m.ip}
@@ -280,7 +334,8 @@ class Lab:
             MaxStartups 100
             MaxSessions 100
             LogLevel INFO
-            """))
+            """)
+        )
         # The node's login shells use its virtualenv (made at boot), as a user's venv would be.
         (m.home / ".bashrc").write_text(f"export PATH={home}/venv/bin:$PATH\n")
 

@@ -104,14 +104,16 @@ def test_ray_up_smoke_sweep_on_two_nodes_then_down(lab, tmp_path):
     assert (head.home / ".ray" / "auth_token").read_text() == (client.home / ".ray" / "auth_token").read_text()
 
     # Without the token (another HOME, no RAY_AUTH_MODE), the cluster refuses to answer.
-    r = on_client(f"mkdir -p /tmp/stranger && HOME=/tmp/stranger ray status --address {head_address}",
-                  timeout=60)
+    r = on_client(f"mkdir -p /tmp/stranger && HOME=/tmp/stranger ray status --address {head_address}", timeout=60)
     assert r.returncode != 0, "a tokenless `ray status` was answered:\n" + explain(r)
     assert re.search(r"auth|token|unauthenticated", r.stdout + r.stderr, re.IGNORECASE), explain(r)
 
     # Step 3: the smoke sweep on the head, results in the folder every node mounts at /mnt.
-    r = on_client("ray exec ~/cluster.yaml 'cd ~/qk-collapse-sweep && python -m orchestrator.sweep "
-                  "--config sweeps/smoke.yaml --results /mnt/results --address auto'", timeout=240)
+    r = on_client(
+        "ray exec ~/cluster.yaml 'cd ~/qk-collapse-sweep && python -m orchestrator.sweep "
+        "--config sweeps/smoke.yaml --results /mnt/results --address auto'",
+        timeout=240,
+    )
     assert r.returncode == 0, explain(r)
     t_sweep = time.monotonic() - started
 
@@ -128,11 +130,13 @@ def test_ray_up_smoke_sweep_on_two_nodes_then_down(lab, tmp_path):
     deadline = time.monotonic() + 45
     while any(name in ("raylet", "gcs_server") for m in (head, worker) for name in m.processes()):
         assert time.monotonic() < deadline, (
-            f"Ray still running after `ray down`: head {head.processes()}, worker {worker.processes()}")
+            f"Ray still running after `ray down`: head {head.processes()}, worker {worker.processes()}"
+        )
         time.sleep(1)
     t_down = time.monotonic() - started
     with log.open("a") as f:
-        f.write(f"\nup {t_up:.0f} s, worker joined {t_joined:.0f} s, sweep done {t_sweep:.0f} s, "
-                f"down {t_down:.0f} s\n")
-    print(f"ray up {t_up:.0f} s | worker joined {t_joined:.0f} s | sweep done {t_sweep:.0f} s | "
-          f"down and stopped {t_down:.0f} s")
+        f.write(f"\nup {t_up:.0f} s, worker joined {t_joined:.0f} s, sweep done {t_sweep:.0f} s, down {t_down:.0f} s\n")
+    print(
+        f"ray up {t_up:.0f} s | worker joined {t_joined:.0f} s | sweep done {t_sweep:.0f} s | "
+        f"down and stopped {t_down:.0f} s"
+    )

@@ -1,0 +1,76 @@
+"""Helpers shared by test modules in several folders: sweep files, subprocess runs, refusal checks."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.spec import SWEEPS_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())
+SMOKE_SWEEP = SMOKE  # the name tests/reliability uses
+SECONDS = 15  # a refusal: validation is milliseconds; the rest is Python importing ray/torch
+
+
+def write_spec(folder: Path, name: str = "t", *, grid=None, train=None, **top) -> Path:
+    """A sweep file: the smoke sweep with `grid`/`train` entries and top-level keys replaced."""
+    spec = copy.deepcopy(SMOKE)
+    spec["name"] = name
+    spec["grid"].update(grid or {})
+    spec["train"].update(train or {})
+    for key, value in top.items():
+        if value is None:
+            spec.pop(key, None)
+        elif isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep_with(*, top=None, grid=None, train=None, drop=()):
+    """The smoke sweep with some entries replaced (a dict is merged one level deep)."""
+    spec = copy.deepcopy(SMOKE)
+    for key, value in (top or {}).items():
+        spec[key] = value
+    if grid:
+        spec["grid"].update(grid)
+    if train:
+        spec["train"].update(train)
+    for key in drop:
+        spec.pop(key)
+    return yaml.safe_dump(spec)
+
+
+def run_logged(command, env, log, timeout):
+    """Run `command` with its output in the file `log` (never a pipe: Ray daemons may inherit it and
+    keep it open); on timeout kill its process group (it and the Ray processes it started)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"{command[:3]} timed out after {timeout} s:\n{log.read_text()[-4000:]}")
+    return code, log.read_text()
+
+
+def assert_refused(proc, elapsed, needles, ray_tmp: Path):
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], err[-2000:])
+    assert "Traceback" not in err and proc.stdout == "", err
+    assert err.startswith("error: ") and err.count("\n") == 1, f"not one line:\n{err}"
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not any(ray_tmp.iterdir()), "Ray was started"
+    assert elapsed < SECONDS, f"took {elapsed:.1f} s"

@@ -1,0 +1,133 @@
+"""End-to-end sweeps on the shared local Ray: what a user checks in the results folder."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from orchestrator import sweep
+from orchestrator.spec import SWEEPS_DIR, expand, load_spec
+from tests.helpers import write_spec
+from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+
+def read(folder, name):
+    return pl.read_parquet(folder / name)
+
+
+def dataset(folder, name):
+    return pl.read_parquet(folder / name / "**" / "*.parquet", hive_partitioning=True)
+
+
+def assert_one_row_per_key(folder):
+    metrics, spectra = dataset(folder, "metrics"), dataset(folder, "spectra")
+    assert metrics.height == metrics.unique(list(METRICS_KEY)).height
+    assert spectra.height == spectra.unique(list(SPECTRA_KEY)).height
+    return metrics, spectra
+
+
+def test_smoke_sweep_one_completed_row_per_grid_point(tmp_path, capsys):
+    code = sweep.main(["--config", str(SWEEPS_DIR / "smoke.yaml"), "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    folder = tmp_path / "smoke"
+    planned = {c.trial_id() for c in expand(load_spec(SWEEPS_DIR / "smoke.yaml")[0])}
+
+    trials = read(folder, TRIALS_FILE)
+    assert sorted(trials["trial_id"]) == sorted(planned)  # exactly one row per grid point
+    assert set(trials["status"]) == {"completed"}
+    assert (trials["steps_done"] == trials["steps_planned"]).all()
+    assert trials["final_val_loss"].is_not_null().all() and trials["corpus_hash"].n_unique() == 1
+
+    metrics, spectra = assert_one_row_per_key(folder)
+    assert set(metrics["trial_id"]) == planned and set(spectra["trial_id"]) == planned
+    assert {"train_loss", "val_loss", "pr", "erank"} <= set(metrics["name"])
+
+    meta = json.loads((folder / SWEEP_JSON).read_text())
+    assert meta["name"] == "smoke" and meta["n_trials"] == len(planned)
+    assert meta["finished_at"] is not None and meta["started_at"] <= meta["finished_at"]
+    assert meta["config"]["grid"]["optimizer"] == ["adamw", "muon"] and meta["versions"]["ray"]
+
+    # Console: one line per event, a progress line, where the results are and the report command.
+    assert "progress" in out and out.count("completed ") >= len(planned)
+    assert "╭" not in out and "Trial status" not in out  # none of Ray's tables
+    assert f"python -m analysis.report {folder}" in out
+
+    # Idempotent: running it again starts nothing.
+    attempts_before = read(folder, ATTEMPTS_FILE).height
+    assert sweep.main(["--config", str(SWEEPS_DIR / "smoke.yaml"), "--results", str(tmp_path)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert read(folder, ATTEMPTS_FILE).height == attempts_before
+    assert read(folder, TRIALS_FILE).height == len(planned)
+
+
+def test_divergent_lr_is_marked_and_the_sweep_goes_on(tmp_path):
+    config = write_spec(
+        tmp_path,
+        name="div",
+        grid={"optimizer": "adamw", "qk_norm": "none", "lr": [1e-2, 10.0], "seed": 0},
+        train={"max_loss": 6.0, "grad_clip": 0},
+    )
+    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    trials = read(tmp_path / "div", TRIALS_FILE).sort("lr")
+    assert trials["status"].to_list() == ["completed", "diverged"]
+    assert trials["diverged_step"][1] is not None and trials["steps_done"][1] < trials["steps_planned"][1]
+    metrics, _ = assert_one_row_per_key(tmp_path / "div")
+    assert set(metrics["trial_id"]) == set(trials["trial_id"])
+
+
+def test_failed_trials_retry_from_their_checkpoint(tmp_path):
+    config = write_spec(tmp_path, name="retry", grid={"optimizer": "adamw", "seed": [0, 1]}, failure={"max_retries": 1})
+    assert (
+        sweep.main(["--config", str(config), "--results", str(tmp_path), "--inject-failure-at", "10", "--quiet"]) == 0
+    )
+    folder = tmp_path / "retry"
+    assert set(read(folder, TRIALS_FILE)["status"]) == {"completed"}
+    attempts = read(folder, ATTEMPTS_FILE).sort("started_at")
+    for _, group in attempts.group_by("trial_id"):
+        assert group["outcome"].to_list() == ["error", "completed"]
+        assert "injected failure" in group["error"][0]
+        assert group["resumed_step"][1] == 20  # checkpoint_every: 20
+    assert_one_row_per_key(folder)
+
+
+def test_failed_trials_are_filed_and_resume_continues_them(tmp_path, capsys):
+    config = write_spec(
+        tmp_path,
+        name="resume",
+        grid={"optimizer": "muon", "qk_norm": ["none", "rms"], "seed": 0},
+        failure={"max_retries": 0},
+    )
+    args = ["--config", str(config), "--results", str(tmp_path), "--quiet"]
+    assert sweep.main([*args, "--inject-failure-at", "10"]) == 1
+    folder = tmp_path / "resume"
+    trials = read(folder, TRIALS_FILE)
+    assert set(trials["status"]) == {"failed"}
+    assert all("InjectedFailure" in e for e in trials["error"])
+    assert json.loads((folder / SWEEP_JSON).read_text())["runs"][0]["tune_experiment"]
+    capsys.readouterr()
+
+    assert sweep.main([*args, "--resume"]) == 0
+    assert "resuming Tune experiment" in capsys.readouterr().out
+    trials = read(folder, TRIALS_FILE)
+    assert set(trials["status"]) == {"completed"} and trials["error"].is_null().all()
+    second = read(folder, ATTEMPTS_FILE).filter(pl.col("outcome") == "completed")
+    assert second.height == 2 and (second["resumed_step"] == 20).all()
+    assert_one_row_per_key(folder)
+
+
+def test_resume_refuses_a_changed_grid(tmp_path, capsys):
+    config = write_spec(tmp_path, name="changed", grid={"optimizer": "adamw", "qk_norm": "none", "seed": 0})
+    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    config = write_spec(tmp_path, name="changed", grid={"optimizer": "adamw", "qk_norm": "none", "seed": [0, 1]})
+    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # Without --resume the new point runs and the finished one is kept, not rerun.
+    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    trials = read(tmp_path / "changed", TRIALS_FILE)
+    assert trials.height == 2 and set(trials["status"]) == {"completed"}
+    assert read(tmp_path / "changed", ATTEMPTS_FILE).height == 2
