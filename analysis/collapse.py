@@ -51,6 +51,24 @@ FIT_STATUSES = ("fitted", "censored_fast", "too_few_points", "censored_slow", "n
 CENSORED = ("censored_fast", "too_few_points")  # too fast to fit: a lower bound on the rate
 
 
+# What fit_decay returns per curve (float arrays), besides n_fall.
+FIT_FIELDS = (
+    "initial",
+    "floor",
+    "rate",
+    "rate_ci_low",
+    "rate_ci_high",
+    "rate_lower_bound",
+    "min_step",
+    "min_value",
+    "final",
+    "recovery",
+    "r2",
+    "rmse",
+    "dt1",
+)
+
+
 def _sse(tau: np.ndarray, y: np.ndarray, m: np.ndarray, rate: np.ndarray):
     """Closed-form (floor, amp) and SSE for rates of shape (N, G); tau, y, m are (N, T)."""
     e = np.exp(-rate[..., None] * tau[:, None, :]) * m[:, None, :]  # (N, G, T)
@@ -79,24 +97,7 @@ def fit_decay(t: np.ndarray, y: np.ndarray, level: float = CI_LEVEL) -> dict[str
     y = np.asarray(y, float)
     N = y.shape[0]
     valid = np.isfinite(y) & np.isfinite(t)
-    out = {
-        k: np.full(N, np.nan)
-        for k in (
-            "initial",
-            "floor",
-            "rate",
-            "rate_ci_low",
-            "rate_ci_high",
-            "rate_lower_bound",
-            "min_step",
-            "min_value",
-            "final",
-            "recovery",
-            "r2",
-            "rmse",
-            "dt1",
-        )
-    }
+    out = {k: np.full(N, np.nan) for k in FIT_FIELDS}
     out["n_fall"] = np.zeros(N, int)
     out["resid_dof"] = np.zeros(N, int)
     out["status"] = np.full(N, "no_data", dtype=object)
@@ -282,24 +283,7 @@ def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFra
     rate_lower_bound_per_1k for censored rows (censored_fast, too_few_points)."""
     keys, steps, vals = _pad(curves)
     fit = fit_decay(steps, vals)
-    df = keys.with_columns(
-        pl.Series(k, fit[k], pl.Float64)
-        for k in (
-            "initial",
-            "floor",
-            "rate",
-            "rate_ci_low",
-            "rate_ci_high",
-            "rate_lower_bound",
-            "min_step",
-            "min_value",
-            "final",
-            "recovery",
-            "r2",
-            "rmse",
-            "dt1",
-        )
-    ).with_columns(
+    df = keys.with_columns(pl.Series(k, fit[k], pl.Float64) for k in FIT_FIELDS).with_columns(
         pl.Series("n_fall", fit["n_fall"], pl.Int64),
         pl.Series("resid_dof", fit["resid_dof"], pl.Int64),
         pl.Series("fit_status", fit["status"].astype(str), pl.String),

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from .paradox import DID_COLUMNS
 from .tables import fmt, to_markdown, to_text
 
 if TYPE_CHECKING:  # report.py imports this module
@@ -25,19 +26,7 @@ PARADOX_VIEW = [
     "p_wilcoxon",
 ]
 DECIDE_VIEW = ["final_val_loss", "final_pr_q", "final_pr_k"]
-DID_VIEW = [
-    "selection",
-    "optimizer",
-    "reference",
-    "qk_norm",
-    "metric",
-    "n_pairs",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "p_holm",
-]
+DID_VIEW = [c for c in DID_COLUMNS if c not in ("sd_diff", "family")]
 ARM_VIEW = [
     "optimizer",
     "qk_norm",
