@@ -15,7 +15,7 @@ Shapes are those of sweeps/paradox.yaml (depth 4, d_head 64, batch 32 x 512, byt
 shrinks them (widths 32/64, depth 2, d_head 16, batch 8 x 64, a few steps) to test the script.
 
 MFU = tokens/s x FLOPs per token / peak FLOP/s, with FLOPs per trained token (PaLM's convention,
-`orchestrator.plan.flops_per_token`):
+`orchestrator.costs.flops_per_token`):
     6 N + 12 L T C,   N = L (4 + 2 mlp_ratio) C^2 + V C
 (N the parameters in matrix products: q, k, v, o, the MLP and the head; L depth, T seq_len, C width;
 12 L T C counts QK^T and AV at full T x T, as MFU is usually quoted, although causal SDPA skips half).
@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from orchestrator.plan import GPUS, flops_per_token
+from orchestrator.costs import GPUS, flops_per_token
 from trainer.config import TrialConfig
 from trainer.data import load_tokens, train_batch
 from trainer.loop import Trial, TrialHooks, autocast_for, pick_device

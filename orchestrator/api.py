@@ -73,7 +73,9 @@ def run_sweep(
     from trainer.config import ConfigError
 
     from . import sweep as cli
-    from .spec import SweepSpec, apply_overrides, load_spec, parse_model
+    from .overrides import apply_overrides
+    from .spec import SweepSpec, load_spec
+    from .validation import parse_model
 
     items = _override_items(overrides)
     argv = []

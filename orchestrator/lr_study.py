@@ -20,8 +20,10 @@ import sys
 from trainer.config import ConfigError
 
 from . import plan
-from .spec import check_results, expand_arms, load_lr_spec
-from .study_run import run_studies, storage_url
+from .spec import check_results
+from .study_run import run_studies
+from .study_spec import expand_arms, load_lr_spec
+from .study_storage import storage_url
 from .sweep import changed_settings, check_placement, check_previous
 from .tune_core import bad_input, choose_address, load_corpora
 

@@ -1,20 +1,7 @@
 """`--dry-run`: what a sweep (or an LR study) will cost, printed before anything starts.
 
-Pure arithmetic on validated TrialConfigs: no Ray, no torch, no CUDA, nothing written, so a laptop
-can plan a GPU grid. Per trial it counts
-
-- parameters, exactly as trainer.model builds them (embedding, head, q/k/v/o, MLP, norm gains and
-  the QK-Norm gains of the variant);
-- tokens (steps x batch_size x seq_len) and FLOPs: 6 N + 12 L T d per trained token (N the
-  parameters that take part in matrix products, L depth, T seq_len, d width: the PaLM convention
-  that MFU is quoted in), plus the forward passes of the probe and val batches at every eval;
-- memory on the device: fp32 weights and gradients, optimizer state (AdamW 8 B per parameter; Muon
-  4 B per hidden-matrix parameter, AdamW on the rest), activations kept for backward at the batch
-  size (bf16 under autocast, fp32 otherwise; SDPA keeps no T x T scores), the logits and their
-  gradient, and the CUDA context;
-- results storage: metrics and spectra Parquet (row and part sizes measured on sweeps/smoke.yaml),
-  Tune checkpoints (weights + optimizer state; the two latest per running trial, and after the
-  trial what `checkpoints.keep` leaves), and final weights when `train.save_final` is on.
+Pure arithmetic on validated TrialConfigs (the per-trial figures are in costs.py): no Ray, no
+torch, no CUDA, nothing written, so a laptop can plan a GPU grid.
 
 GPU time is total FLOPs / (peak bf16 FLOP/s x MFU). MFU is assumed (`--mfu`, default 0.3): no
 figure has been measured for these models yet, and small widths run well below it.
@@ -24,200 +11,32 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 
-from trainer.cadence import eval_steps
 from trainer.config import ConfigError, TrialConfig
 
-DEFAULT_MFU = 0.3  # assumed, not measured (see the module docstring)
-
-
-@dataclass(frozen=True)
-class GPU:
-    name: str
-    memory_gb: float  # as sold (GB = 1e9 bytes)
-    bf16_tflops: float  # dense peak, no sparsity
-
-
-GPUS = (
-    GPU("H100-80GB", 80, 989),
-    GPU("H200-141GB", 141, 989),
-    GPU("A100-80GB", 80, 312),
-    GPU("A100-40GB", 40, 312),
-    GPU("A10G-24GB", 24, 125),
-    GPU("L4-24GB", 24, 121),
-    GPU("L40S-48GB", 48, 362),
+from .costs import (
+    CUDA_CONTEXT_BYTES,
+    DEFAULT_GPU,
+    GPUS,
+    TUNE_BYTES_PER_TRIAL,
+    find_gpu,
+    fit_per_gpu,
+    memory,
+    parameter_count,
+    storage_bytes,
+    trial_flops,
+    trial_tokens,
+    uses_cuda,
+    width_rows,
 )
-DEFAULT_GPU = "H100-80GB"
-CUDA_CONTEXT_BYTES = 0.6e9  # per trial process: CUDA context, cuBLAS workspaces, allocator slack
-USABLE_MEMORY = 0.92  # share of a GPU's memory trials may plan on (fragmentation, other processes)
 
-# Results storage, measured on sweeps/smoke.yaml (zstd Parquet): a part file costs about 2.5 kB of
-# footer and page headers, a metrics row about 8 bytes, a spectra row 8 bytes plus its float32 sigmas.
-PART_BYTES, METRIC_ROW_BYTES, SPECTRUM_ROW_OVERHEAD = 2500, 8, 8
-PER_EVAL_HEAD_METRICS = 26  # per (eval, layer, head): 4 spectrum stats x 4 tensors + 10 q/k/attention metrics
-STEP_METRICS = 5  # train_loss, lr, grad_norm, tokens, wall_s
-TUNE_BYTES_PER_TRIAL = 60e3  # Tune's result.json, progress.csv, params and event files
-
-
-def find_gpu(name: str) -> GPU:
-    """A GPU of the table by name: 'H100', 'h100-80gb', 'A100-40GB', 'l40s' (case and '-'/' ' ignored)."""
-    key = name.upper().replace(" ", "").replace("-", "").replace("_", "")
-    exact = [g for g in GPUS if g.name.replace("-", "") == key]
-    loose = [g for g in GPUS if g.name.replace("-", "").startswith(key)]
-    found = exact or loose
-    if len(found) != 1:
-        names = ", ".join(g.name for g in GPUS)
-        why = "is ambiguous" if found else "is not in the table"
-        raise ConfigError(f"--gpu: {name!r} {why}; choose one of {names}")
-    return found[0]
+DEFAULT_MFU = 0.3  # assumed, not measured (see the module docstring)
 
 
 def check_mfu(mfu: float) -> float:
     if not (0 < mfu <= 1) or math.isnan(mfu):
         raise ConfigError(f"--mfu: must be in (0, 1], got {mfu!r}")
     return mfu
-
-
-# ---- one trial -------------------------------------------------------------------------------
-def qk_norm_params(cfg: TrialConfig) -> int:
-    """QK-Norm parameters of one block: a gain (and for layer a bias) over d_head, for q and for k."""
-    return {"none": 0, "rms_frozen": 0, "rms": 2 * cfg.d_head, "layer": 4 * cfg.d_head}[cfg.qk_norm]
-
-
-def hidden_params(cfg: TrialConfig) -> int:
-    """The 2-D hidden matrices: q, k, v, o and the MLP (Muon's parameters)."""
-    return cfg.depth * (4 + 2 * cfg.mlp_ratio) * cfg.width**2
-
-
-def parameter_count(cfg: TrialConfig) -> int:
-    """Every parameter of trainer.model.GPT: embedding, head, hidden matrices, norm gains."""
-    w = cfg.width
-    norms = cfg.depth * (2 * w + qk_norm_params(cfg)) + w  # norm1, norm2, QK-Norm per block; final norm
-    return 2 * cfg.vocab_size * w + hidden_params(cfg) + norms
-
-
-def flops_per_token(cfg: TrialConfig, training: bool = True) -> float:
-    """6 N + 12 L T d (training) or 2 N + 4 L T d (a forward pass), N = hidden matrices + head."""
-    n = hidden_params(cfg) + cfg.vocab_size * cfg.width
-    attention = 2 * cfg.depth * cfg.seq_len * cfg.width  # QK^T and AV, per token, forward
-    return 3 * (2 * n + 2 * attention) if training else 2 * n + 2 * attention
-
-
-def eval_tokens(cfg: TrialConfig) -> int:
-    """Tokens of the forward passes at every eval: the probe batch, plus the val batches when they differ."""
-    per_eval = cfg.probe_seqs * cfg.seq_len
-    if cfg.probe_seqs != cfg.eval_batches * cfg.batch_size:
-        per_eval += cfg.eval_batches * cfg.batch_size * cfg.seq_len
-    return len(eval_steps(cfg)) * per_eval
-
-
-def trial_tokens(cfg: TrialConfig) -> int:
-    return cfg.steps * cfg.batch_size * cfg.seq_len
-
-
-def trial_flops(cfg: TrialConfig) -> float:
-    return trial_tokens(cfg) * flops_per_token(cfg) + eval_tokens(cfg) * flops_per_token(cfg, training=False)
-
-
-def uses_cuda(cfg: TrialConfig) -> bool:
-    return cfg.device in ("cuda", "auto")
-
-
-def activation_dtype_bytes(cfg: TrialConfig) -> int:
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and uses_cuda(cfg))
-    return 2 if bf16 else 4
-
-
-@dataclass(frozen=True)
-class Memory:
-    weights: float
-    gradients: float
-    optimizer: float
-    activations: float
-
-    @property
-    def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
-
-    @property
-    def checkpoint(self) -> float:
-        """A Tune checkpoint: weights and optimizer state (fp32)."""
-        return self.weights + self.optimizer
-
-
-def memory(cfg: TrialConfig) -> Memory:
-    n = parameter_count(cfg)
-    if cfg.optimizer == "muon":
-        optimizer = 4 * hidden_params(cfg) + 8 * (n - hidden_params(cfg))
-    else:
-        optimizer = 8 * n
-    a = activation_dtype_bytes(cfg)
-    tokens = cfg.batch_size * cfg.seq_len
-    w, m = cfg.width, cfg.mlp_ratio
-    # Per token and block: two fp32 residual-stream inputs (8w bytes) and, at dtype size, the norm
-    # outputs, q, k, v, roped q and k, the attention output and the wo input (9w), up and GELU
-    # outputs (2 m w), and the QK-Norm inputs when there is one (2w).
-    per_block = 8 * w + a * (9 * w + 2 * m * w + (2 * w if cfg.qk_norm != "none" else 0))
-    logits = tokens * cfg.vocab_size * (a + 4 + 4)  # logits, fp32 softmax for the loss, their gradient
-    return Memory(
-        weights=4 * n, gradients=4 * n, optimizer=optimizer, activations=tokens * cfg.depth * per_block + logits
-    )
-
-
-def storage_bytes(cfg: TrialConfig) -> tuple[float, float]:
-    """(metrics, spectra) bytes of one trial's Parquet parts."""
-    evals = len(eval_steps(cfg))
-    parts = evals + (cfg.steps // cfg.checkpoint_every if cfg.checkpoint_every else 0) + 1
-    heads = cfg.depth * cfg.n_heads
-    metric_rows = math.ceil(cfg.steps / cfg.log_every) * STEP_METRICS + evals * (1 + heads * PER_EVAL_HEAD_METRICS)
-    spectra_rows = evals * heads * 4
-    return (
-        parts * PART_BYTES + metric_rows * METRIC_ROW_BYTES,
-        parts * PART_BYTES + spectra_rows * (SPECTRUM_ROW_OVERHEAD + 4 * cfg.d_head),
-    )
-
-
-def fit_per_gpu(need: float, gpu: GPU) -> int:
-    """Trials of this size that fit in one GPU's memory at once."""
-    return int(gpu.memory_gb * 1e9 * USABLE_MEMORY // (need + CUDA_CONTEXT_BYTES))
-
-
-# ---- the plan --------------------------------------------------------------------------------
-@dataclass
-class WidthRow:
-    width: int
-    trials: int
-    params: int
-    tokens: int
-    flops: float  # per trial
-    memory: Memory  # per trial (the largest of the width: AdamW, a QK-Norm variant)
-    gpus_per_trial: float
-    cpus_per_trial: float
-
-
-def width_rows(configs: list[TrialConfig], resources) -> list[WidthRow]:
-    rows: dict[int, WidthRow] = {}
-    for cfg in configs:
-        mem = memory(cfg)
-        row = rows.get(cfg.width)
-        if row is None:
-            cpus, gpus = (
-                resources.for_width(cfg.width)
-                if hasattr(resources, "for_width")
-                else (resources.cpus_per_trial, resources.gpus_per_trial)
-            )
-            rows[cfg.width] = WidthRow(
-                cfg.width, 1, parameter_count(cfg), trial_tokens(cfg), trial_flops(cfg), mem, gpus, cpus
-            )
-            continue
-        row.trials += 1
-        row.params = max(row.params, parameter_count(cfg))
-        row.flops = max(row.flops, trial_flops(cfg))
-        row.tokens = max(row.tokens, trial_tokens(cfg))
-        if mem.total > row.memory.total:
-            row.memory = mem
-    return [rows[w] for w in sorted(rows)]
 
 
 def _si(x: float, unit: str = "") -> str:
@@ -429,7 +248,8 @@ def dry_run_sweep(args) -> int:
 def dry_run_study(args) -> int:
     """`orchestrator.lr_study --dry-run`: every arm's trials at full length (ASHA stops some early,
     so this is an upper bound)."""
-    from .spec import check_results, expand_arms, load_lr_spec
+    from .spec import check_results
+    from .study_spec import expand_arms, load_lr_spec
     from .tune_core import bad_input
 
     try:

@@ -23,7 +23,7 @@ from .trainable import TRIAL_KEY
 
 
 def arm_of(config: dict) -> str:
-    from .spec import arm_name
+    from .lr_best import arm_name
 
     trial = config[TRIAL_KEY]
     return arm_name(trial["optimizer"], trial["qk_norm"], trial["width"])

@@ -3,92 +3,27 @@
 `orchestrator.lr_study` validates its input and calls `run_studies`. Each arm's study lives in a
 persistent Optuna storage; OptunaSearch (a seeded TPE sampler) proposes log-LRs and ASHA stops
 hopeless trials, which are filed as PRUNED in the study and as `pruned` in trials.parquet.
+The storage checks are in study_storage.py, the lr_best table in lr_best.py.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
-
-import pyarrow as pa
 
 from trainer.config import ConfigError, TrialConfig, short_repr
 from trainer.console import format_duration
 from trainer.provenance import now_iso, sweep_record
-from trainer.schema import LR_BEST_FILE, LR_BEST_SCHEMA, SWEEP_JSON
+from trainer.schema import LR_BEST_FILE, SWEEP_JSON
 from trainer.storage import ResultsDir
 from trainer.trials import read_trials
 
 from . import tune_core
+from .lr_best import format_table, summarize, write_lr_best
 from .records import OBJECTIVE, RUNG_STEP, as_report, is_final
-from .spec import LRStudySpec
+from .study_spec import LRStudySpec
+from .study_storage import close_stale_trials, open_storage, study_completed, study_size
 from .tune_core import EXIT_INTERRUPTED
-
-STUDIES_DIR = "studies"
-
-
-def storage_url(spec: LRStudySpec, results: ResultsDir) -> str:
-    """The Optuna storage: the spec's URL, else SQLite beside the results (local results only)."""
-    if spec.search.storage:
-        return check_storage(spec.search.storage)
-    if not results.is_local:
-        raise ConfigError(
-            f"search.storage: results are at {results.uri}, where SQLite cannot live; "
-            "give an Optuna storage URL (e.g. postgresql://user@host/db) or a local sqlite:/// path"
-        )
-    return f"sqlite:///{results.local_path(STUDIES_DIR, 'optuna.db')}"
-
-
-def check_storage(url: str) -> str:
-    """An Optuna storage URL, checked before anything is created: it parses, its driver is installed,
-    and a SQLite file's folder exists (nothing creates folders for it)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-    except Exception:  # noqa: BLE001 - sqlalchemy raises several types for a bad URL
-        raise ConfigError(
-            f"search.storage: {short_repr(url, 80)} is not a database URL "
-            "(e.g. sqlite:///path/optuna.db or postgresql://user@host/db)"
-        ) from None
-    if backend == "sqlite":
-        db = parsed.database
-        if not db or db == ":memory:":
-            raise ConfigError(
-                f"search.storage: {short_repr(url, 80)} has no database file; an in-memory study "
-                "would be lost: give sqlite:///path/optuna.db"
-            )
-        file = Path(db).expanduser().absolute()
-        if file.exists() and not file.is_file():
-            raise ConfigError(f"search.storage: {str(file)!r} is not a file (got {short_repr(url, 80)})")
-        if not file.parent.is_dir():
-            raise ConfigError(
-                f"search.storage: folder {str(file.parent)!r} does not exist (got {short_repr(url, 80)}); "
-                "create it first"
-            )
-        if not os.access(file.parent, os.W_OK | os.X_OK):
-            raise ConfigError(
-                f"search.storage: folder {str(file.parent)!r} is not writable (got {short_repr(url, 80)})"
-            )
-        return url
-    try:
-        parsed.get_dialect()
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(
-            f"search.storage: cannot use {short_repr(url, 80)} ({type(exc).__name__}: {short_repr(str(exc), 80)})"
-        ) from None
-    return url
-
-
-def open_storage(url: str):
-    import optuna
-
-    if url.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
-    return optuna.storages.RDBStorage(url)
 
 
 def _study_search_class():
@@ -123,92 +58,6 @@ def _study_search_class():
             super().on_trial_complete(trial_id, result=result, error=error)
 
     return StudySearch
-
-
-def close_stale_trials(storage, study_name: str) -> int:
-    """Trials left RUNNING by an interrupted run can never finish: file them as FAIL."""
-    import optuna
-    from optuna.trial import TrialState
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return 0
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    return len(stale)
-
-
-def study_completed(storage, study_name: str) -> int:
-    """Trials of the study that ran to their end (COMPLETE, diverged included): what min_completed counts."""
-    import optuna
-    from optuna.trial import TrialState
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return 0
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
-def study_size(storage, study_name: str) -> int:
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:
-        return 0
-
-
-def summarize(storage, url: str, arm: str, cfg: TrialConfig) -> dict:
-    """One lr_best row: the best completed (not diverged) trial of the arm's study."""
-    import optuna
-    from optuna.trial import TrialState
-
-    study = optuna.load_study(study_name=arm, storage=storage)
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    diverged = [t for t in complete if t.user_attrs.get("status") == "diverged"]
-    candidates = [t for t in complete if t.user_attrs.get("status") != "diverged" and t.value is not None]
-    best = min(candidates, key=lambda t: t.value) if candidates else None
-    return {
-        "arm": arm,
-        "optimizer": cfg.optimizer,
-        "qk_norm": cfg.qk_norm,
-        "width": cfg.width,
-        "best_lr": best.params["lr"] if best else None,
-        "best_loss": best.value if best else None,
-        "n_trials": len(complete) + sum(t.state == TrialState.PRUNED for t in trials),
-        "n_complete": len(complete) - len(diverged),
-        "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "n_diverged": len(diverged),
-        "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-        "best_trial_id": best.user_attrs.get("trial_id") if best else None,
-        "study_name": arm,
-        "storage": url,
-    }
-
-
-def format_table(rows: list[dict]) -> str:
-    header = ("arm", "best_lr", "best_loss", "n_trials", "pruned", "diverged")
-    body = [
-        (
-            r["arm"],
-            "n/a" if r["best_lr"] is None else f"{r['best_lr']:.3e}",
-            "n/a" if r["best_loss"] is None else f"{r['best_loss']:.4f}",
-            str(r["n_trials"]),
-            str(r["n_pruned"]),
-            str(r["n_diverged"]),
-        )
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-
-    def line(cells) -> str:  # the arm left-aligned, the numbers right-aligned
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])
 
 
 def run_studies(
@@ -358,8 +207,7 @@ def _run_locked(
     rows = summaries + [
         summarize(storage, url, arm, cfg) for arm, cfg in arms.items() if arm not in done and study_size(storage, arm)
     ]
-    columns = {name: [r.get(name) for r in rows] for name in LR_BEST_SCHEMA.names}
-    results.write_table(pa.table(columns, schema=LR_BEST_SCHEMA), LR_BEST_FILE)
+    write_lr_best(results, rows)
     meta["runs"][-1]["finished_at"] = now_iso()
     meta["n_trials"] = len(read_trials(results))
     if not interrupted:

@@ -21,8 +21,9 @@ from trainer.storage import ResultsDir
 from trainer.trials import read_trials
 
 from . import runtime, storage_probe, tune_core
-from .spec import AXES, EXTRA_AXES, SweepSpec, spec_summary
+from .spec import SweepSpec, spec_summary
 from .tune_core import EXIT_INTERRUPTED, EXIT_TRIALS_FAILED, TUNE_DIR
+from .validation import AXES, EXTRA_AXES
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import SWEEPS_DIR
+from orchestrator.bundled import SWEEPS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())

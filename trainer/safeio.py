@@ -26,7 +26,7 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.
 _ENV_TEXT = re.compile(
     r"No space left on device|Disk quota exceeded|Read-only file system|\[errno (28|122|30)\]", re.IGNORECASE
 )
-# Sweep and study names (orchestrator.spec.NAME_PATTERN, at most 100 characters) and the trial ids
+# Sweep and study names (orchestrator.validation.NAME_PATTERN, at most 100 characters) and the trial ids
 # a standalone trial uses as its name.
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,100}$")
 

@@ -14,7 +14,8 @@ import pytest
 
 import analysis
 import orchestrator
-from orchestrator.spec import SWEEPS_DIR, ConfigError
+from orchestrator.bundled import SWEEPS_DIR
+from trainer.config import ConfigError
 from trainer.schema import TRIALS_FILE
 
 FAST = ["steps=20", "warmup=2", "eval_every=10", "checkpoint_every=10"]

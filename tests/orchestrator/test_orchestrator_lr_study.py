@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from orchestrator import lr_study, sweep
-from orchestrator.spec import LR_BEST_FILE, SWEEPS_DIR
+from orchestrator.bundled import SWEEPS_DIR
 from tests.helpers import write_spec
-from trainer.schema import SWEEP_JSON, TRIALS_FILE
+from trainer.schema import LR_BEST_FILE, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 ARMS = {"adamw_none_w32", "adamw_rms_w32", "muon_none_w32", "muon_rms_w32"}

@@ -11,19 +11,13 @@ import pytest
 import yaml
 
 from orchestrator import lr_study, sweep
-from orchestrator.spec import (
-    AXES,
-    LR_BEST_FILE,
-    SWEEPS_DIR,
-    ConfigError,
-    SweepSpec,
-    check_results,
-    expand,
-    expand_arms,
-    load_lr_spec,
-    load_spec,
-)
+from orchestrator.bundled import SWEEPS_DIR
+from orchestrator.spec import SweepSpec, check_results, expand, load_spec
+from orchestrator.study_spec import expand_arms, load_lr_spec
+from orchestrator.validation import AXES
 from tests.helpers import write_spec
+from trainer.config import ConfigError
+from trainer.schema import LR_BEST_FILE
 
 
 def axes(configs):

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 
 from orchestrator import sweep
-from orchestrator.spec import SWEEPS_DIR, expand, load_spec
+from orchestrator.bundled import SWEEPS_DIR
+from orchestrator.spec import expand, load_spec
 from tests.helpers import write_spec
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from orchestrator import lr_study, plan, sweep
-from orchestrator.spec import SWEEPS_DIR, Resources, expand, load_spec
+from orchestrator.bundled import SWEEPS_DIR
+from orchestrator.spec import Resources, expand, load_spec
 from trainer.config import TrialConfig
 from trainer.model import GPT
 

@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from orchestrator import sweep
-from orchestrator.spec import SWEEPS_DIR, ConfigError, apply_overrides, bundled_sweeps, expand, load_spec
+from orchestrator.bundled import SWEEPS_DIR, bundled_sweeps
+from orchestrator.overrides import apply_overrides
+from orchestrator.spec import expand, load_spec
+from trainer.config import ConfigError
 from trainer.schema import TRIALS_FILE
 
 SMOKE = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())

@@ -340,8 +340,9 @@ def test_case4_shards_of_2_x_seq_len_plus_1_tokens_are_refused(tmp_path, env):
 
 def test_case4_dry_run_skips_the_device_check():
     """--dry-run plans for the target cluster: check_placement must not look at this machine."""
-    from orchestrator.spec import SweepSpec, expand, parse_model
+    from orchestrator.spec import SweepSpec, expand
     from orchestrator.sweep import check_placement
+    from orchestrator.validation import parse_model
 
     spec = parse_model(
         SweepSpec, yaml.safe_load(sweep_with(train={"device": "cuda"}, top={"resources": {"gpus_per_trial": 1}})), "x"
@@ -535,7 +536,7 @@ def test_case6_a_bad_study_storage_is_refused_before_anything_is_created(tmp_pat
 
 
 def test_case6_storage_check_refuses_in_memory_sqlite():
-    from orchestrator.study_run import check_storage
+    from orchestrator.study_storage import check_storage
 
     with pytest.raises(ConfigError, match="in-memory"):
         check_storage("sqlite://")
@@ -661,7 +662,8 @@ def test_case8_negative_steps_in_a_part_are_flagged(results, tmp_path, env):
 
 @pytest.mark.slow
 def test_study_a_changed_train_block_is_refused_naming_the_change(tmp_path, env, ray_tmp):
-    from orchestrator.spec import LRStudySpec, parse_model
+    from orchestrator.study_spec import LRStudySpec
+    from orchestrator.validation import parse_model
 
     spec = yaml.safe_load((ROOT / "sweeps" / "lr_smoke.yaml").read_text())
     spec["train"]["corpus"] = "synthetic"

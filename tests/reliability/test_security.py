@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.spec import LRStudySpec, SweepSpec
+from orchestrator.spec import SweepSpec
+from orchestrator.study_spec import LRStudySpec
 from trainer.config import TrialConfig
 from trainer.loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from trainer.schema import CHECKPOINTS_DIR
