@@ -62,29 +62,48 @@ def axis_share(x: torch.Tensor) -> torch.Tensor:
     return energy.amax(-1) / energy.sum(-1).clamp_min(EPS)
 
 
+def activation_spectra(x: torch.Tensor, sequences: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """x (H, N, D) with N = sequences x T tokens -> (singular values (H, D) descending, per-head
+    pr_centred, pr_bias and pr_centred_bias).
+
+    Every spectrum comes from a D x D Gram matrix in float64 (N >> D): the Gram of each half of the
+    probe (split by whole sequences: tokens within a sequence are correlated) is computed once, and
+    the whole, centred and half spectra follow from sums of those (G = G1 + G2; centring subtracts
+    s s^T / n with s the sum of the rows), so one batched eigvalsh serves all six."""
+    xd = x.double()
+    n = x.shape[-2]
+    halves = sequences >= 2
+    cut = (sequences // 2) * (n // sequences) if halves else n
+    parts = [xd[..., :cut, :], xd[..., cut:, :]] if halves else [xd]
+    grams = [a.transpose(-1, -2) @ a for a in parts]
+    sums = [a.sum(-2) for a in parts]
+    counts = [a.shape[-2] for a in parts]
+
+    def centred(gram, total, count):
+        return gram - total.unsqueeze(-1) * total.unsqueeze(-2) / count
+
+    whole, whole_sum = sum(grams), sum(sums)
+    mats = [whole, centred(whole, whole_sum, n)]
+    if halves:
+        mats += grams + [centred(g, t, c) for g, t, c in zip(grams, sums, counts)]
+    sigma = torch.linalg.eigvalsh(torch.stack(mats)).clamp_min(0).sqrt().flip(-1)  # (M, H, D) descending
+    prs = participation_ratio(sigma)  # (M, H)
+    out = {"pr_centred": prs[1]}
+    if halves:
+        out["pr_bias"] = (prs[2] + prs[3]) / 2 - prs[0]
+        out["pr_centred_bias"] = (prs[4] + prs[5]) / 2 - prs[1]
+    return sigma[0].float(), out
+
+
 def activation_prs(x: torch.Tensor, sequences: int) -> dict[str, torch.Tensor]:
-    """x (H, N, D) with N = sequences x T tokens -> per-head pr, pr_centred and their split-half biases.
-
-    Spectra come from the D x D Gram matrix in float64 (N >> D, so this is cheap and exact enough)."""
-
-    def pr_of(a: torch.Tensor) -> torch.Tensor:
-        gram = a.double().transpose(-1, -2) @ a.double()
-        s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
-        return participation_ratio(s)
-
-    centred = x - x.mean(-2, keepdim=True)
-    out = {"pr": pr_of(x), "pr_centred": pr_of(centred)}
-    if sequences >= 2:  # halves by whole sequences: tokens within a sequence are correlated
-        cut = (sequences // 2) * (x.shape[-2] // sequences)
-        for name, fn in (("pr", lambda a: a), ("pr_centred", lambda a: a - a.mean(-2, keepdim=True))):
-            halves = (pr_of(fn(x[..., :cut, :])) + pr_of(fn(x[..., cut:, :]))) / 2
-            out[f"{name}_bias"] = halves - out[name]
-    return out
+    """x (H, N, D) -> per-head pr, pr_centred and their split-half biases (see activation_spectra)."""
+    sigma, out = activation_spectra(x, sequences)
+    return {"pr": participation_ratio(sigma.double()), **out}
 
 
 def attention_entropy(probs: torch.Tensor) -> torch.Tensor:
     """probs (B, H, T, T) -> (H,): mean over batch and query positions of the entropy, nats."""
-    ent = -(probs * probs.clamp_min(EPS).log()).sum(-1)
+    ent = torch.special.entr(probs).sum(-1)  # -p log p, 0 at p = 0: one pass over (B, H, T, T)
     return ent.mean(dim=(0, 2))
 
 
@@ -116,7 +135,10 @@ def probe(model: GPT, inputs: torch.Tensor, targets: torch.Tensor | None = None)
             "k": rec["k"].float().transpose(0, 1).reshape(H, -1, D),
         }
         for tensor, mat in mats.items():
-            s = torch.linalg.svdvals(mat)  # (H, min(D, C or N)) descending
+            if tensor in ("q", "k"):  # activations: N >> D, spectra from Gram matrices (see activation_spectra)
+                s, extra = activation_spectra(mat, inputs.shape[0])
+            else:
+                s, extra = torch.linalg.svdvals(mat), {}  # (H, min(D, C)) descending
             spectra[(layer, tensor)] = s.cpu().numpy().astype(np.float32)
             for name, fn in SPECTRUM_FUNCTIONS.items():
                 for head, value in enumerate(fn(s).tolist()):
@@ -124,10 +146,9 @@ def probe(model: GPT, inputs: torch.Tensor, targets: torch.Tensor | None = None)
             if tensor in ("q", "k"):
                 for head, value in enumerate(axis_share(mat).tolist()):
                     scalars.append(("axis_share", layer, head, tensor, value))
-                for name, values in activation_prs(mat, inputs.shape[0]).items():
-                    if name != "pr":  # `pr` itself comes from svdvals above, like every spectrum metric
-                        for head, value in enumerate(values.tolist()):
-                            scalars.append((name, layer, head, tensor, value))
+                for name, values in extra.items():
+                    for head, value in enumerate(values.tolist()):
+                        scalars.append((name, layer, head, tensor, value))
         entropy = attention_entropy(rec["probs"])
         max_logit = rec["logits"].float().amax(dim=(0, 2, 3))  # masked entries are -inf
         for head in range(H):
