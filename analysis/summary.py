@@ -7,25 +7,14 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from .paradox import DID_COLUMNS
+from .paradox import COLUMNS, DECIDE, DID_COLUMNS
 from .tables import fmt, to_markdown, to_text
 
 if TYPE_CHECKING:  # report.py imports this module
     from .report import Report
 
-PARADOX_VIEW = [
-    "optimizer",
-    "qk_norm",
-    "metric",
-    "n_pairs",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "p_holm",
-    "p_wilcoxon",
-]
-DECIDE_VIEW = ["final_val_loss", "final_pr_q", "final_pr_k"]
+PARADOX_VIEW = COLUMNS[: COLUMNS.index("p_wilcoxon") + 1]  # the contract columns of paradox.csv
+DECIDE_VIEW = list(DECIDE)
 DID_VIEW = [c for c in DID_COLUMNS if c not in ("sd_diff", "family")]
 ARM_VIEW = [
     "optimizer",
