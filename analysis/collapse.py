@@ -322,15 +322,7 @@ def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFra
             pl.col("dt1").alias("probe_dt1"),
         )
         .select(
-            "trial_id",
-            "optimizer",
-            "qk_norm",
-            "width",
-            "lr",
-            "seed",
-            "status",
-            "data_complete",
-            "d_head",
+            *TRIAL_COLUMNS[:9],  # trial_id .. d_head
             pl.col("name").alias("metric"),
             *TRIAL_COLUMNS[10:],
             *extra,

@@ -228,21 +228,28 @@ def dry_run_sweep(args) -> int:
         configs = expand(spec)
         location = args.results or spec.results
         results = check_results(location, spec.name)
-        text = render(
-            f"sweep {spec.name} from {path}",
-            configs,
-            spec.resources,
-            keep=spec.checkpoints.keep,
-            results=results.uri,
-            gpu_name=args.gpu,
-            mfu=args.mfu,
-            concurrent=spec.resources.max_concurrent,
-            notes=_results_note(results.uri, location),
+        text = _render_spec(
+            f"sweep {spec.name} from {path}", configs, spec, results, args, _results_note(results.uri, location)
         )
     except ConfigError as err:
         return bad_input(err)
     print(text, end="", flush=True)
     return 0
+
+
+def _render_spec(title: str, configs, spec, results, args, notes: list[str]) -> str:
+    """The plan of a sweep or LR-study file: its resources, checkpoint policy and the CLI's --gpu/--mfu."""
+    return render(
+        title,
+        configs,
+        spec.resources,
+        keep=spec.checkpoints.keep,
+        results=results.uri,
+        gpu_name=args.gpu,
+        mfu=args.mfu,
+        concurrent=spec.resources.max_concurrent,
+        notes=notes,
+    )
 
 
 def dry_run_study(args) -> int:
@@ -263,17 +270,7 @@ def dry_run_study(args) -> int:
             f"LR study: {per_arm} trials per arm at full length; ASHA stops some early, so FLOPs and "
             "GPU-hours are an upper bound"
         ] + _results_note(results.uri, location)
-        text = render(
-            f"LR study {spec.name} from {path}",
-            configs,
-            spec.resources,
-            keep=spec.checkpoints.keep,
-            results=results.uri,
-            gpu_name=args.gpu,
-            mfu=args.mfu,
-            concurrent=spec.resources.max_concurrent,
-            notes=notes,
-        )
+        text = _render_spec(f"LR study {spec.name} from {path}", configs, spec, results, args, notes)
     except ConfigError as err:
         return bad_input(err)
     print(text, end="", flush=True)
