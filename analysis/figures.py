@@ -290,10 +290,11 @@ def _forest_label(r: dict) -> str:
     if r["selection"] == "deciding":
         return "deciding: best LR, all widths"
     w = f"w{r['width']}" if r.get("width") is not None else "all w"
+    init = f" [{r['init_key']}]" if r.get("init_key") else ""
     if r["selection"] == "best_lr":
         lr = f" ({lr_label(r['lr'])})" if r.get("lr") is not None else ""
-        return f"{w} best LR{lr}"
-    return f"{w} lr {lr_label(r['lr'])}" if r.get("lr") is not None else f"{w} lr ?"
+        return f"{w} best LR{lr}{init}"
+    return (f"{w} lr {lr_label(r['lr'])}" if r.get("lr") is not None else f"{w} lr ?") + init
 
 
 def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
@@ -311,13 +312,14 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
     entries = {}
     for o, q in groups:
         g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & pl.col("metric").is_in(metrics))
-        keys = sorted(
-            {(r["selection"], r.get("width"), r.get("lr")) for r in g.iter_rows(named=True)},
+        keys = sorted(  # (selection, width, lr, init_key): an init axis gets a row per init
+            {(r["selection"], r.get("width"), r.get("lr"), r.get("init_key")) for r in g.iter_rows(named=True)},
             key=lambda k: (
                 order.get(k[0], 3) == 2,
                 k[1] if k[1] is not None else 1e9,
                 order.get(k[0], 3),
                 k[2] if k[2] is not None else 0,
+                k[3] or "",
             ),
         )
         entries[(o, q)] = keys
@@ -337,7 +339,7 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
             ax = axes[i, j]
             g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & (pl.col("metric") == metric))
             for r in g.iter_rows(named=True):
-                y = ypos[(r["selection"], r.get("width"), r.get("lr"))]
+                y = ypos[(r["selection"], r.get("width"), r.get("lr"), r.get("init_key"))]
                 marker, colour, ms = styles.get(r["selection"], ("o", "grey", 4))
                 x, lo, hi = r.get("mean_diff"), r.get("ci_low"), r.get("ci_high")
                 if x is None or not np.isfinite(x):
@@ -362,7 +364,9 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
             ax.set_ylim(-0.7, len(keys) - 0.3)
             ax.set_yticks(
                 list(ypos.values()),
-                [_forest_label(dict(selection=s, width=w, lr=lr)) for s, w, lr in ypos] if j == 0 else [""] * len(ypos),
+                [_forest_label(dict(selection=s, width=w, lr=lr, init_key=i)) for s, w, lr, i in ypos]
+                if j == 0
+                else [""] * len(ypos),
                 fontsize=6.5,
             )
             ax.grid(alpha=0.3, axis="x")

@@ -90,6 +90,7 @@ _SCHEMA = {
     "width": pl.Int64,
     "layer": pl.Int64,
     "lr": pl.Float64,
+    "init_key": pl.String,
 }
 
 
@@ -221,16 +222,17 @@ def cell_table(finals: pl.DataFrame, deciding: pl.DataFrame | None = None) -> pl
     """Report.cells / tables/paradox_cells.csv, for a forest plot. Rows:
 
     selection "cell": one per (optimizer, variant, width, lr, metric), seeds as replicates (pairs
-      on width, lr, seed; with an init axis, the cell pools the like-with-like pairs of each init);
-    selection "best_lr": one per (optimizer, variant, width, metric), each arm at its own best LR
-      for that width; `lr` is the variant's best LR (null if it differs between inits; none's best
-      LR is in tables/lr_bracketing.csv);
+      on width, lr, seed); with an init axis, one per init too (init_key), never pooled;
+    selection "best_lr": one per (optimizer, variant, width, metric) (and init), each arm at its own
+      best LR for that width; `lr` is the variant's best LR (none's best LR is in
+      tables/lr_bracketing.csv);
     selection "deciding": the deciding rows (width and lr null), pooled over widths: the
       best-LR table the verdict uses (p_value unadjusted here; p_holm in paradox_best_lr.csv).
     p_value is the paired t-test of the row, not corrected for the many cells.
     """
     rows = []
-    for selection, by in (("all_lrs", ("width", "lr_v")), ("best_lr", ("width",))):
+    inits = ("init_key",) if "init_key" in finals.columns and finals.get_column("init_key").n_unique() > 1 else ()
+    for selection, by in (("all_lrs", ("width", "lr_v", *inits)), ("best_lr", ("width", *inits))):
         pairs = make_pairs(finals, selection)
         if pairs.height == 0:
             continue
@@ -245,6 +247,7 @@ def cell_table(finals: pl.DataFrame, deciding: pl.DataFrame | None = None) -> pl
                         qk_norm=g["qk_norm"],
                         width=g["width"],
                         lr=lrs[0] if len(lrs) == 1 else None,
+                        **({"init_key": g["init_key"]} if inits else {}),
                         metric=metric,
                         selection="cell" if selection == "all_lrs" else "best_lr",
                         **_summary(_diffs(p, metric), wilcoxon=False),
@@ -253,11 +256,11 @@ def cell_table(finals: pl.DataFrame, deciding: pl.DataFrame | None = None) -> pl
     if deciding is not None and deciding.height:
         for r in deciding.filter(pl.col("metric").is_in(METRICS)).iter_rows(named=True):
             rows.append({**r, "width": None, "lr": None, "selection": "deciding"})
-    df = _frame(rows, CELL_COLUMNS, family_holm=False)
+    df = _frame(rows, CELL_COLUMNS + (["init_key"] if inits else []), family_holm=False)
     order = {"cell": 0, "best_lr": 1, "deciding": 2}
     return (
         df.with_columns(pl.col("selection").replace_strict(order, return_dtype=pl.Int8).alias("_o"))
-        .sort("optimizer", "qk_norm", "_o", "width", "lr", "metric", nulls_last=True)
+        .sort("optimizer", "qk_norm", "_o", "width", "lr", *inits, "metric", nulls_last=True)
         .drop("_o")
     )
 

@@ -125,6 +125,20 @@ def _robustness(robust: pl.DataFrame, opt: str, var: str, directions: dict, alph
     return out
 
 
+def _layers(layers: pl.DataFrame, opt: str, var: str, directions: dict, alpha: float) -> dict:
+    """Per layer, the direction of the q and k PR effects at the best LR (Holm over the layer table),
+    and whether every layer that can be tested agrees with the layer average's direction."""
+    t = layers.filter((pl.col("optimizer") == opt) & (pl.col("qk_norm") == var)) if layers.height else layers
+    per: dict = {}
+    for r in t.iter_rows(named=True):
+        per.setdefault(r["metric"], {})[str(r["layer"])] = direction(r, alpha)
+    tested = [(m, d) for m, ds in per.items() for d in ds.values() if d != "not_enough_data"]
+    return dict(
+        directions=per,
+        agree_with_average=bool(tested) and all(d == directions.get(m) for m, d in tested),
+    )
+
+
 def _interaction(did: pl.DataFrame, alpha: float, regression: pl.DataFrame) -> dict:
     out: dict = {"method": "difference_in_differences", "deciding": "best_lr"}
     for r in did.iter_rows(named=True):
@@ -163,6 +177,7 @@ def build_verdict(t: ParadoxResults, context: dict, alpha: float = ALPHA) -> dic
         }
         j.update(_brackets(t.brackets, opt, var))
         j["robustness"] = _robustness(t.robust, opt, var, j["directions"], alpha)
+        j["layers"] = _layers(t.layers, opt, var, j["directions"], alpha)
         comps.setdefault(opt, {})[var] = j
     for r in t.brackets.filter(~pl.col("interior")).iter_rows(named=True):
         where = "highest" if r["edge"] == "high" else "lowest"
@@ -218,6 +233,8 @@ RULES = {
     "activation PR (pr - pr_bias, split-half jackknife) and from pr_centred; "
     "survives = same directions as the uncorrected PR; available = false for "
     "results without these metrics",
+    "layers": "per layer, the best-LR q/k PR directions (tables/paradox_layers.csv, Holm over that "
+    "table); agree_with_average = every testable layer has the layer average's direction",
     "not_enough_data": f"fewer than {MIN_PAIRS} pairs: no test",
     "interaction": "per matched pair of pairs, d = (O_variant - O_none) - (adamw_variant - "
     "adamw_none), same width and seed (best_lr: each arm at its best LR; "
@@ -281,6 +298,31 @@ def _robust_words(opt: str, var: str, j: dict) -> str:
     return f"{opt} qk_norm={var} robustness of the rank result: " + "; ".join(parts) + "."
 
 
+def _layer_words(opt: str, var: str, j: dict) -> str | None:
+    per = j["layers"]["directions"]
+    if not per:
+        return None
+    parts = []
+    for metric in ("final_pr_q", "final_pr_k"):
+        by_dir: dict[str, list[str]] = {}
+        for layer, d in sorted(per.get(metric, {}).items(), key=lambda kv: int(kv[0])):
+            by_dir.setdefault(WORDS[d], []).append(layer)
+        parts.append(
+            f"{NAMES[metric]} "
+            + ", ".join(f"{w} in layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}" for w, ls in by_dir.items())
+        )
+    agree = (
+        "every layer agrees with the layer average"
+        if j["layers"]["agree_with_average"]
+        else "NOT every layer agrees with the layer average"
+    )
+    return (
+        f"{opt} qk_norm={var} per layer at the best LR (Holm over tables/paradox_layers.csv): "
+        + "; ".join(parts)
+        + f"; {agree}."
+    )
+
+
 def _disagree_words(opt: str, var: str, j: dict) -> str | None:
     if not j["disagreements"] or j["state"] == "not_enough_data":
         return None
@@ -313,6 +355,9 @@ def headline(verdict: dict) -> list[str]:
                 if d:
                     lines.append(d)
                 lines.append(_robust_words(opt, var, j))
+                layer_line = _layer_words(opt, var, j)
+                if layer_line:
+                    lines.append(layer_line)
             if not j["lr_bracketed"]:
                 lines.append(
                     f"{opt} qk_norm={var}: LR grid not bracketing every arm's best LR "

@@ -1,14 +1,19 @@
 """The GPU check: what one GPU does with this trainer, in under 5 minutes.
 
-    python -m benchmarks.gpu [--json OUT] [--budget 270] [--peak-tflops X]
+    python -m benchmarks.gpu [--json OUT] [--budget 270] [--peak-tflops X] [--sections throughput,probe]
     python -m benchmarks.gpu --device cpu --tiny      # the same code paths on a CPU, in seconds (CI)
 
 Sections (each catches its own failure and prints it; a global time budget skips what is left):
   throughput   tokens/s, MFU and peak memory at widths 256, 1024, 2048 (bf16 autocast on CUDA), eager
   optimizer    Muon (bf16 Newton-Schulz on CUDA) vs AdamW: train-step and optimizer-step time
+  probe        the probe's cost against training at sweeps/paradox.yaml's cadence (32 held-out
+               sequences that also give the val loss; every 100 steps over 2000 plus log-spaced
+               early probes), per width: the time the training loop waits for each kind of eval
+               (on a GPU the probe's CPU half runs in a thread and is not waited for)
   sharing      1, 2 and 4 trials of width 256 on one GPU through Ray's fractional GPUs
                (num_gpus = 1/k each; on --device cpu, num_cpus = 1/k of one CPU): each trial is the
-               trainer's own `trainer.loop.Trial`; aggregate tokens/s and peak memory per trial
+               trainer's own `trainer.loop.Trial`; aggregate tokens/s over the window in which all
+               k trials were running, and peak memory per trial
   compiled     the throughput section again with torch.compile (last: it costs the most time)
 
 Shapes are those of sweeps/paradox.yaml (depth 4, d_head 64, batch 32 x 512, byte vocab); --tiny
@@ -41,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from orchestrator.costs import GPUS, flops_per_token
+from trainer.cadence import eval_steps, regular_steps
 from trainer.config import TrialConfig
 from trainer.data import load_tokens, train_batch
 from trainer.loop import Trial, TrialHooks, autocast_for, pick_device
@@ -58,7 +64,9 @@ FULL = dict(
     batch_size=32,
     warmup_steps=5,
     timed_steps=20,
-    share_steps=30,
+    share_steps=150,
+    probe_steps=2000,
+    probe_every=100,
 )
 TINY = dict(
     widths=(32, 64),
@@ -70,7 +78,9 @@ TINY = dict(
     batch_size=8,
     warmup_steps=2,
     timed_steps=4,
-    share_steps=6,
+    share_steps=60,
+    probe_steps=300,
+    probe_every=50,
 )
 SHARES = (1, 2, 4)
 
@@ -106,10 +116,8 @@ def gpu_peak_tflops(name: str) -> float | None:
 
 
 def make_cfg(shape: dict, width: int, device: str, **kw) -> TrialConfig:
-    steps = kw.pop("steps", shape["warmup_steps"] + shape["timed_steps"])
-    if device == "cpu":
-        kw.setdefault("threads", 1)  # a CPU check of the code paths, not of the CPU: no oversubscription
-    return TrialConfig(
+    """A trial of the check's shape; no probe (eval_every past the end) unless `kw` asks for one."""
+    settings = dict(
         width=width,
         depth=shape["depth"],
         d_head=shape["d_head"],
@@ -117,15 +125,17 @@ def make_cfg(shape: dict, width: int, device: str, **kw) -> TrialConfig:
         batch_size=shape["batch_size"],
         corpus="synthetic",
         device=device,
-        steps=steps,
+        steps=shape["warmup_steps"] + shape["timed_steps"],
         warmup=1,
         eval_every=10**9,
         eval_schedule="every",
         checkpoint_every=0,
         probe_seqs=2,
         eval_batches=1,
-        **kw,
     )
+    if device == "cpu":
+        settings["threads"] = 1  # a CPU check of the code paths, not of the CPU: no oversubscription
+    return TrialConfig(**{**settings, **kw})
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -238,6 +248,108 @@ def optimizer_rows(shape: dict, args, budget: Budget, peak: float | None) -> lis
     return rows
 
 
+# ---- the probe's cost -------------------------------------------------------------------------
+def timed(fn, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of `fn` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def eval_costs(trial: Trial, device: torch.device) -> tuple[float, float, float]:
+    """Seconds the training loop waits for an early (log-spaced) probe and for a regular one (with val
+    loss and attention statistics), and of the plain val-loss forward a trainer without the probe
+    would run. On a GPU the probe's CPU half finishes in a thread (Trial.finisher) while training
+    goes on: it is waited for outside the timed calls."""
+
+    def probe_at(step):
+        trial._evaluate(step)
+        started = time.perf_counter()
+        trial._drain(wait=True)
+        return time.perf_counter() - started  # waiting for the thread: not the loop's time
+
+    def loop_seconds(step):
+        probe_at(step)  # warm-up
+        times = []
+        for _ in range(3):
+            sync(device)
+            t0 = time.perf_counter()
+            waited = probe_at(step)
+            sync(device)
+            times.append(time.perf_counter() - t0 - waited)
+        return statistics.median(times)
+
+    def val_forward():
+        with torch.no_grad(), trial.autocast:
+            return [trial.model(x, y)[1].item() for x, y in trial.val]
+
+    return loop_seconds(1), loop_seconds(0), timed(val_forward, device)
+
+
+def probe_rows(shape: dict, args, budget: Budget, step_ms: dict[int, float]) -> list[Row]:
+    """What the probe costs against training at sweeps/paradox.yaml's cadence (a probe of one batch
+    of held-out sequences that also gives the val loss, eval_every 100 over 2000 steps, log-spaced
+    early probes): each kind of eval timed alone (median of 3), the train step from the throughput
+    section. `probe` is the share net of the val loss a trainer pays anyway."""
+    rows = []
+    for width in shape["widths"]:
+        if not budget.left():
+            print(f"  width {width}: skipped (time budget spent)")
+            continue
+        cfg = make_cfg(
+            shape,
+            width,
+            args.device,
+            steps=shape["probe_steps"],
+            eval_every=shape["probe_every"],
+            eval_schedule="log",
+            probe_seqs=shape["batch_size"],
+            eval_batches=1,
+        )
+        device = pick_device(cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            trial = Trial(cfg, ResultsDir(tmp), "probe", load_tokens(cfg), TrialHooks(), None, None)
+
+            log_s, regular_s, val_s = eval_costs(trial, device)
+        if width not in step_ms:
+            step_ms[width] = measure_steps(make_cfg(shape, width, args.device), shape, load_tokens(cfg))["step_s"] * 1e3
+        steps = eval_steps(cfg)
+        n_regular = len(regular_steps(cfg))
+        n_log = len(steps) - n_regular
+        train_s = cfg.steps * step_ms[width] / 1e3
+        evals = (n_log * log_s + n_regular * regular_s) / train_s
+        probe_only = (n_log * log_s + n_regular * (regular_s - val_s)) / train_s
+        row = Row(
+            "probe",
+            f"w{width} {n_log}+{n_regular} in {cfg.steps}",
+            cfg.batch_size * cfg.seq_len / (step_ms[width] / 1e3),
+            width,
+            step_ms[width],
+            None,
+            peak_memory_mib(device),
+            {
+                "log_ms": log_s * 1e3,
+                "regular_ms": regular_s * 1e3,
+                "val_ms": val_s * 1e3,
+                "evals": evals,
+                "probe": probe_only,
+            },
+        )
+        print_row(
+            row,
+            note=f"probe {probe_only:.1%}, with val {evals:.1%} of training (evals: early {log_s * 1e3:.1f} ms, "
+            f"regular {regular_s * 1e3:.1f} ms, val forward {val_s * 1e3:.1f} ms)",
+        )
+        rows.append(row)
+    return rows
+
+
 # ---- sharing one GPU between trials (Ray) ----------------------------------------------------
 class _Stamps(TrialHooks):
     def __init__(self):
@@ -261,24 +373,37 @@ def shared_trial(cfg_json: str, warmup_steps: int, barrier) -> dict:
     device = pick_device(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    tokens = load_tokens(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        trial = Trial(cfg, ResultsDir(tmp), "share", load_tokens(cfg), _Stamps(), None, None)
-        ray.get(barrier.arrive.remote())
-        while not ray.get(barrier.ready.remote()):
-            time.sleep(0.02)
+        # A few throwaway steps first: CUDA's lazy start-up (context, cuBLAS, kernels) in each process
+        # must not delay one trial's timed steps behind the others'.
+        Trial(cfg.model_copy(update={"steps": 3}), ResultsDir(tmp), "warm", tokens, TrialHooks(), None, None).run()
+        trial = Trial(cfg, ResultsDir(tmp), "share", tokens, _Stamps(), None, None)
+        ray.get(barrier.wait.remote())  # returns to every trial at once, when the last one arrives
         row = trial.run()
         stamps = trial.hooks.stamps
     if row["status"] != "completed":
         raise RuntimeError(f"shared trial ended {row['status']}")
-    start, end = stamps[warmup_steps - 1], stamps[-1]  # time the steps after warm-up
-    steps = len(stamps) - warmup_steps
     return dict(
-        start=start,
-        end=end,
-        tokens=steps * cfg.batch_size * cfg.seq_len,
+        stamps=stamps[warmup_steps - 1 :],  # the end of each step after warm-up (the first is the start)
+        step_tokens=cfg.batch_size * cfg.seq_len,
         peak_mib=peak_memory_mib(device),
         gpus=ray.get_gpu_ids(),
     )
+
+
+def overlapped_throughput(results: list[dict]) -> tuple[float, float, bool]:
+    """Aggregate tokens/s while every trial was running, the seconds of that window, and whether
+    there was one. Trials released together still reach their timed steps at different moments
+    (process and CUDA start-up, the OS scheduler): counting only the window they share keeps solo
+    steps out of the figure. Without a shared window (an oversubscribed CPU), the whole span."""
+    start = max(r["stamps"][0] for r in results)
+    end = min(r["stamps"][-1] for r in results)
+    if end > start:
+        tokens = sum(r["step_tokens"] * sum(start < t <= end for t in r["stamps"]) for r in results)
+        return tokens / (end - start), end - start, True
+    start, end = min(r["stamps"][0] for r in results), max(r["stamps"][-1] for r in results)
+    return sum(r["step_tokens"] * (len(r["stamps"]) - 1) for r in results) / (end - start), end - start, False
 
 
 def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
@@ -297,15 +422,17 @@ def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
             raise RuntimeError(f"Ray sees no GPU (torch sees {gpus})")
 
         @ray.remote(num_cpus=0)
-        class Barrier:
+        class Barrier:  # an async actor: every wait() returns together once n have arrived
             def __init__(self, n):
-                self.n, self.arrived = n, 0
+                import asyncio
 
-            def arrive(self):
+                self.n, self.arrived, self.all_in = n, 0, asyncio.Event()
+
+            async def wait(self):
                 self.arrived += 1
-
-            def ready(self):
-                return self.arrived >= self.n
+                if self.arrived >= self.n:
+                    self.all_in.set()
+                await self.all_in.wait()
 
         # Start every worker process at once (each imports torch and the trainer), not one round at a time.
         warm = ray.remote(_import_trainer).options(
@@ -329,20 +456,28 @@ def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
                 for ref in refs:
                     ray.cancel(ref, force=True)
                 raise RuntimeError(f"{k} trials did not finish within the time budget") from None
-            span = max(r["end"] for r in results) - min(r["start"] for r in results)
-            total = sum(r["tokens"] for r in results) / span
+            total, window, overlapped = overlapped_throughput(results)
             peak = max(r["peak_mib"] for r in results)
             row = Row(
                 "sharing",
                 f"w{shape['share_width']} x{k} ({'num_gpus' if on_gpu else 'num_cpus'}={share:g})",
                 total,
                 shape["share_width"],
-                span / (shape["share_steps"]) * 1e3,
+                k * results[0]["step_tokens"] / total * 1e3,  # one trial's step time while sharing
                 None,
                 peak,
-                {"trials": k, "per_trial_tokens_per_s": total / k, "peak_mib_each": [r["peak_mib"] for r in results]},
+                {
+                    "trials": k,
+                    "per_trial_tokens_per_s": total / k,
+                    "window_s": window,
+                    "overlapped": overlapped,
+                    "peak_mib_each": [r["peak_mib"] for r in results],
+                },
             )
-            print_row(row, note=f"{total / k:,.0f} tok/s per trial")
+            print_row(
+                row,
+                note=f"{total / k:,.0f} tok/s per trial" + ("" if overlapped else " (never all at once: whole span)"),
+            )
             rows.append(row)
             ray.kill(barrier)
     finally:
@@ -378,6 +513,9 @@ def main(argv=None) -> int:
         "--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for MFU (default: from the GPU's name)"
     )
     p.add_argument("--json", metavar="OUT", help="also write the figures here as JSON")
+    p.add_argument(
+        "--sections", default=None, help="comma-separated sections to run (default: all), e.g. throughput,probe"
+    )
     p.add_argument("--ray-temp", default=None, help="folder for Ray's session files (default $RAY_TMPDIR or /tmp)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -394,13 +532,24 @@ def main(argv=None) -> int:
         f"budget {args.budget:g} s"
     )
     print(HEADER)
+    step_ms: dict[int, float] = {}  # eager train-step ms per width, from the throughput section
+
+    def throughput():
+        rows = throughput_rows("throughput", shape, args, budget, peak, False)
+        step_ms.update({r.width: r.step_ms for r in rows})
+        return rows
+
     sections = [
-        ("throughput", lambda: throughput_rows("throughput", shape, args, budget, peak, False)),
+        ("throughput", throughput),
         ("optimizer", lambda: optimizer_rows(shape, args, budget, peak)),
+        ("probe", lambda: probe_rows(shape, args, budget, step_ms)),
         ("sharing", lambda: sharing_rows(shape, args, budget)),
     ]
     if do_compile:
         sections.append(("compiled", lambda: throughput_rows("compiled", shape, args, budget, peak, True)))
+    if args.sections:
+        chosen = set(args.sections.split(","))
+        sections = [(name, run) for name, run in sections if name in chosen]
     rows, errors, skipped = [], {}, []
     for section, run in sections:
         if not budget.left():

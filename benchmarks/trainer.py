@@ -1,15 +1,18 @@
 """Trainer throughput on CPU: tokens/s with and without the probe, and Muon vs AdamW step time.
 
-    python -m benchmarks.trainer [--widths 128 256] [--steps 101] [--threads 2] [--only reference|probe] [--compile]
+    python -m benchmarks.trainer [--widths 128 256] [--steps 300] [--threads 1] [--batch 16] [--only reference|probe] [--compile]
 
-Model: depth 2, d_head 32, batch 32 x 128, byte tokens from the stdlib corpus, the trainer's default
-probe (32 held-out sequences, log-spaced early probes then every 50 steps, over --steps 300).
+Model: depth 2, d_head 32, seq_len 128, byte tokens from the stdlib corpus.
 First, the project's model against a plain nanoGPT-style reference with the same shapes (fused qkv
-Linear, causal SDPA, GELU MLP, LayerNorm, learned positions, tied head): forward + backward + AdamW
-step, no metrics, the two interleaved round by round; the ratio is project/reference throughput.
-Every figure is a ratio inside one run (this machine is noisy). Probe overhead is reported two ways:
-measured (tokens/s with the default cadence vs none) and derived (the cost of every eval of the
-schedule, each timed alone, divided by the training time), the latter being far less noisy.
+Linear, causal SDPA, GELU MLP, LayerNorm, learned positions, tied head) at batch 32: forward +
+backward + AdamW step, no metrics, the two interleaved round by round; the ratio is
+project/reference throughput.
+Then the probe table at the trainer's defaults (batch 16, a probe of 32 held-out sequences, which
+also gives the val loss at the regular steps, eval_every 50 plus log-spaced early probes).
+Every figure is a ratio inside one run (this machine is noisy). The cost of evaluation is reported
+as: measured (tokens/s with the default cadence vs none), evals derived (every eval of the schedule
+timed alone, divided by the training time: far less noisy) and probe derived (the same minus what a
+trainer without the probe spends on val loss at the regular steps: the probe's own cost).
 """
 
 from __future__ import annotations
@@ -121,23 +124,20 @@ class StepClock(TrialHooks):
         self.stamps.append(time.perf_counter())
 
 
-def timed_run(cfg: TrialConfig, tokens) -> tuple[float, float, float]:
+def timed_run(cfg: TrialConfig, tokens) -> tuple[float, float, float, float]:
     """Train-step seconds (evals included where they fall), the seconds of all evals of the schedule,
-    and optimizer-step seconds."""
+    the seconds a trainer without the probe would spend on val loss at the same steps (a plain
+    forward over the val batches at each regular step), and optimizer-step seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         trial = Trial(cfg, ResultsDir(tmp), "bench", tokens, StepClock(), None, None)
         trial.run()
         gaps = np.diff(np.array(trial.hooks.stamps))[1:]  # skip step 0 (warm-up + first eval)
-        # Without evals the median is the robust step time; with evals the mean carries their cost.
-        step_s = float(np.median(gaps) if cfg.eval_every > cfg.steps else np.mean(gaps))
-        eval_s = 0.0
+        step_s = float(np.mean(gaps))  # the mean carries the evals' cost (and the machine's noise, both ways)
+        eval_s = val_s = 0.0
         for step in eval_steps(cfg):  # median of 3 timings each; a regular step also computes val loss
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                trial._evaluate(step if step in regular_steps(cfg) else 1)
-                times.append(time.perf_counter() - t0)
-            eval_s += float(np.median(times))
+            eval_s += median_seconds(lambda step=step: trial._evaluate(step))
+            if step in regular_steps(cfg):
+                val_s += median_seconds(lambda: plain_val_loss(trial))
         grads = [(p, torch.randn_like(p) * 1e-3) for p in trial.model.parameters()]
         opt_times = []
         for _ in range(5):
@@ -147,14 +147,33 @@ def timed_run(cfg: TrialConfig, tokens) -> tuple[float, float, float]:
             for opt in trial.optimizers:
                 opt.step()
             opt_times.append(time.perf_counter() - t0)
-        return step_s, eval_s, float(np.median(opt_times))
+        return step_s, eval_s, val_s, float(np.median(opt_times))
+
+
+def median_seconds(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+@torch.no_grad()
+def plain_val_loss(trial: Trial) -> float:
+    """Val loss as a trainer without the probe computes it: the SDPA forward over the val batches."""
+    trial.model.eval()
+    loss = float(np.mean([trial.model(x, y)[1].item() for x, y in trial.val]))
+    trial.model.train()
+    return loss
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=[128, 256])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a CPU sweep gives each trial 1)")
+    p.add_argument("--batch", type=int, default=16, help="train batch of the probe table (the trainer's default)")
     p.add_argument(
         "--only", choices=("reference", "probe"), help="run only the reference comparison or the probe table"
     )
@@ -195,22 +214,29 @@ def main(argv=None) -> int:
         if args.only == "reference":
             return 0
     print(
-        f"{'width':>5} {'optimizer':>9} {'tok/s no-probe':>15} {'tok/s probe':>15} {'overhead meas.':>15} "
-        f"{'overhead derived':>17} {'step ms':>8} {'opt.step ms':>12}"
+        f"probe table: the trainer's defaults (batch {args.batch} x 128, probe 32 sequences, eval_every 50, "
+        f"log-spaced early probes: {len(eval_steps(TrialConfig(**base, eval_every=50)))} evals in {args.steps} steps)"
+    )
+    print(
+        f"{'width':>5} {'optimizer':>9} {'tok/s no-probe':>15} {'tok/s probe':>15} {'evals meas.':>12} "
+        f"{'evals derived':>14} {'probe derived':>14} {'step ms':>8} {'opt.step ms':>12}"
     )
     for width in args.widths:
         step_ms = {}
         for optimizer in ("adamw", "muon"):
-            cfg_off = TrialConfig(**base, width=width, optimizer=optimizer, eval_every=10**9, eval_schedule="every")
-            cfg_on = TrialConfig(**base, width=width, optimizer=optimizer, eval_every=50)
-            off_s, _, opt_s = timed_run(cfg_off, tokens)
-            on_s, evals_s, _ = timed_run(cfg_on, tokens)
-            measured = on_s / off_s - 1
-            derived = evals_s / (args.steps * off_s)
+            probe_base = {**base, "batch_size": args.batch}
+            cfg_off = TrialConfig(
+                **probe_base, width=width, optimizer=optimizer, eval_every=10**9, eval_schedule="every"
+            )
+            cfg_on = TrialConfig(**probe_base, width=width, optimizer=optimizer, eval_every=50)
+            off_s, _, _, opt_s = timed_run(cfg_off, tokens)
+            on_s, evals_s, val_s, _ = timed_run(cfg_on, tokens)
+            train_s, probe_tokens = args.steps * off_s, args.batch * base["seq_len"]
             step_ms[optimizer] = off_s * 1000
             print(
-                f"{width:>5} {optimizer:>9} {tok_per_step / off_s:>15,.0f} {tok_per_step / on_s:>15,.0f} "
-                f"{measured:>15.1%} {derived:>17.2%} {off_s * 1000:>8.1f} {opt_s * 1000:>12.1f}",
+                f"{width:>5} {optimizer:>9} {probe_tokens / off_s:>15,.0f} {probe_tokens / on_s:>15,.0f} "
+                f"{on_s / off_s - 1:>12.1%} {evals_s / train_s:>14.2%} {(evals_s - val_s) / train_s:>14.2%} "
+                f"{off_s * 1000:>8.1f} {opt_s * 1000:>12.1f}",
                 flush=True,
             )
         print(

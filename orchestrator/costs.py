@@ -12,7 +12,8 @@ No Ray, no torch, no CUDA, so a laptop can size a GPU grid; plan.py prints these
   4 B per hidden-matrix parameter, AdamW on the rest), activations kept for backward at the batch
   size (bf16 under autocast, fp32 otherwise; SDPA keeps no T x T scores), the logits and their
   gradient, and the CUDA context;
-- results storage: metrics and spectra Parquet (row and part sizes measured on sweeps/smoke.yaml),
+- results storage: metrics and spectra Parquet (one part per trial and dataset once the trial has
+  ended; row and part sizes measured on sweeps/default.yaml),
   Tune checkpoints (weights + optimizer state; the two latest per running trial, and after the
   trial what `checkpoints.keep` leaves), and final weights when `train.save_final` is on.
 """
@@ -46,12 +47,13 @@ DEFAULT_GPU = "H100-80GB"
 CUDA_CONTEXT_BYTES = 0.6e9  # per trial process: CUDA context, cuBLAS workspaces, allocator slack
 USABLE_MEMORY = 0.92  # share of a GPU's memory trials may plan on (fragmentation, other processes)
 
-# Results storage, measured on sweeps/smoke.yaml (zstd Parquet): a part file costs about 2.5 kB of
-# footer and page headers, a metrics row about 8 bytes, a spectra row 8 bytes plus its float32 sigmas.
-PART_BYTES, METRIC_ROW_BYTES, SPECTRUM_ROW_OVERHEAD = 2500, 8, 8
+# Results storage of a finished trial, measured on sweeps/default.yaml's compacted parts (zstd, floats
+# BYTE_STREAM_SPLIT; trainer.sink.WRITE_OPTIONS): a part file costs about 3 kB of footer and page
+# headers, a metrics row about 4.5 bytes, a spectra row 2 bytes plus 3 per sigma (float32, compressed).
+PART_BYTES, METRIC_ROW_BYTES, SPECTRUM_ROW_OVERHEAD, SIGMA_BYTES = 3000, 4.5, 2, 3
 PER_EVAL_HEAD_METRICS = 26  # per (eval, layer, head): 4 spectrum stats x 4 tensors + 10 q/k/attention metrics
 STEP_METRICS = 5  # train_loss, lr, grad_norm, tokens, wall_s
-TUNE_BYTES_PER_TRIAL = 60e3  # Tune's result.json, progress.csv, params and event files
+TUNE_BYTES_PER_TRIAL = 72e3  # result.json, progress.csv, params, events, a share of the experiment state (default.yaml)
 
 
 def find_gpu(name: str) -> GPU:
@@ -154,15 +156,14 @@ def memory(cfg: TrialConfig) -> Memory:
 
 
 def storage_bytes(cfg: TrialConfig) -> tuple[float, float]:
-    """(metrics, spectra) bytes of one trial's Parquet parts."""
+    """(metrics, spectra) bytes of one finished trial's Parquet: one part each (trainer.sink.compact)."""
     evals = len(eval_steps(cfg))
-    parts = evals + (cfg.steps // cfg.checkpoint_every if cfg.checkpoint_every else 0) + 1
     heads = cfg.depth * cfg.n_heads
     metric_rows = math.ceil(cfg.steps / cfg.log_every) * STEP_METRICS + evals * (1 + heads * PER_EVAL_HEAD_METRICS)
     spectra_rows = evals * heads * 4
     return (
-        parts * PART_BYTES + metric_rows * METRIC_ROW_BYTES,
-        parts * PART_BYTES + spectra_rows * (SPECTRUM_ROW_OVERHEAD + 4 * cfg.d_head),
+        PART_BYTES + metric_rows * METRIC_ROW_BYTES,
+        PART_BYTES + spectra_rows * (SPECTRUM_ROW_OVERHEAD + SIGMA_BYTES * cfg.d_head),
     )
 
 

@@ -94,7 +94,9 @@ class Ledger:
         step = int(report.get("step", 0))
         attempt["last_step"] = step
         if is_final(report):
-            row = final_row(report)
+            # The report carries the outcome (trainer.trials.outcome); the config columns are the
+            # ones of the row held here, which `started` built from the trial's config.
+            row = {**(self.rows.get(tid) or trial_row(cfg, self.corpus_hash)), **final_row(report)}
             self.rows[tid] = {k: row.get(k) for k in empty_trial_row()}
             if report.get("skipped"):
                 attempt["outcome"] = "skipped"

@@ -24,8 +24,9 @@ class TrialReport(TypedDict, total=False):
     # Who and where; the same in every report of one attempt.
     sweep_trial_id: str  # our trial_id (Tune's own "trial_id" key names its Trial object)
     attempt: str  # random per start of the trainable, so a restart opens a new attempts row
+    # Where the attempt runs: in its first report and its last only (the ledger reads them when
+    # the first report opens the attempt).
     node_id: str
-    steps_planned: int
     resumed_step: int | None  # the checkpoint step this attempt resumed from, else None
     # Progress.
     step: int
@@ -41,7 +42,8 @@ class TrialReport(TypedDict, total=False):
     # The last report only.
     final: bool  # absent or False when a scheduler stopped the trial early (pruned)
     skipped: bool  # the trial was already finished in trials.parquet; nothing ran
-    row_json: str  # the trial's trials.parquet row, which the driver (the only writer) files
+    row_json: str  # the trial's trials.parquet row less its config columns (trainer.trials.outcome),
+    # which the driver (the only writer) completes from the config and files
     # Added by Tune itself.
     node_ip: str
     hostname: str
@@ -62,5 +64,6 @@ def is_final(report: TrialReport) -> bool:
 
 
 def final_row(report: TrialReport) -> dict:
-    """The trials.parquet row carried by a last report."""
+    """The trials.parquet columns carried by a last report: the outcome (status, steps, losses,
+    corpus hash, ...); the config columns come from the trial's config."""
     return json.loads(report["row_json"])

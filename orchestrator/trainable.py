@@ -3,8 +3,8 @@
 Tune hands it a config dict ({"trial": TrialConfig fields} plus "lr" when a searcher picks the
 LR); the corpus arrives once per worker through `tune.with_parameters`. It resumes from
 `tune.get_checkpoint()`, reports after every eval and every checkpoint (with the checkpoint
-attached), and ends with a report that carries the trial's trials.parquet row as JSON, which the
-driver (the only writer of trials.parquet) files.
+attached), and ends with a report that carries the outcome columns of the trial's trials.parquet row
+as JSON, which the driver (the only writer of trials.parquet) completes from the trial's config and files.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from trainer.data import TokenData, corpus_key
 from trainer.loop import TrialHooks, run_trial
 from trainer.schema import FINISHED_STATUSES
 from trainer.storage import ResultsDir
-from trainer.trials import read_trials
+from trainer.trials import outcome, read_trials
 
 from .records import OBJECTIVE, RUNG_STEP, TrialReport
 
@@ -58,26 +58,32 @@ class TuneHooks(TrialHooks):
 
     def __init__(self, cfg: TrialConfig, trial_id: str, options: TrainableOptions, resumed: bool):
         self.cfg, self.trial_id, self.options, self.resumed = cfg, trial_id, options, resumed
-        self.context: TrialReport = {
-            "sweep_trial_id": trial_id,
-            "attempt": uuid.uuid4().hex[:12],
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "steps_planned": cfg.steps,
-        }
+        self.context: TrialReport = {"sweep_trial_id": trial_id, "attempt": uuid.uuid4().hex[:12]}
+        self.node_id = ray.get_runtime_context().get_node_id()
         # The latest eval, repeated in every report so that each carries the current val loss and PRs.
         self.last: TrialReport = {"val_loss": math.nan, "pr_q": math.nan, "pr_k": math.nan}
         self.resumed_step: int | None = None
+        self.opened = False  # whether this attempt's first report went out
 
     def on_start(self, row, resumed_step):
         self.resumed_step = resumed_step
+
+    def attempt_facts(self, final: bool = False) -> TrialReport:
+        """Where this attempt runs and the step it resumed from: the driver reads them when an
+        attempt's first report arrives (orchestrator.ledger), so they go with that report and the
+        last one only, not into every line of Tune's result.json and progress.csv."""
+        if self.opened and not final:
+            return {}
+        self.opened = True
+        return {"node_id": self.node_id, "resumed_step": self.resumed_step}
 
     def on_report(self, step, metrics, checkpoint_dir):
         self.last.update({k: v for k, v in metrics.items() if k in self.last})
         result: TrialReport = {
             **self.context,
+            **self.attempt_facts(),
             **self.last,
             **metrics,
-            "resumed_step": self.resumed_step,
             "final": False,
         }
         result[OBJECTIVE] = self._objective(result.get(self.options.objective), diverged=False)
@@ -101,6 +107,7 @@ class TuneHooks(TrialHooks):
         last_step = max((row.get("steps_done") or 0) - 1, 0)
         result: TrialReport = {
             **self.context,
+            **self.attempt_facts(final=True),
             **self.last,
             "step": last_step,
             "status": row["status"],
@@ -108,10 +115,9 @@ class TuneHooks(TrialHooks):
             "val_loss": row.get("final_val_loss"),
             "tokens": row.get("tokens"),
             "wall_s": row.get("wall_s"),
-            "resumed_step": self.resumed_step,
             "final": True,
             "skipped": skipped,
-            "row_json": json.dumps(row),
+            "row_json": json.dumps(outcome(row)),  # the driver has the config columns
         }
         result[OBJECTIVE] = self._objective(result["val_loss"], diverged=row["status"] == "diverged")
         return {k: (math.nan if v is None else v) for k, v in result.items()}  # type: ignore[return-value]

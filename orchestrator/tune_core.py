@@ -193,6 +193,12 @@ def run_config(
     )
 
 
+def installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def logger_callbacks(names, project: str) -> list:
     """Tune's standard result.json and progress.csv loggers (so that `ResultGrid` and
     `Tuner.restore(...).get_results()` work on a sweep's tune/ folder), and the named integrations:
@@ -205,6 +211,9 @@ def logger_callbacks(names, project: str) -> list:
     out = [JsonLoggerCallback(), CSVLoggerCallback()]
     for name in names:
         if name == "tensorboard":
+            if not installed("tensorboardX"):  # only the default gets here: a listed one is checked on load
+                print("note: tensorboardX is not installed, so no TensorBoard event files are written", file=sys.stderr)
+                continue
             from ray.tune.logger import TBXLoggerCallback
 
             out.append(TBXLoggerCallback())

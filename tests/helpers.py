@@ -8,6 +8,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -74,3 +77,20 @@ def assert_refused(proc, elapsed, needles, ray_tmp: Path):
         assert needle in err, (needle, err)
     assert not any(ray_tmp.iterdir()), "Ray was started"
     assert elapsed < SECONDS, f"took {elapsed:.1f} s"
+
+
+def split_part(trial_folder: Path, pieces: int = 3) -> list[Path]:
+    """Undo the compaction of a finished trial's folder (metrics/trial_id=<id>/): its one part is
+    split by step into `pieces` parts named as the sink names them, as a trial that stopped midway
+    leaves them. Returns the parts, first steps first."""
+    (whole,) = trial_folder.glob("*.parquet")
+    table = pq.read_table(whole)
+    steps = np.unique(table.column("step").to_numpy())
+    out = []
+    for chunk in np.array_split(steps, pieces):
+        first, last = int(chunk[0]), int(chunk[-1])
+        mask = pc.and_(pc.greater_equal(table.column("step"), first), pc.less_equal(table.column("step"), last))
+        out.append(trial_folder / f"part-{first:09d}-{last:09d}.parquet")
+        pq.write_table(table.filter(mask), out[-1])
+    whole.unlink()
+    return out

@@ -12,6 +12,8 @@ import io
 import math
 import re
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 from . import data as data_mod
 from .cadence import eval_steps, regular_steps
 from .config import TrialConfig
-from .metrics import probe
+from .metrics import ProbeResult, measure
 from .model import GPT
 from .optim import build_optimizers, lr_factor, set_lr
 from .safeio import safe_write_bytes
@@ -131,6 +133,11 @@ class Trial:
         # With the defaults the val windows are the probe windows: one forward gives both.
         self.val_is_probe = cfg.probe_seqs == cfg.eval_batches * cfg.batch_size
         self.eval_at, self.val_at = set(eval_steps(cfg)), regular_steps(cfg)
+        # On a GPU, a probe's CPU half runs in this thread, overlapping training (on a CPU it would
+        # only compete with training for the trial's cores)
+        self.finisher = ThreadPoolExecutor(1, thread_name_prefix="probe") if self.device.type == "cuda" else None
+        self.pending: deque[tuple[int, Future]] = deque()
+        self.last_pr = {"q": math.nan, "k": math.nan}
         self.step = 0  # next step to run
         self.wall_prior = 0.0  # wall seconds spent before a restore
         self.last_train_loss = math.nan
@@ -174,29 +181,50 @@ class Trial:
 
     # ---- measurements ----------------------------------------------------------------------
     @torch.no_grad()
-    def _evaluate(self, step: int) -> dict:
+    def _evaluate(self, step: int, wait: bool = False) -> dict:
+        """Probe (and val loss at the regular steps) at `step`; returns the live summary for reports.
+        On a GPU the probe's CPU half (eigen-decompositions, rows) finishes in a thread while training
+        goes on; `wait` finishes every pending probe first, so the summary's PR is this step's."""
         self.model.eval()
+        # Val loss and the attention statistics keep the regular cadence; the early log-spaced probes
+        # measure the spectra alone (they resolve fast falls of PR and cost a forward of the probe each).
+        val_now = step in self.val_at
         with self.autocast:
-            result = probe(self.model, self.probe_inputs, self.probe_targets)
-            if self.val_is_probe:
-                val_loss = result.loss
-            elif step in self.val_at:
-                val_loss = float(np.mean([self.forward(x, y)[1].item() for x, y in self.val]))
-            else:
+            targets = self.probe_targets if val_now and self.val_is_probe else None
+            measured = measure(self.model, self.probe_inputs, targets, scores=val_now)
+            if not val_now:
                 val_loss = None
+            elif self.val_is_probe:
+                val_loss = measured.loss
+            else:
+                val_loss = float(np.mean([self.forward(x, y)[1].item() for x, y in self.val]))
         self.model.train()
         if val_loss is not None:
             self.last_val_loss = val_loss
             self.sink.scalar(step, "val_loss", val_loss)
-        summary = {"val_loss": self.last_val_loss}  # the latest one: Tune's schedulers want it in every report
+        if self.finisher is None:
+            self._record_probe(step, measured.finish())
+        else:
+            self.pending.append((step, self.finisher.submit(measured.finish)))
+        self._drain(wait)
+        # the latest val loss (Tune's schedulers want it in every report) and the latest finished PR,
+        # head- and layer-averaged and normalised: a handy live signal
+        return {"val_loss": self.last_val_loss, **{f"pr_{t}": pr for t, pr in self.last_pr.items()}}
+
+    def _drain(self, wait: bool) -> None:
+        """Write the finished probes' rows, in step order; with `wait`, every pending one."""
+        while self.pending and (wait or self.pending[0][1].done()):
+            step, finishing = self.pending.popleft()
+            self._record_probe(step, finishing.result())
+
+    def _record_probe(self, step: int, result: ProbeResult) -> None:
         for name, layer, head, tensor, value in result.scalars:
             self.sink.scalar(step, name, value, layer=layer, head=head, tensor=tensor)
         for (layer, tensor), sigma in result.spectra.items():
             self.sink.spectrum(step, layer, tensor, sigma)
-        for tensor in ("q", "k"):  # head- and layer-averaged normalised PR, a handy live signal
+        for tensor in ("q", "k"):
             prs = [v for n, _, _, t, v in result.scalars if n == "pr" and t == tensor]
-            summary[f"pr_{tensor}"] = float(np.mean(prs)) / self.cfg.d_head
-        return summary
+            self.last_pr[tensor] = float(np.mean(prs)) / self.cfg.d_head
 
     def _is_checkpoint_step(self, step: int) -> bool:
         every = self.cfg.checkpoint_every
@@ -251,6 +279,7 @@ class Trial:
                 break
             self.hooks.on_step(step, info)
             checkpoint = self._is_checkpoint_step(step)
+            self._drain(wait=checkpoint)  # a checkpoint at `step` needs every probe up to it on disk
             if report or checkpoint or time.perf_counter() - last_flush > FLUSH_SECONDS:
                 self.sink.flush()  # before the checkpoint: rows up to `step` are on disk when it exists
                 last_flush = time.perf_counter()
@@ -260,7 +289,7 @@ class Trial:
                 report.update(step=step, train_loss=loss_value, tokens=tokens, wall_s=wall(), status="running")
                 self.hooks.on_report(step, report, self.checkpoint_dir if checkpoint else None)
         if status == "completed":  # the final eval, after the last update
-            report = self._evaluate(cfg.steps)
+            report = self._evaluate(cfg.steps, wait=True)
             report.update(
                 step=cfg.steps,
                 train_loss=self.last_train_loss,
@@ -270,7 +299,11 @@ class Trial:
             )
             self.sink.flush()
             self.hooks.on_report(cfg.steps, report, None)
+        self._drain(wait=True)
+        if self.finisher is not None:
+            self.finisher.shutdown()
         self.sink.flush()
+        self.sink.compact()  # the trial has ended: one part per folder
         if cfg.save_final and status == "completed":
             self._save_final()
         row = self._row(status=status, wall_s=wall(), diverged_step=diverged_step)

@@ -8,7 +8,9 @@ QK-Norm variants (applied per head to q and k, before RoPE):
 
 The hot path is `F.scaled_dot_product_attention(is_causal=True)`. A probe pass (`record=[]`)
 computes attention explicitly and records per layer the post-norm, pre-RoPE q and k and the
-attention logits and probabilities; the metrics module turns those into rank statistics.
+attention logits and probabilities; the metrics module turns those into rank statistics. Without
+targets (`GPT.probe_forward`) it stops once the last layer is recorded: what follows feeds only the
+loss. A ProbeRecord(scores=False) keeps q and k only and leaves attention on SDPA.
 
 Speed without changing the math (tests/trainer/test_model_speed.py checks logits and every gradient against a
 plain transcription): q, k, v run as one matmul against their concatenated weights (they stay three
@@ -163,8 +165,9 @@ class Attention(nn.Module):
         self.k_norm = make_qk_norm(cfg.qk_norm, cfg.d_head)
         self.plain_qk = cfg.qk_norm == "none"
 
-    def forward(self, x, cos, sin, record: list | None = None, norm: RMSNorm | None = None):
-        """x (B, T, C); with `norm`, x is its normalised input without the gain, which is folded into wq/wk/wv."""
+    def project(self, x, cos, sin, norm: RMSNorm | None = None):
+        """x (B, T, C) -> pre-RoPE q, k (B, T, H, D) and rotated q, k and v (B, H, T, D); with `norm`,
+        x is its normalised input without the gain, which is folded into wq/wk/wv."""
         B, T, C = x.shape
         H = self.n_heads
         w_qkv = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))  # (3C, C)
@@ -181,23 +184,55 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q_rot, k_rot, v = (t.transpose(1, 2) for t in (q_rot, k_rot, v))  # (B, H, T, D)
-        if record is None:
-            y = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
+        return q, k, q_rot, k_rot, v
+
+    def record_scores(self, q, k, q_rot, k_rot, record: list) -> torch.Tensor:
+        """The probe's explicit attention: appends q, k (B, H, T, D), the masked logits and the
+        probabilities (B, H, T, T, float32) to `record`; returns the probabilities. Masked entries hold
+        the dtype's lowest finite value, not -inf, so that p * logit is 0 there (see metrics.attention_entropy)."""
+        B, H, T, D = q_rot.shape
+        mask = torch.full((T, T), torch.finfo(q_rot.dtype).min, dtype=q_rot.dtype, device=q_rot.device).triu_(1)
+        scores = torch.baddbmm(  # mask + scale * q k^T in one pass
+            mask.expand(B * H, T, T),
+            q_rot.reshape(B * H, T, D),
+            k_rot.reshape(B * H, T, D).transpose(1, 2),
+            alpha=D**-0.5,
+        )
+        logits = scores.view(B, H, T, T).float()
+        probs = logits.softmax(dim=-1)
+        record.append({**qk_entry(q, k), "logits": logits, "probs": probs})
+        return probs
+
+    def forward(self, x, cos, sin, record: list | None = None, norm: RMSNorm | None = None):
+        """x (B, T, C); with `record`, q and k are recorded, and unless it is a ProbeRecord with
+        scores=False attention runs explicitly and its scores are recorded too (see record_scores)."""
+        B, T, C = x.shape
+        q, k, q_rot, k_rot, v = self.project(x, cos, sin, norm)
+        if record is not None and wants_scores(record):
+            y = self.record_scores(q, k, q_rot, k_rot, record).to(v.dtype) @ v
         else:
-            logits = (q_rot @ k_rot.transpose(-2, -1)) / math.sqrt(self.d_head)  # (B, H, T, T)
-            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            logits = logits.masked_fill(~mask, float("-inf"))
-            probs = logits.float().softmax(dim=-1)
-            y = probs.to(v.dtype) @ v
-            record.append(
-                {
-                    "q": q.detach().transpose(1, 2),
-                    "k": k.detach().transpose(1, 2),  # (B, H, T, D)
-                    "logits": logits.detach(),
-                    "probs": probs.detach(),
-                }
-            )
+            y = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
+            if record is not None:
+                record.append(qk_entry(q, k))
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
+
+
+class ProbeRecord(list):
+    """What a probe pass records, one dict per layer. scores=False keeps q and k only (attention then
+    runs through SDPA): the early log-spaced probes measure PR alone. A plain list records everything."""
+
+    def __init__(self, scores: bool = True):
+        super().__init__()
+        self.scores = scores
+
+
+def wants_scores(record: list) -> bool:
+    return getattr(record, "scores", True)
+
+
+def qk_entry(q: torch.Tensor, k: torch.Tensor) -> dict:
+    """A layer's pre-RoPE q and k (B, T, H, D) as recorded: (B, H, T, D) views."""
+    return {"q": q.detach().transpose(1, 2), "k": k.detach().transpose(1, 2)}
 
 
 class MLP(nn.Module):
@@ -259,3 +294,20 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def probe_forward(self, idx: torch.Tensor, record: list, targets: torch.Tensor | None = None):
+        """The probe's pass: every layer's q, k (and attention scores, see ProbeRecord) go to `record`.
+        With targets it is the full forward and returns the mean cross-entropy; without, it stops once
+        the last layer is recorded (what follows feeds only the loss) and returns None."""
+        if targets is not None:
+            return self(idx, targets, record=record)[1]
+        x = self.embed(idx)
+        *body, last = self.blocks
+        for block in body:
+            x = block(x, self.rope_cos, self.rope_sin, record)
+        q, k, q_rot, k_rot, _ = last.attn.project(last.norm1.normalize(x), self.rope_cos, self.rope_sin, last.norm1)
+        if wants_scores(record):
+            last.attn.record_scores(q, k, q_rot, k_rot, record)
+        else:
+            record.append(qk_entry(q, k))
+        return None

@@ -5,6 +5,7 @@ Layout of one sweep (or one standalone trial) under a results folder::
     sweep.json                                  resolved config, versions, git commit, start time
     trials.parquet                              one row per trial, rewritten atomically
     metrics/trial_id=<id>/part-*.parquet        long-format scalar series, appended while training
+                                                (one part per folder once the trial has ended)
     spectra/trial_id=<id>/part-*.parquet        singular values of wq, wk, q, k per layer and head
 
 This module imports nothing heavy (no torch) so that `analysis` can depend on it alone.

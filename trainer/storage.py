@@ -93,10 +93,14 @@ class ResultsDir:
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))
 
-    def write_table(self, table: pa.Table, *parts: str) -> None:
+    def write_table(self, table: pa.Table, *parts: str, **options) -> None:
+        """A whole Parquet file (zstd); `options` are further `pyarrow.parquet.write_table` arguments
+        (the sink's encodings, see trainer.sink.WRITE_OPTIONS)."""
+        options = {"compression": "zstd", **options}
+
         def write(out):
             buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
+            pq.write_table(table, buf, **options)
             out.write(buf.getvalue())
 
         self._write_atomic(parts, write)

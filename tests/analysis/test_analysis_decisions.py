@@ -237,6 +237,11 @@ def test_init_is_part_of_the_arm_and_pairs_never_cross_it():
     assert best.height == 2 * 2 * 2 and set(best["init_key"]) == {"normal:0.02", "normal:0.005"}
     # a null effect stays null although the inits' losses differ a lot
     assert all(d == "no_difference" for d in judge(table, "adamw", "rms")["directions"].values())
+    # per-cell rows never pool inits: one row per (width, lr, init), the init's 3 seeds each
+    cells = cell_table(df).filter((pl.col("selection") == "cell") & (pl.col("metric") == "final_val_loss"))
+    assert set(cells["init_key"]) == {"normal:0.02", "normal:0.005"}
+    assert (cells["n_pairs"] == 3).all()
+    assert cells.select("optimizer", "qk_norm", "width", "lr", "init_key").is_unique().all()
 
 
 def test_robustness_says_when_the_correction_changes_the_rank_result():
@@ -309,3 +314,20 @@ def test_end_to_end_report_is_deterministic_and_has_the_new_tables(tmp_path):
     assert sorted(lay["layer"].unique()) == [0, 1] and (lay["mean_diff"] < -0.05).all()
     assert a.cells.filter(pl.col("selection") == "deciding").height == 10
     assert j["adamw"]["rms"]["robustness"]["corrected"]["survives"]
+
+
+def test_the_verdict_names_each_layer_and_flags_a_layer_that_disagrees_with_the_average():
+    # planted: QK-Norm raises q PR by 0.03 in layer 1 only; layer 0 has no effect
+    trials = finals_of(rng_seed=5)
+    layers = trials.join(pl.DataFrame({"layer": [0, 1]}), how="cross").with_columns(
+        pl.when((pl.col("qk_norm") == "rms") & (pl.col("layer") == 1))
+        .then(pl.col("final_pr_q") + 0.03)
+        .otherwise(pl.col("final_pr_q"))
+        .alias("final_pr_q")
+    )
+    v = build_verdict(paradox_results(trials, layers), {"partial": False})
+    j = v["comparisons"]["adamw"]["rms"]
+    assert j["layers"]["directions"]["final_pr_q"] == {"0": "no_difference", "1": "higher"}
+    assert j["directions"]["final_pr_q"] == "no_difference" and not j["layers"]["agree_with_average"]
+    line = next(s for s in v["headline"] if s.startswith("adamw qk_norm=rms per layer"))
+    assert "PR q no difference in layer 0, higher in layer 1" in line and "NOT every layer agrees" in line

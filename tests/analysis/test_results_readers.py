@@ -2,7 +2,8 @@
 
 `trial_id` is both the hive folder key (trial_id=<id>) and a column in every part; the sink stores
 the column dictionary-encoded, the type pyarrow infers for the key, so the two merge. Each reader
-must see one trial_id column and one row per key, also after a restore replayed steps.
+must see one trial_id column and one row per key, also after a restore replayed steps and after a
+finished trial's parts were compacted into one (whose floats are BYTE_STREAM_SPLIT-encoded).
 """
 
 import numpy as np
@@ -21,9 +22,10 @@ KEYS = {"metrics": list(METRICS_KEY), "spectra": list(SPECTRA_KEY)}
 ROWS = {"metrics": 2 * 2 * 20, "spectra": 2 * 2 * 20}  # trials x rows per step x steps
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("readers")
+@pytest.fixture(scope="module", params=["streamed", "compacted"])
+def sweep(tmp_path_factory, request):
+    """The parts as a running trial leaves them, or compacted as a finished one (one part per folder)."""
+    root = tmp_path_factory.mktemp(f"readers_{request.param}")
     for tid in TRIALS:
         sink = TrialSink(ResultsDir(root), tid)
         for lo, hi in ((0, 10), (10, 20)):
@@ -38,6 +40,9 @@ def sweep(tmp_path_factory):
             sink.scalar(step, "pr", 2.0, layer=0, head=1, tensor="q")
             sink.spectrum(step, 0, "q", np.array([[3.0, 1.0], [2.0, 2.0]], dtype=np.float32))
         sink.flush()
+        if request.param == "compacted":
+            sink.compact()
+            assert len(list((root / "metrics" / f"trial_id={tid}").iterdir())) == 1
     return root
 
 
@@ -46,6 +51,11 @@ def check(df: pd.DataFrame, dataset: str) -> None:
     assert len(df) == ROWS[dataset]
     assert sorted(df["trial_id"].astype(str).unique()) == sorted(TRIALS)
     assert not df[KEYS[dataset]].astype(str).duplicated().any()
+    if dataset == "metrics":  # the values decode (floats are BYTE_STREAM_SPLIT-encoded)
+        loss = df[df["name"] == "train_loss"]
+        assert sorted(loss["value"]) == sorted(float(s) for s in loss["step"])
+    else:
+        assert {tuple(float(x) for x in sigma) for sigma in df["sigma"]} == {(3.0, 1.0), (2.0, 2.0)}
 
 
 @pytest.mark.parametrize("dataset", ["metrics", "spectra"])

@@ -32,9 +32,11 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path, tmp_path_factory, subprocess_env, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     printed = [
-        line.split() for line in proc.stdout.splitlines() if re.match(r"\s+(throughput|optimizer|sharing)\s", line)
+        line.split()
+        for line in proc.stdout.splitlines()
+        if re.match(r"\s+(throughput|optimizer|probe|sharing)\s", line)
     ]
-    expected = len(TINY["widths"]) + 2 + len(SHARES)
+    expected = 2 * len(TINY["widths"]) + 2 + len(SHARES)
     assert len(printed) == expected, proc.stdout
     for fields in printed:  # section, config words..., tok/s, MFU, step ms, peak MiB
         tok_col = next(i for i, f in enumerate(fields) if f in ("n/a",) or f.endswith("%")) - 1
@@ -48,6 +50,10 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path, tmp_path_factory, subprocess_env, 
     assert [r["extra"]["trials"] for r in rows if r["section"] == "sharing"] == list(SHARES)
     assert all(r["peak_mib"] > 0 for r in rows)
     assert {r["label"].split()[1] for r in rows if r["section"] == "optimizer"} == {"adamw", "muon"}
+    probes = [r["extra"] for r in rows if r["section"] == "probe"]
+    assert len(probes) == len(TINY["widths"])
+    # an early probe skips the val loss and attention statistics: cheaper than a regular one
+    assert all(0 < p["probe"] < p["evals"] and p["log_ms"] < p["regular_ms"] for p in probes), probes
 
 
 def test_peak_table_matches_cuda_device_names():

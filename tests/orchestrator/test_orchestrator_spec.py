@@ -243,3 +243,16 @@ def test_init_can_be_a_grid_axis(tmp_path):
         ("torch", 0.05),
     }
     assert "init_std 2" in spec_summary(spec, configs) and "init 2" in spec_summary(spec, configs)
+
+
+def test_the_default_tensorboard_logger_is_skipped_with_a_note_when_tensorboardx_is_missing(monkeypatch, capsys):
+    """tensorboardX comes with ray[tune], but a trimmed environment may lack it: the default callback
+    must not crash the sweep (a listed one is refused when the sweep file loads)."""
+    from orchestrator import tune_core
+
+    monkeypatch.setattr(tune_core, "installed", lambda module: module != "tensorboardX")
+    names = [type(cb).__name__ for cb in tune_core.logger_callbacks(["tensorboard"], "p")]
+    assert names == ["JsonLoggerCallback", "CSVLoggerCallback"]
+    assert "tensorboardX is not installed" in capsys.readouterr().err
+    monkeypatch.setattr(tune_core, "installed", lambda module: True)
+    assert "TBXLoggerCallback" in [type(cb).__name__ for cb in tune_core.logger_callbacks(["tensorboard"], "p")]

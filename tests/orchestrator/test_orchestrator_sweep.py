@@ -25,6 +25,10 @@ def dataset(folder, name):
 
 
 def assert_one_row_per_key(folder):
+    """Every key once, and (all trials have ended) every trial folder compacted into one part."""
+    for name in ("metrics", "spectra"):
+        trials = list((folder / name).iterdir())
+        assert trials and all(len(list(t.glob("*.parquet"))) == 1 for t in trials), name
     metrics, spectra = dataset(folder, "metrics"), dataset(folder, "spectra")
     assert metrics.height == metrics.unique(list(METRICS_KEY)).height
     assert spectra.height == spectra.unique(list(SPECTRA_KEY)).height
@@ -109,6 +113,7 @@ def test_failed_trials_are_filed_and_resume_continues_them(tmp_path, capsys):
     trials = read(folder, TRIALS_FILE)
     assert set(trials["status"]) == {"failed"}
     assert all("InjectedFailure" in e for e in trials["error"])
+    assert all(len(list(t.glob("*.parquet"))) > 1 for t in (folder / "metrics").iterdir())  # not compacted
     assert json.loads((folder / SWEEP_JSON).read_text())["runs"][0]["tune_experiment"]
     capsys.readouterr()
 

@@ -1,11 +1,17 @@
 """Measurement choices that decide the verdict: centred PR, PR's small-sample bias, the probe cadence."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import polars as pl
 import torch
 
 from trainer.cadence import eval_steps, regular_steps
-from trainer.config import TrialConfig
+from trainer.config import SMOKE, TrialConfig
+from trainer.data import load_tokens
+from trainer.loop import Trial, TrialHooks
 from trainer.metrics import activation_prs
+from trainer.storage import ResultsDir
 
 
 def numpy_pr(x: np.ndarray) -> float:
@@ -48,3 +54,33 @@ def test_log_schedule_resolves_early_steps_and_keeps_the_regular_grid():
     assert steps == sorted(set(steps))
     every = eval_steps(TrialConfig(steps=200, eval_every=25, warmup=20, eval_schedule="every"))
     assert every == list(range(0, 201, 25))
+
+
+def run_rows(tmp_path, name, finisher):
+    """A smoke trial's metric and spectra rows; `finisher` replaces the trial's (None = finish inline)."""
+    cfg = TrialConfig(**{**SMOKE, "max_corpus_bytes": 400_000})
+    results = ResultsDir(tmp_path / name)
+    trial = Trial(cfg, results, "t", load_tokens(cfg), TrialHooks(), None, None)
+    trial.finisher = finisher
+    assert trial.run()["status"] == "completed"
+    metrics = pl.read_parquet(tmp_path / name / "metrics", hive_partitioning=False)
+    spectra = pl.read_parquet(tmp_path / name / "spectra", hive_partitioning=False)
+    keys = ["step", "name", "layer", "head", "tensor"]
+    metrics = metrics.filter(pl.col("name") != "wall_s").drop("trial_id").sort(keys)
+    return metrics, spectra.drop("trial_id").sort(["step", "layer", "head", "tensor"])
+
+
+def test_probes_finished_in_a_thread_write_the_same_rows_as_inline(tmp_path):
+    """The GPU path (a probe's CPU half in a thread while training goes on) loses, adds or moves no row."""
+    inline_metrics, inline_spectra = run_rows(tmp_path, "inline", None)
+    threaded_metrics, threaded_spectra = run_rows(tmp_path, "threaded", ThreadPoolExecutor(1))
+    assert threaded_metrics.equals(inline_metrics)
+    assert threaded_spectra.equals(inline_spectra)
+    names = set(inline_metrics["name"])
+    assert {"pr", "pr_bias", "attn_entropy", "max_logit", "val_loss"} <= names
+    early = set(eval_steps(TrialConfig(**SMOKE))) - regular_steps(TrialConfig(**SMOKE))
+    assert early, "the smoke schedule has early probes"
+    at_early = inline_metrics.filter(pl.col("step").is_in(sorted(early)))
+    # the early probes record the spectra alone: no val loss or attention statistics there
+    assert set(at_early["name"]) & {"val_loss", "attn_entropy", "max_logit"} == set()
+    assert "pr" in set(at_early["name"])

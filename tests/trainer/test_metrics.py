@@ -4,14 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.config import TrialConfig
 from trainer.metrics import (
-    attention_entropy,
+    attention_stats,
     axis_share,
     covariance_participation_ratio,
     effective_rank,
     participation_ratio,
+    probe,
     stable_rank,
 )
+from trainer.model import GPT
 
 
 def np_metrics(s):
@@ -93,8 +96,32 @@ def test_axis_share_spread_and_single_axis():
 
 def test_attention_entropy_uniform_and_one_hot():
     T = 6
-    uniform = torch.full((1, 1, T, T), 1.0 / T)
-    one_hot = torch.zeros(1, 1, T, T)
-    one_hot[..., 0] = 1.0
-    assert attention_entropy(uniform).item() == pytest.approx(np.log(T))
-    assert attention_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(1, 1, T, T)
+    assert attention_stats(uniform, uniform.softmax(-1))[0].item() == pytest.approx(np.log(T))
+    one_hot = torch.full((1, 1, T, T), torch.finfo(torch.float32).min)  # masked entries, as the model writes them
+    one_hot[..., 0] = 3.0
+    assert attention_stats(one_hot, one_hot.softmax(-1))[0].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_entropy_equals_minus_sum_p_log_p_under_a_causal_mask():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8) * 4
+    logits.masked_fill_(torch.ones(8, 8, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+    probs = logits.softmax(-1)
+    direct = torch.special.entr(probs.double()).sum(-1).mean(dim=(0, 2))
+    assert torch.allclose(attention_stats(logits, probs)[0].double(), direct, atol=1e-5)
+
+
+def test_a_probe_without_scores_measures_the_same_spectra_and_skips_the_attention_statistics():
+    torch.manual_seed(0)
+    model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm="rms"))
+    x = torch.randint(0, 256, (8, 32))
+    full, light = probe(model, x), probe(model, x, scores=False)
+    attention = {"attn_entropy", "max_logit"}
+    full_rows = {row[:4]: row[4] for row in full.scalars if row[0] not in attention}
+    light_rows = {row[:4]: row[4] for row in light.scalars}
+    assert light_rows.keys() == full_rows.keys()
+    assert all(light_rows[key] == pytest.approx(full_rows[key], rel=1e-5, abs=1e-6) for key in full_rows)
+    assert {row[0] for row in full.scalars} >= attention
+    for key, sigma in full.spectra.items():
+        assert np.allclose(light.spectra[key], sigma, rtol=1e-5, atol=1e-6)

@@ -63,3 +63,17 @@ def test_initial_loss_is_near_log_vocab():
     x = torch.randint(0, 256, (4, 32))
     _, loss = model(x, x)
     assert loss.item() == pytest.approx(math.log(256), rel=0.05)
+
+
+@pytest.mark.parametrize("qk_norm", ["none", "rms"])
+def test_probe_forward_without_targets_records_what_the_full_pass_records(qk_norm):
+    model = make(qk_norm)
+    x = torch.randint(0, 256, (3, 32))
+    full, short = [], []
+    with torch.no_grad():
+        loss = model.probe_forward(x, full, targets=torch.randint(0, 256, (3, 32)))
+        assert model.probe_forward(x, short) is None
+    assert loss is not None and len(full) == len(short) == 2
+    for a, b in zip(full, short):
+        for key in ("q", "k", "logits", "probs"):
+            assert torch.equal(a[key], b[key]), key
