@@ -47,6 +47,17 @@ def wait_for_line(log, word, proc, timeout):
     return False
 
 
+def wait_for(predicate, proc, timeout):
+    """Poll `predicate` until it holds, the process ends, or time runs out (a loaded machine is slow:
+    wait for the state itself, never a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path, tmp_path_factory, subprocess_env, python):
     config = write_spec(
         tmp_path,
@@ -95,7 +106,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
         )
         try:
             assert wait_for_line(log, "completed", proc, 180), log.read_text()
-            time.sleep(2.5)  # the next trial passes a checkpoint or two
+            first_done = next(ln.split()[2] for ln in log.read_text().splitlines() if ln.split()[1:2] == ["completed"])
+
+            def next_trial_checkpointed():  # a checkpoint in Tune's folder of a trial still running
+                found = (tmp_path / "intr" / "tune").glob("*/*/checkpoint_*")
+                return any(not c.parent.name.startswith(first_done) for c in found)
+
+            assert wait_for(next_trial_checkpointed, proc, 120), log.read_text()
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             code = proc.wait(timeout=120)
         except BaseException:

@@ -57,7 +57,9 @@ def kill_during_writes(folder: Path, delay: float) -> bool:
 @pytest.mark.slow
 def test_sigkill_during_flushes_leaves_only_whole_parts(tmp_path):
     mid_write = 0
-    for i, delay in enumerate([0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2, 1.35]):
+    # a kill lands inside a write with some probability per try (the write is part of each cycle):
+    # enough tries, at spread delays, that missing every time is practically impossible
+    for i, delay in enumerate([0.3 + 0.071 * k for k in range(24)]):
         mid_write += kill_during_writes(tmp_path / f"run{i}", delay)
         if mid_write >= 2:
             break
