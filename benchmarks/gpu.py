@@ -9,7 +9,8 @@ Sections (each catches its own failure and prints it; a global time budget skips
   probe        the probe's cost against training at sweeps/paradox.yaml's cadence (32 held-out
                sequences that also give the val loss; every 100 steps over 2000 plus log-spaced
                early probes), per width: the time the training loop waits for each kind of eval
-               (on a GPU the probe's CPU half runs in a thread and is not waited for)
+               (on a GPU the probe's CPU half runs in a thread and is not waited for), and whole
+               trials of 400 steps with 14 extra probes against none, timed end to end
   sharing      1, 2 and 4 trials of width 256 on one GPU through Ray's fractional GPUs
                (num_gpus = 1/k each; on --device cpu, num_cpus = 1/k of one CPU): each trial is the
                trainer's own `trainer.loop.Trial`; aggregate tokens/s over the window in which all
@@ -67,6 +68,7 @@ FULL = dict(
     share_steps=150,
     probe_steps=2000,
     probe_every=100,
+    e2e_steps=400,
 )
 TINY = dict(
     widths=(32, 64),
@@ -81,6 +83,7 @@ TINY = dict(
     share_steps=60,
     probe_steps=300,
     probe_every=50,
+    e2e_steps=40,
 )
 SHARES = (1, 2, 4)
 
@@ -317,6 +320,7 @@ def probe_rows(shape: dict, args, budget: Budget, step_ms: dict[int, float]) -> 
             trial = Trial(cfg, ResultsDir(tmp), "probe", load_tokens(cfg), TrialHooks(), None, None)
 
             log_s, regular_s, val_s = eval_costs(trial, device)
+        whole_runs = end_to_end_overhead(shape, width, args.device)
         if width not in step_ms:
             step_ms[width] = measure_steps(make_cfg(shape, width, args.device), shape, load_tokens(cfg))["step_s"] * 1e3
         steps = eval_steps(cfg)
@@ -339,15 +343,38 @@ def probe_rows(shape: dict, args, budget: Budget, step_ms: dict[int, float]) -> 
                 "val_ms": val_s * 1e3,
                 "evals": evals,
                 "probe": probe_only,
+                **whole_runs,
             },
         )
         print_row(
             row,
             note=f"probe {probe_only:.1%}, with val {evals:.1%} of training (evals: early {log_s * 1e3:.1f} ms, "
-            f"regular {regular_s * 1e3:.1f} ms, val forward {val_s * 1e3:.1f} ms)",
+            f"regular {regular_s * 1e3:.1f} ms, val forward {val_s * 1e3:.1f} ms); whole trials of "
+            f"{whole_runs['e2e_steps']} steps with {whole_runs['e2e_evals']} evals vs none: "
+            f"{whole_runs['e2e_overhead']:+.1%}",
         )
         rows.append(row)
     return rows
+
+
+def end_to_end_overhead(shape: dict, width: int, device: str) -> dict:
+    """Wall time of whole trials with the probe at a dense cadence (eval_every = steps / 4 with the
+    early log-spaced probes) against the same trials probing only at the start and the end: what the
+    probe costs as the trainer runs, its thread (on a GPU) included. Median of 2 pairs."""
+    steps = shape["e2e_steps"]
+    kw = dict(steps=steps, probe_seqs=shape["batch_size"], eval_batches=1)
+    on = make_cfg(shape, width, device, eval_every=steps // 4, eval_schedule="log", **kw)
+    off = make_cfg(shape, width, device, **kw)  # eval_every past the end: probes at 0 and the end only
+    tokens = load_tokens(on)
+    walls: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(2):
+        for name, cfg in (("off", off), ("on", on)):
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                Trial(cfg, ResultsDir(tmp), "e2e", tokens, TrialHooks(), None, None).run()
+                walls[name].append(time.perf_counter() - t0)
+    on_s, off_s = statistics.median(walls["on"]), statistics.median(walls["off"])
+    return {"e2e_steps": steps, "e2e_evals": len(eval_steps(on)) - 2, "e2e_overhead": on_s / off_s - 1}
 
 
 # ---- sharing one GPU between trials (Ray) ----------------------------------------------------
