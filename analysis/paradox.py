@@ -291,7 +291,9 @@ def layer_table(layers: pl.DataFrame) -> pl.DataFrame:
     trials = layers.unique("trial_id", keep="first")
     chosen = select(trials, "best_lr").get_column("trial_id")
     sel = layers.filter(pl.col("trial_id").is_in(chosen.implode()))
-    pairs = make_pairs(sel, "all_lrs", ("final_pr_q", "final_pr_k"), extra_keys=("layer",))
+    # paired as the deciding table is: same optimizer, width and seed, each arm at its own best LR (sel
+    # holds only best-LR trials, so the re-selection keeps them all)
+    pairs = make_pairs(sel, "best_lr", ("final_pr_q", "final_pr_k"), extra_keys=("layer",))
     rows = []
     for g in (
         pairs.select("optimizer", "qk_norm", "layer")

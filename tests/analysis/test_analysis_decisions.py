@@ -331,3 +331,29 @@ def test_the_verdict_names_each_layer_and_flags_a_layer_that_disagrees_with_the_
     assert j["directions"]["final_pr_q"] == "no_difference" and not j["layers"]["agree_with_average"]
     line = next(s for s in v["headline"] if s.startswith("adamw qk_norm=rms per layer"))
     assert "PR q no difference in layer 0, higher in layer 1" in line and "NOT every layer agrees" in line
+
+
+def test_per_layer_pairs_are_the_deciding_pairs_when_the_arms_best_lrs_differ():
+    trials = finals_of(rng_seed=7)
+    none_best = bracketing(lr_curve(trials)).filter(pl.col("qk_norm") == "none")
+    # move rms's optimum away from none's: rms is much worse at none's best LR
+    penalty = pl.lit(0.0)
+    for r in none_best.iter_rows(named=True):
+        at = (
+            (pl.col("qk_norm") == "rms")
+            & (pl.col("optimizer") == r["optimizer"])
+            & (pl.col("width") == r["width"])
+            & (pl.col("lr") == r["best_lr"])
+        )
+        penalty = pl.when(at).then(pl.lit(1.0)).otherwise(penalty)
+    trials = trials.with_columns(pl.col("final_val_loss") + penalty)
+    best = bracketing(lr_curve(trials))
+    shifted = best.pivot(on="qk_norm", index=["optimizer", "width"], values="best_lr")
+    assert (shifted["none"] != shifted["rms"]).all()
+    layers = trials.join(pl.DataFrame({"layer": [0, 1]}), how="cross")
+    t = paradox_results(trials, layers)
+    deciding = t.best.filter(pl.col("metric") == "final_pr_q").select("optimizer", "n_pairs")
+    per_layer = t.layers.filter(pl.col("metric") == "final_pr_q").select("optimizer", "layer", "n_pairs")
+    assert per_layer.height == 2 * 2
+    for r in per_layer.iter_rows(named=True):
+        assert r["n_pairs"] == deciding.filter(pl.col("optimizer") == r["optimizer"])["n_pairs"][0] > 0
