@@ -6,6 +6,7 @@ import copy
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,22 @@ def sweep_with(*, top=None, grid=None, train=None, drop=()):
     for key in drop:
         spec.pop(key)
     return yaml.safe_dump(spec)
+
+
+def completed_ids(log: Path) -> set[str]:
+    """Trial ids the monitor announced as completed (`[0:00:07] completed <id> ...`)."""
+    return {line.split()[2] for line in log.read_text().splitlines() if line.split()[1:2] == ["completed"]}
+
+
+def wait_for(predicate, proc, timeout: float) -> bool:
+    """Poll `predicate` until it holds (True), the process ends or time runs out (False): on a loaded
+    machine wait for the state itself, never a fixed time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def run_logged(command, env, log, timeout):

@@ -10,12 +10,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import polars as pl
 import pytest
 
-from tests.helpers import run_logged, write_spec
+from tests.helpers import completed_ids, run_logged, wait_for, write_spec
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
@@ -35,27 +34,6 @@ threading.Timer(30, os._exit, args=(0,)).start()  # never hang on teardown (Ray'
 cluster.shutdown()
 os._exit(0)
 """
-
-
-def wait_for_line(log, word, proc, timeout):
-    """Poll `log` until a line's second field is `word` (a monitor event), the process ends, or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if any(line.split()[1:2] == [word] for line in log.read_text().splitlines()):
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def wait_for(predicate, proc, timeout):
-    """Poll `predicate` until it holds, the process ends, or time runs out (a loaded machine is slow:
-    wait for the state itself, never a fixed time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path, tmp_path_factory, subprocess_env, python):
@@ -105,12 +83,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
             command, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env, start_new_session=True
         )
         try:
-            assert wait_for_line(log, "completed", proc, 180), log.read_text()
-            first_done = next(ln.split()[2] for ln in log.read_text().splitlines() if ln.split()[1:2] == ["completed"])
+            assert wait_for(lambda: completed_ids(log), proc, 180), log.read_text()
+            done = completed_ids(log)
 
             def next_trial_checkpointed():  # a checkpoint in Tune's folder of a trial still running
                 found = (tmp_path / "intr" / "tune").glob("*/*/checkpoint_*")
-                return any(not c.parent.name.startswith(first_done) for c in found)
+                return any(not any(c.parent.name.startswith(t) for t in done) for c in found)
 
             assert wait_for(next_trial_checkpointed, proc, 120), log.read_text()
             proc.send_signal(signal.SIGINT)  # Ctrl-C

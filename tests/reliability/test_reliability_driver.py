@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator import sweep
 from orchestrator.spec import expand, load_spec
-from tests.helpers import run_logged, write_spec
+from tests.helpers import completed_ids, run_logged, write_spec
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,6 @@ TRAIN = {"steps": STEPS, "warmup": 20, "eval_every": EVAL, "checkpoint_every": C
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under a sweep folder and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def completed_ids(log: Path) -> set[str]:
-    """Trial ids the monitor announced as completed (`[0:00:07] completed <id> ...`)."""
-    return {line.split()[2] for line in log.read_text().splitlines() if line.split()[1:2] == ["completed"]}
 
 
 def planned_ids(folder: Path) -> list[str]:
