@@ -253,15 +253,16 @@ def optimizer_rows(shape: dict, args, budget: Budget, peak: float | None) -> lis
 
 # ---- the probe's cost -------------------------------------------------------------------------
 def timed(fn, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of `fn` after one warm-up call."""
+    """Median seconds of `fn` after one warm-up call. `fn` may return seconds of its own to leave out
+    (time spent waiting for work that is not the caller's)."""
     fn()
     times = []
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
-        fn()
+        excluded = fn()
         sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0 - (excluded or 0.0))
     return statistics.median(times)
 
 
@@ -277,22 +278,12 @@ def eval_costs(trial: Trial, device: torch.device) -> tuple[float, float, float]
         trial._drain(wait=True)
         return time.perf_counter() - started  # waiting for the thread: not the loop's time
 
-    def loop_seconds(step):
-        probe_at(step)  # warm-up
-        times = []
-        for _ in range(3):
-            sync(device)
-            t0 = time.perf_counter()
-            waited = probe_at(step)
-            sync(device)
-            times.append(time.perf_counter() - t0 - waited)
-        return statistics.median(times)
-
     def val_forward():
         with torch.no_grad(), trial.autocast:
-            return [trial.model(x, y)[1].item() for x, y in trial.val]
+            for x, y in trial.val:
+                trial.model(x, y)[1].item()
 
-    return loop_seconds(1), loop_seconds(0), timed(val_forward, device)
+    return timed(lambda: probe_at(1), device), timed(lambda: probe_at(0), device), timed(val_forward, device)
 
 
 def probe_rows(shape: dict, args, budget: Budget, step_ms: dict[int, float]) -> list[Row]:

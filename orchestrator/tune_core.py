@@ -21,6 +21,7 @@ from trainer.storage import ResultsDir
 
 from . import runtime
 from .spec import Resources
+from .validation import installed
 
 TUNE_DIR = "tune"  # <results>/<name>/tune: Tune's experiment state and trial checkpoints
 EXIT_BAD_INPUT, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 2, 1, 130  # EXIT_ENVIRONMENT = 3 (a full disk)
@@ -191,12 +192,6 @@ def run_config(
         ],
         verbose=0,
     )
-
-
-def installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def logger_callbacks(names, project: str) -> list:

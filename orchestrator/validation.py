@@ -54,15 +54,20 @@ CALLBACK_PACKAGES = {
 }
 
 
-def check_callbacks(value: list[str]) -> list[str]:
-    """Each callback once, and its package installed (checked without importing it)."""
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (checked without importing it)."""
     import importlib.util
 
+    return importlib.util.find_spec(module) is not None
+
+
+def check_callbacks(value: list[str]) -> list[str]:
+    """Each callback once, and its package installed."""
     if len(set(value)) < len(value):
         raise ValueError(f"each callback may appear once, got {short_repr(value)}")
     for name in value:
         module, install = CALLBACK_PACKAGES[name]
-        if importlib.util.find_spec(module) is None:
+        if not installed(module):
             raise ValueError(f"{name!r} needs the {module} package, which is not installed: {install}")
     return value
 

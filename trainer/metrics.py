@@ -106,15 +106,10 @@ def activation_statistics(sigma: torch.Tensor) -> tuple[torch.Tensor, dict[str, 
     return sigma[0].float(), out
 
 
-def activation_spectra(x: torch.Tensor, sequences: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """x (..., H, N, D) with N = sequences x T tokens -> (singular values (..., H, D) descending, per-head
-    pr_centred, pr_bias and pr_centred_bias (..., H)), on the CPU (see activation_grams)."""
-    return activation_statistics(gram_singular_values(activation_grams(x, sequences)))
-
-
 def activation_prs(x: torch.Tensor, sequences: int) -> dict[str, torch.Tensor]:
-    """x (H, N, D) -> per-head pr, pr_centred and their split-half biases (see activation_spectra)."""
-    sigma, out = activation_spectra(x, sequences)
+    """x (..., H, N, D) -> per-head pr, pr_centred and their split-half biases, as the probe computes
+    them (activation_grams, gram_singular_values, activation_statistics)."""
+    sigma, out = activation_statistics(gram_singular_values(activation_grams(x, sequences)))
     return {"pr": participation_ratio(sigma.double()), **out}
 
 
