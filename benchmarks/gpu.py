@@ -342,7 +342,11 @@ def probe_rows(shape: dict, args, budget: Budget, step_ms: dict[int, float]) -> 
             note=f"probe {probe_only:.1%}, with val {evals:.1%} of training (evals: early {log_s * 1e3:.1f} ms, "
             f"regular {regular_s * 1e3:.1f} ms, val forward {val_s * 1e3:.1f} ms); whole trials of "
             f"{whole_runs['e2e_steps']} steps with {whole_runs['e2e_evals']} evals vs none: "
-            f"{whole_runs['e2e_overhead']:+.1%}",
+            + (
+                f"{whole_runs['e2e_overhead']:+.1%}"
+                if whole_runs["e2e_overhead"] is not None
+                else whole_runs["e2e_note"]
+            ),
         )
         rows.append(row)
     return rows
@@ -351,21 +355,25 @@ def probe_rows(shape: dict, args, budget: Budget, step_ms: dict[int, float]) -> 
 def end_to_end_overhead(shape: dict, width: int, device: str) -> dict:
     """Wall time of whole trials with the probe at a dense cadence (eval_every = steps / 4 with the
     early log-spaced probes) against the same trials probing only at the start and the end: what the
-    probe costs as the trainer runs, its thread (on a GPU) included. Median of 2 pairs."""
+    probe costs as the trainer runs, its thread (on a GPU) included. Median of 2 pairs. The trials
+    train at a learning rate every width survives (1e-3, a tenth of the steps warming up); a pair in
+    which a trial stops early (diverged) gives no figure: trials of different lengths do not compare."""
     steps = shape["e2e_steps"]
-    kw = dict(steps=steps, probe_seqs=shape["batch_size"], eval_batches=1)
+    kw = dict(steps=steps, probe_seqs=shape["batch_size"], eval_batches=1, lr=1e-3, warmup=max(1, steps // 10))
     on = make_cfg(shape, width, device, eval_every=steps // 4, eval_schedule="log", **kw)
     off = make_cfg(shape, width, device, **kw)  # eval_every past the end: probes at 0 and the end only
     tokens = load_tokens(on)
     walls: dict[str, list[float]] = {"on": [], "off": []}
+    result = {"e2e_steps": steps, "e2e_evals": len(eval_steps(on)) - 2, "e2e_overhead": None}
     for _ in range(2):
         for name, cfg in (("off", off), ("on", on)):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                Trial(cfg, ResultsDir(tmp), "e2e", tokens, TrialHooks(), None, None).run()
+                row = Trial(cfg, ResultsDir(tmp), "e2e", tokens, TrialHooks(), None, None).run()
                 walls[name].append(time.perf_counter() - t0)
-    on_s, off_s = statistics.median(walls["on"]), statistics.median(walls["off"])
-    return {"e2e_steps": steps, "e2e_evals": len(eval_steps(on)) - 2, "e2e_overhead": on_s / off_s - 1}
+            if row["status"] != "completed":
+                return {**result, "e2e_note": f"{name} trial {row['status']} at step {row['steps_done']}: no figure"}
+    return {**result, "e2e_overhead": statistics.median(walls["on"]) / statistics.median(walls["off"]) - 1}
 
 
 # ---- sharing one GPU between trials (Ray) ----------------------------------------------------

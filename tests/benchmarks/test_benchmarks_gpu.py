@@ -54,6 +54,8 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path, tmp_path_factory, subprocess_env, 
     assert len(probes) == len(TINY["widths"])
     # an early probe skips the val loss and attention statistics: cheaper than a regular one
     assert all(0 < p["probe"] < p["evals"] and p["log_ms"] < p["regular_ms"] for p in probes), probes
+    # the whole-trial comparison only counts trials that ran every step (no figure from a diverged pair)
+    assert all(p["e2e_overhead"] is not None and p["e2e_evals"] > 0 for p in probes), probes
 
 
 def test_peak_table_matches_cuda_device_names():
