@@ -84,25 +84,37 @@ def versus_reference(
 ) -> dict[str, float]:
     """Median seconds of forward + backward + AdamW step (+ zero_grad) for the project's GPT (its own
     optimizer groups), the reference (nanoGPT's groups: decay on 2-D) and, with `compile_`, the
-    project's GPT under torch.compile; interleaved round by round so that load drift hits all alike."""
+    project's GPT under torch.compile; interleaved round by round so that load drift hits all alike.
+
+    Each runs as its trainer runs it: the project's with denormals flushed to zero (trainer.loop sets
+    it on a CPU), nanoGPT's as its train.py leaves the CPU (gradual underflow: subnormal attention
+    gradients then slow the flash-attention backward and the matmuls several-fold as training goes
+    on). `reference_ftz` is the reference with flushing too: the like-for-like figure."""
     torch.manual_seed(0)
     project = GPT(cfg)
-    reference = ReferenceGPT(cfg)
-    ref_groups = [
-        {"params": [p for p in reference.parameters() if p.ndim == 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in reference.parameters() if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    runs = {
-        "project": (project, build_optimizers(project, cfg, torch.device("cpu"))),
-        "reference": (reference, [torch.optim.AdamW(ref_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)]),
+    reference, reference_ftz = ReferenceGPT(cfg), ReferenceGPT(cfg)
+    reference_ftz.load_state_dict(reference.state_dict())
+
+    def nanogpt_adamw(model):  # nanoGPT's groups: decay on 2-D
+        groups = [
+            {"params": [p for p in model.parameters() if p.ndim == 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        return [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)]
+
+    runs = {  # name: (model, optimizers, flush denormals); each model takes the same steps
+        "project": (project, build_optimizers(project, cfg, torch.device("cpu")), True),
+        "reference": (reference, nanogpt_adamw(reference), False),
+        "reference_ftz": (reference_ftz, nanogpt_adamw(reference_ftz), True),
     }
     if compile_:
         compiled = GPT(cfg)
-        runs["compiled"] = (torch.compile(compiled), build_optimizers(compiled, cfg, torch.device("cpu")))
+        runs["compiled"] = (torch.compile(compiled), build_optimizers(compiled, cfg, torch.device("cpu")), True)
     batches = [tuple(torch.from_numpy(a) for a in train_batch(tokens, cfg, s)) for s in range(4)]
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds + 1):  # round 0 warms up (and compiles)
-        for name, (model, optimizers) in runs.items():
+        for name, (model, optimizers, flush) in runs.items():
+            torch.set_flush_denormal(flush)
             for i in range(steps_per_round):
                 x, y = batches[i % len(batches)]
                 t0 = time.perf_counter()
@@ -113,6 +125,7 @@ def versus_reference(
                     opt.zero_grad(set_to_none=True)
                 if r:
                     times[name].append(time.perf_counter() - t0)
+    torch.set_flush_denormal(False)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -199,17 +212,19 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps, {tok_per_step} tokens/step")
     if args.only != "probe":
         print(
-            f"{'width':>5} {'project tok/s':>14} {'nanoGPT-style tok/s':>20} {'ratio':>6}"
+            f"{'width':>5} {'project tok/s':>14} {'nanoGPT-style tok/s':>20} {'ratio':>6} "
+            f"{'nanoGPT-style, FTZ':>19} {'ratio':>6}"
             + (f" {'compiled tok/s':>15} {'ratio':>6}" if args.compile else "")
         )
         for width in args.widths:
             s = versus_reference(TrialConfig(**base, width=width), tokens, args.rounds, compile_=args.compile)
             line = (
                 f"{width:>5} {tok_per_step / s['project']:>14,.0f} {tok_per_step / s['reference']:>20,.0f} "
-                f"{s['reference'] / s['project']:>5.2f}x"
+                f"{s['reference'] / s['project']:>5.2f}x {tok_per_step / s['reference_ftz']:>19,.0f} "
+                f"{s['reference_ftz'] / s['project']:>5.2f}x"
             )
             if args.compile:
-                line += f" {tok_per_step / s['compiled']:>15,.0f} {s['reference'] / s['compiled']:>5.2f}x"
+                line += f" {tok_per_step / s['compiled']:>15,.0f} {s['reference_ftz'] / s['compiled']:>5.2f}x"
             print(line, flush=True)
         if args.only == "reference":
             return 0

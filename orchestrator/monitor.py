@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ray import tune
 
 from trainer.config import TrialConfig
+from trainer.sink import TrialSink
 from trainer.storage import ResultsDir
 
 from .ledger import Ledger
@@ -99,7 +100,18 @@ class SweepMonitor(tune.Callback):
         tid = self.trial_id_of(trial)
         cfg, last = self.plan[tid], as_report(trial.last_result)
         row = self.ledger.completed(tid, cfg, last)
+        if row["status"] == "pruned":
+            self.compact(tid)
         self.progress.ended(tid, cfg, row, last)
+
+    def compact(self, tid: str) -> None:
+        """One part per folder for a trial a scheduler stopped: it never reached the end of
+        Trial.run, where a trial compacts its own parts. A failure here costs only disk and read
+        time (the parts stay as written), so it is a note, not an error."""
+        try:
+            TrialSink(self.results, tid).compact()
+        except Exception as exc:  # noqa: BLE001 - a note, the sweep goes on
+            self.say("note", f"{tid}: its Parquet parts were not compacted ({type(exc).__name__}: {exc})")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         tid = self.trial_id_of(trial)

@@ -36,6 +36,9 @@ def test_lr_study_resumes_and_feeds_a_sweep(tmp_path, capsys):
     assert studies(folder) == {arm: 3 for arm in ARMS}
     trials = pl.read_parquet(folder / TRIALS_FILE)
     assert trials.height == 12 and set(trials["status"]) <= {"completed", "pruned", "diverged"}
+    for dataset in ("metrics", "spectra"):  # every trial ends with one part per folder, pruned ones too
+        parts = {d.name: len(list(d.glob("*.parquet"))) for d in (folder / dataset).iterdir()}
+        assert len(parts) == 12 and set(parts.values()) == {1}, parts
     assert json.loads((folder / SWEEP_JSON).read_text())["kind"] == "lr_study"
     assert len(list((folder / "tune").glob("arms-*"))) == 1  # every arm in one Tuner, not one Tuner per arm
     storage = f"sqlite:///{folder / 'studies' / 'optuna.db'}"

@@ -1,14 +1,27 @@
-"""The fast paths of trainer.model (one qkv matmul, whole-row RoPE, the CPU RMSNorm, norm gains folded
-into the next Linear) against a plain PyTorch transcription of the model: same logits, same gradients."""
+"""The fast paths of trainer.model (one qkv matmul, RoPE as one complex multiply in pair order or over
+whole rows, the CPU RMSNorm, norm gains folded into the next Linear) against a plain PyTorch
+transcription of the model: same logits, same gradients, same probe measurements."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from trainer.config import TrialConfig
-from trainer.model import GPT, _RMSNormCPU, apply_rope, rope_rotation, rope_tables
+from trainer.metrics import probe
+from trainer.model import (
+    GPT,
+    Attention,
+    _RMSNormCPU,
+    apply_rope,
+    pair_order,
+    rope_phases,
+    rope_rotation,
+    rope_tables,
+    rotate_pairs,
+)
 
 
 def plain_rope(x, cos, sin):
@@ -48,8 +61,12 @@ def plain_forward(model: GPT, idx, targets):
     return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
+@pytest.mark.parametrize("pairs", [True, False], ids=["rotate_pairs", "apply_rope"])
 @pytest.mark.parametrize("qk_norm", ["none", "rms", "rms_frozen", "layer"])
-def test_fast_model_matches_plain_pytorch_in_logits_and_gradients(qk_norm):
+def test_fast_model_matches_plain_pytorch_in_logits_and_gradients(qk_norm, pairs, monkeypatch):
+    """Both RoPE paths: pair order (fp32 CPU) and the half-split rows (GPU, autocast, compile)."""
+    if not pairs:
+        monkeypatch.setattr(Attention, "pairs", staticmethod(lambda x: False))
     torch.manual_seed(0)
     model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm=qk_norm))
     with torch.no_grad():  # gains away from 1, so that folding them into the next Linear is really tested
@@ -87,6 +104,39 @@ def test_cpu_rms_norm_matches_torch_and_has_an_exact_gradient(shape, gain):
     w = torch.randn(shape[-1], dtype=torch.float64, requires_grad=True) if gain else None
     assert torch.allclose(_RMSNormCPU.apply(x, w, 1e-6), F.rms_norm(x, (shape[-1],), w, 1e-6))
     assert torch.autograd.gradcheck(lambda a, b: _RMSNormCPU.apply(a, b, 1e-6), (x, w))
+
+
+def test_rotate_pairs_is_apply_rope_in_pair_order_with_an_exact_gradient():
+    torch.manual_seed(3)
+    B, T, H, D = 2, 12, 3, 8
+    x = torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True)
+    cos, sin = (t.double() for t in rope_rotation(T, D, H))
+    phases = rope_phases(T, D, H).to(torch.complex128)
+    order = pair_order(D)
+    assert order.tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    paired = rotate_pairs(x[..., order], phases)
+    assert torch.allclose(paired, apply_rope(x, cos, sin)[..., order])
+    assert torch.autograd.gradcheck(lambda t: rotate_pairs(t, phases), (x,))
+
+
+@pytest.mark.parametrize("qk_norm", ["none", "rms"])
+def test_the_probe_measures_the_same_on_both_rope_paths(qk_norm, monkeypatch):
+    """Pair order permutes each head's dims of the recorded q and k; every statistic is blind to it."""
+    torch.manual_seed(4)
+    model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm=qk_norm))
+    x, y = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
+    results = []
+    for pairs in (True, False):
+        monkeypatch.setattr(Attention, "pairs", staticmethod(lambda t, pairs=pairs: pairs))
+        results.append(probe(model, x, y))
+    fast, half_split = results
+    assert fast.loss == pytest.approx(half_split.loss, rel=1e-6)
+    assert fast.spectra.keys() == half_split.spectra.keys()
+    for key, sigma in fast.spectra.items():
+        assert np.allclose(sigma, half_split.spectra[key], rtol=1e-4, atol=1e-5), key
+    assert [row[:4] for row in fast.scalars] == [row[:4] for row in half_split.scalars]
+    values = np.array([row[4] for row in fast.scalars]), np.array([row[4] for row in half_split.scalars])
+    assert np.allclose(*values, rtol=1e-4, atol=1e-5)
 
 
 def test_wq_wk_stay_separate_matrices_for_muon_and_the_probe():
