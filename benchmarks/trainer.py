@@ -5,8 +5,9 @@
 Model: depth 2, d_head 32, seq_len 128, byte tokens from the stdlib corpus.
 First, the project's model against a plain nanoGPT-style reference with the same shapes (fused qkv
 Linear, causal SDPA, GELU MLP, LayerNorm, learned positions, tied head) at batch 32: forward +
-backward + AdamW step, no metrics, the two interleaved round by round; the ratio is
-project/reference throughput.
+backward + AdamW step, no metrics, interleaved round by round; the ratios are project/reference
+throughput, with each run as its trainer runs it (the project flushes denormals to zero, nanoGPT
+does not) and like for like (the reference flushing too).
 Then the probe table at the trainer's defaults (batch 16, a probe of 32 held-out sequences, which
 also gives the val loss at the regular steps, eval_every 50 plus log-spaced early probes).
 Every figure is a ratio inside one run (this machine is noisy). The cost of evaluation is reported
