@@ -34,6 +34,13 @@ from .config import TrialConfig
 from .schema import QK_NORM_VARIANTS
 
 
+def eager_cpu_fp32(x: torch.Tensor) -> bool:
+    """Whether x takes the hand-written CPU paths (RMSNorm, RoPE in pair order): fp32 on the CPU
+    outside torch.compile. Elsewhere fused kernels (CUDA) or inductor do better, and bf16 has no
+    complex type."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+
+
 class _RMSNormCPU(torch.autograd.Function):
     """RMSNorm with a hand-written backward: torch has no fused RMSNorm kernel for the CPU, and
     autograd's backward of F.rms_norm's decomposition makes about ten passes over x. y = xhat * w with
@@ -72,7 +79,7 @@ class RMSNorm(nn.RMSNorm):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+        if not eager_cpu_fp32(x):
             return F.rms_norm(x, self.normalized_shape, None, eps)  # fused kernels on CUDA / by inductor
         return _RMSNormCPU.apply(x, None, eps)
 
@@ -84,7 +91,7 @@ class RMSNorm(nn.RMSNorm):
         """With `gain`, that gain in place of the weight (QK-Norm in pair order: the weight permuted)."""
         gain = self.weight if gain is None else gain
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+        if not eager_cpu_fp32(x):
             return F.rms_norm(x, self.normalized_shape, gain, eps)
         return _RMSNormCPU.apply(x, gain, eps)
 
@@ -215,12 +222,7 @@ class Attention(nn.Module):
         autocast, on a GPU, inside torch.compile). The two compute the same function: pair order is
         a fixed permutation of wq's and wk's rows (and of the QK-Norm gains), applied inside the
         forward, so the parameters, their gradients and checkpoints keep one layout."""
-        return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
-        )
+        return eager_cpu_fp32(x) and not torch.is_autocast_enabled("cpu")  # x is fp32, q and k would not be
 
     def qk_norms(self, q, k, order: torch.Tensor | None):
         """QK-Norm of q and k (B, T, H, D); with `order`, their dims are in that order and so are the
