@@ -21,8 +21,8 @@ def analyse(results_dir: str | os.PathLike, n_boot: int = 2000, seed: int = 0, a
     """Load a sweep folder and compute every table of the report, writing nothing.
 
     Returns `analysis.report.Report`, a frozen dataclass whose fields are Polars DataFrames
-    (`finals`, `paradox`, `paradox_best`, `collapse_trial`, `collapse_arm`, `scaling`, `brackets`,
-    `lr_curve`, `sensitivity`, `status`, ...) plus `verdict` (verdict.json as a dict) and `results`
+    (`finals`, `best_lrs`, `paradox`, `paradox_best`, `collapse_trial`, `collapse_arm`, `scaling`,
+    `brackets`, `lr_curve`, `sensitivity`, `status`, ...) plus `verdict` (verdict.json as a dict) and `results`
     (what `analysis.load` returns); `Report.tables()` gives the frames by name. `n_boot` bootstrap
     resamples, `seed` seeds them, `alpha` is the significance level (default: the report's, 0.05).
     Raises `ResultsError` on input the report could not use (no such folder, a broken schema).

@@ -11,7 +11,7 @@ optimizer. Interaction p-values are Holm-corrected over all interaction terms of
 Clustered errors with G clusters have G - 1 degrees of freedom and are calibrated only with many
 clusters: the regression runs only with at least MIN_CLUSTERS seed clusters; with fewer, every
 row is "not run" with a note, and the interaction is judged by the per-pair
-difference-in-differences (`analysis.paradox.did_table`), which does not need clusters.
+difference-in-differences (`analysis.interaction.did_table`), which does not need clusters.
 """
 
 from __future__ import annotations
@@ -67,10 +67,12 @@ def _design(df: pl.DataFrame, ref_opt: str) -> tuple[np.ndarray, list[str]]:
     return X[:, keep], [names[i] for i in keep]
 
 
-def regress(finals: pl.DataFrame, selection: str = "all_lrs") -> pl.DataFrame:
+def regress(finals: pl.DataFrame, selection: str = "all_lrs", best: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (metric, term) of the selection's trials (`best`: the best-LR table, for
+    selection "best_lr"), columns COLUMNS; "not run" rows with a note below MIN_CLUSTERS."""
     import statsmodels.api as sm
 
-    data = select(finals, selection).filter(pl.col("status") == "completed")
+    data = select(finals, selection, best).filter(pl.col("status") == "completed")
     opts = sorted(set(data.get_column("optimizer").drop_nulls().to_list()))
     ref = "adamw" if "adamw" in opts else (opts[0] if opts else "adamw")
     rows = []

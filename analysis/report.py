@@ -16,21 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import polars as pl
+import pyarrow.fs as pafs
 
 from trainer.errors import ConfigError
 from trainer.safeio import EXIT_ENVIRONMENT, check_out_dir, environment_problem, safe_mkdir, safe_write_text
 from trainer.schema import ARM, STATUSES
 
 from . import figures
-from .collapse import collapse_per_arm, collapse_per_trial, width_scaling
-from .features import Features, build_features, final_values, layer_finals
-from .load import Results, ResultsError, UriPath, as_path, find_sweep_dir, load_results
+from .collapse import collapse_per_arm, collapse_per_trial
+from .features import Features, build_features
+from .finals import final_values, layer_finals
+from .load import Results, load_results
 from .paradox import ALPHA
+from .paths import ResultsError, UriPath, as_path, find_sweep_dir
+from .scaling import width_scaling
 from .sensitivity import best_lrs, lr_curve, lr_sensitivity
 from .summary import markdown, terminal
 from .tables import write_table
@@ -44,6 +49,7 @@ class Report:
     results: Results  # the checked sweep folder: sweep.json, trials, the part files read
     features: Features  # PR curves, final metric values and row counts from the part files
     finals: pl.DataFrame  # one row per trial: final loss and PR / d_head (tables/finals.csv)
+    best_lrs: pl.DataFrame  # each arm's best LR and its loss: the one choice every best-LR table uses
     collapse_trial: pl.DataFrame  # collapse fit per trial, metric and tensor
     collapse_arm: pl.DataFrame  # fits per arm and LR: status counts, rates with t intervals
     scaling: pl.DataFrame  # log-log slopes over width (tables/width_scaling.csv)
@@ -52,7 +58,7 @@ class Report:
     regression: pl.DataFrame  # metric ~ qk_norm x optimizer + ..., both selections
     # (run only with >= 20 seed clusters)
     cells: pl.DataFrame  # paired effects per (width, lr) cell, per width at the best LR, and the
-    # deciding rows (tables/paradox_cells.csv; columns in analysis.paradox.CELL_COLUMNS)
+    # deciding rows (tables/paradox_cells.csv; columns in analysis.breakdown.CELL_COLUMNS)
     layers: pl.DataFrame  # best-LR paired effects of final PR q/k per layer
     interaction: pl.DataFrame  # optimizer x QK-Norm: difference in differences, both selections
     robust: pl.DataFrame  # bias-corrected and centred q/k PR effects, both selections
@@ -92,9 +98,11 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     res = load_results(results_dir)
     feats = build_features(res)
     finals = final_values(res.trials, feats)
+    best = best_lrs(finals)  # the only place the best LRs are chosen; everything below reads them
+    curve = lr_curve(finals)
     per_trial = collapse_per_trial(feats.curves, finals)
     per_arm = collapse_per_arm(per_trial, n_boot=min(n_boot, 1000), seed=seed)
-    px = paradox_results(finals, layer_finals(finals, feats))
+    px = paradox_results(finals, best, layer_finals(finals, feats))
     by_status = {s: int(n) for s, n in res.trials.group_by("status").len().sort("status").iter_rows()}
     reasons = res.partial_reasons()
     gaps = finals.filter(~pl.col("data_complete")).height
@@ -127,9 +135,10 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
         results=res,
         features=feats,
         finals=finals,
+        best_lrs=best,
         collapse_trial=per_trial,
         collapse_arm=per_arm,
-        scaling=width_scaling(per_trial, best_lrs(lr_curve(finals))),
+        scaling=width_scaling(per_trial, best),
         paradox=px.pooled,
         paradox_best=px.best,
         regression=px.regression,
@@ -138,8 +147,8 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
         interaction=px.did,
         robust=px.robust,
         brackets=px.brackets,
-        lr_curve=lr_curve(finals),
-        sensitivity=lr_sensitivity(finals),
+        lr_curve=curve,
+        sensitivity=lr_sensitivity(curve, best),
         status=status_table(res.trials),
         verdict=verdict,
     )
@@ -213,10 +222,6 @@ def publish_report(r: Report, out) -> Path | UriPath:
     if not isinstance(target, UriPath):
         write_report(r, target)
         return target
-    import tempfile
-
-    import pyarrow.fs as pafs
-
     with tempfile.TemporaryDirectory(prefix="qk-report-") as tmp:
         write_report(r, Path(tmp))
         target.fs.create_dir(target.key, recursive=True)

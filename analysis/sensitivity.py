@@ -1,4 +1,7 @@
-"""Loss against learning rate per arm, the best LR, and LR sensitivity (Wortsman et al. 2023).
+"""Loss against learning rate per arm, each arm's best LR, and LR sensitivity (Wortsman et al. 2023).
+
+`best_lrs` is the one place the best LR is chosen: the report calls it once (Report.best_lrs) and
+passes the table to every selection, table and figure "at the best LR".
 
 LR sensitivity of an arm = mean over its LR grid of min(L(lr), L_init) - min over lr of L(lr),
 where L(lr) is the final val loss and L_init the loss at initialisation. A diverged trial counts
@@ -50,8 +53,16 @@ def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def best_lrs(curve: pl.DataFrame) -> pl.DataFrame:
-    """The LR with the lowest mean clipped loss, per arm."""
+def best_lrs(finals: pl.DataFrame) -> pl.DataFrame:
+    """Each arm's best LR: the one place the report chooses it (analysis.report.analyse calls it
+    once; every table and figure at "the best LR" reads its result).
+
+        best_lr(arm) = argmin over lr of mean_loss(arm, lr)
+
+    with mean_loss the seed mean of the clipped final val loss (`lr_curve`); LRs whose mean is
+    null or NaN are left out, and a tie goes to the lower LR. Columns: the arm keys (`arm_keys`),
+    best_lr, best_loss (that mean)."""
+    curve = lr_curve(finals)
     ARM = arm_keys(curve)  # noqa: N806
     return (
         curve.filter(pl.col("mean_loss").is_not_null() & pl.col("mean_loss").is_not_nan())
@@ -62,10 +73,11 @@ def best_lrs(curve: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def lr_sensitivity(finals: pl.DataFrame) -> pl.DataFrame:
-    ARM = arm_keys(finals)  # noqa: N806
-    curve = lr_curve(finals)
-    best = best_lrs(curve)
+def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
+    """Per arm: the grid (n_lrs, lr_min, lr_max), best_lr and best_loss (from `best`, the
+    `best_lrs` table), init_loss, n_diverged and lr_sensitivity = mean_loss over the grid minus
+    best_loss (the module's formula), from `curve` (`lr_curve`)."""
+    ARM = arm_keys(curve)  # noqa: N806
     return (
         curve.group_by(*ARM)
         .agg(
@@ -83,15 +95,15 @@ def lr_sensitivity(finals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def bracketing(curve: pl.DataFrame) -> pl.DataFrame:
-    """Per arm: best_lr, the grid's lr_min / lr_max / n_lrs, and `interior` (an LR tried below and
-    above the best), `edge` ("low", "high" or null)."""
+def bracketing(curve: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
+    """Per arm of `best` (the `best_lrs` table): best_lr, best_loss, the grid's lr_min / lr_max /
+    n_lrs (the LRs of `curve` with a mean loss), and `interior` (an LR tried below and above the
+    best), `edge` ("low", "high" or null)."""
     ARM = arm_keys(curve)  # noqa: N806
     ok = curve.filter(pl.col("mean_loss").is_not_null() & pl.col("mean_loss").is_not_nan())
     grid = ok.group_by(*ARM).agg(
         pl.len().alias("n_lrs"), pl.col("lr").min().alias("lr_min"), pl.col("lr").max().alias("lr_max")
     )
-    best = best_lrs(curve)
     return (
         best.join(grid, on=ARM, how="left")
         .with_columns(

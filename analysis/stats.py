@@ -1,6 +1,6 @@
 """Small statistical helpers: t intervals of means (the intervals of every mean paired difference
-in the report), paired tests, Holm's correction, and a seeded percentile bootstrap (kept for
-medians; it under-covers for means of few pairs: 81% at n = 4)."""
+in the report), paired tests, Holm's correction, and a seeded percentile bootstrap (for medians;
+it under-covers for means of few pairs: 81% at n = 4)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from .paradox import COLUMNS, DECIDE, DID_COLUMNS
+from .interaction import DID_COLUMNS
+from .paradox import COLUMNS, DECIDE
 from .tables import fmt, to_markdown, to_text
 
 if TYPE_CHECKING:  # report.py imports this module

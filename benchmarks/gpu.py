@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from orchestrator.costs import GPUS, flops_per_token
+from orchestrator.spec.costs import GPUS, flops_per_token
 from trainer.cadence import eval_steps, regular_steps
 from trainer.config import TrialConfig
 from trainer.data import load_tokens, train_batch
@@ -161,7 +161,7 @@ def measure_steps(cfg: TrialConfig, shape: dict, tokens) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg).to(device)
+    model = GPT(cfg.architecture()).to(device)
     forward = torch.compile(model) if cfg.compile else model
     optimizers = build_optimizers(model, cfg, device)
     autocast = autocast_for(cfg, device)
@@ -435,7 +435,7 @@ def overlapped_throughput(results: list[dict]) -> tuple[float, float, bool]:
 def sharing_rows(shape: dict, args, budget: Budget) -> list[Row]:
     import ray
 
-    from orchestrator.runtime import start_ray
+    from orchestrator.tune.runtime import start_ray
 
     on_gpu = args.device == "cuda"
     gpus = torch.cuda.device_count() if on_gpu else 0

@@ -2,10 +2,9 @@
 
     python -m benchmarks.report [--metric-rows 10000000] [--spectra-rows 100000] [--keep DIR]
 
-Writes a synthetic results folder (tests/synthetic_data.py: 2 optimizers x 4 qk_norm x 3 widths
-x 6 LRs x as many seeds as the row target needs) under a temporary folder, runs the report in a
-child process, and prints the child's wall time and peak RSS against the targets (30 s, 3 GB).
-Run it from the repository root: the generator is test support and is not installed.
+Writes a synthetic results folder (benchmarks.synthetic_results: 2 optimizers x 4 qk_norm x 3
+widths x 6 LRs x as many seeds as the row target needs) under a temporary folder, runs the report
+in a child process, and prints the child's wall time and peak RSS against the targets (30 s, 3 GB).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.synthetic_data import SyntheticSpec, eval_steps, write_results
+from benchmarks.synthetic_results import SyntheticSpec, eval_steps, write_results
 
 TARGET_S, TARGET_GB = 30.0, 3.0
 

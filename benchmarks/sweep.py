@@ -1,9 +1,10 @@
 """Sweep efficiency on CPUs: how much of the machine goes to training, how much to Ray and Tune.
 
-    python benchmarks/sweep.py [--steps 200] [--width 64] [--num-cpus N] [--results DIR]
+    python -m benchmarks.sweep [--steps 200] [--width 64] [--num-cpus N] [--results DIR]
 
-Runs a 16-trial sweep (adamw/muon x none/rms x 2 LRs x 2 seeds, one CPU per trial) through the
-real `python -m orchestrator.sweep` code path on a private local Ray and prints
+Runs a 16-trial sweep (adamw/muon x none/rms x 2 LRs x 2 seeds, one CPU per trial) through
+`orchestrator.run_sweep` (the same library call as `python -m orchestrator.sweep`) on a private
+local Ray and prints
 
     efficiency = (sum of trial training time) / (wall time x concurrent slots)     target >= 0.85
     overhead per trial = (wall time x slots - sum of training time) / trials       seconds
@@ -19,16 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import polars as pl
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from orchestrator import run_sweep
+from trainer.schema import SWEEP_JSON, TRIALS_FILE
 
 TARGET = 0.85
 
@@ -63,7 +65,7 @@ def bench_spec(steps: int, width: int) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        prog="python benchmarks/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--steps", type=int, default=200, help="steps per trial (default 200, ~8 s at width 64)")
     p.add_argument("--width", type=int, default=64)
@@ -75,11 +77,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import polars as pl
-
-    from orchestrator import sweep
-    from trainer.schema import SWEEP_JSON, TRIALS_FILE
-
     keep = args.results is not None
     root = Path(args.results) if keep else Path(tempfile.mkdtemp(prefix="qk-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -87,7 +84,7 @@ def main(argv=None) -> int:
     config.write_text(yaml.safe_dump(bench_spec(args.steps, args.width)))
     cpus = args.num_cpus or os.cpu_count() or 1
     t0 = time.perf_counter()
-    code = sweep.main(["--config", str(config), "--results", str(root), "--local", "--num-cpus", str(cpus), "--quiet"])
+    code = run_sweep(config, results=root, local=True, num_cpus=cpus, quiet=True).exit_code
     total = time.perf_counter() - t0
     if code != 0:
         print(f"benchmark sweep failed (exit {code})", file=sys.stderr)
@@ -125,8 +122,6 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(figures))
     if not keep:
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
     return 0 if figures["efficiency_fit"] >= TARGET else 1
 

@@ -1,6 +1,7 @@
 """Trainer throughput on CPU: tokens/s with and without the probe, and Muon vs AdamW step time.
 
-    python -m benchmarks.trainer [--widths 128 256] [--steps 300] [--threads 1] [--batch 16] [--only reference|probe] [--compile]
+    python -m benchmarks.trainer [--widths 128 256] [--steps 300] [--threads 1] [--batch 16]
+                                 [--only reference|probe|kernels] [--compile]
 
 Model: depth 2, d_head 32, seq_len 128, byte tokens from the stdlib corpus.
 First, the project's model against a plain nanoGPT-style reference with the same shapes (fused qkv
@@ -14,19 +15,26 @@ Every figure is a ratio inside one run (this machine is noisy). The cost of eval
 as: measured (tokens/s with the default cadence vs none), evals derived (every eval of the schedule
 timed alone, divided by the training time: far less noisy) and probe derived (the same minus what a
 trainer without the probe spends on val loss at the regular steps: the probe's own cost).
+`--only kernels`: the trainer's train step (batch --batch) at qk_norm none and rms with every fast
+path of trainer.kernels on, and with each turned off alone (its generic path instead), interleaved
+step by step and timed in CPU seconds (blind to other processes' load); off/on - 1 is what that
+kernel saves.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer import kernels
 from trainer.cadence import eval_steps, regular_steps
 from trainer.config import TrialConfig
 from trainer.data import load_tokens, train_batch
@@ -92,7 +100,7 @@ def versus_reference(
     gradients then slow the flash-attention backward and the matmuls several-fold as training goes
     on). `reference_ftz` is the reference with flushing too: the like-for-like figure."""
     torch.manual_seed(0)
-    project = GPT(cfg)
+    project = GPT(cfg.architecture())
     reference, reference_ftz = ReferenceGPT(cfg), ReferenceGPT(cfg)
     reference_ftz.load_state_dict(reference.state_dict())
 
@@ -109,7 +117,7 @@ def versus_reference(
         "reference_ftz": (reference_ftz, nanogpt_adamw(reference_ftz), True),
     }
     if compile_:
-        compiled = GPT(cfg)
+        compiled = GPT(cfg.architecture())
         runs["compiled"] = (torch.compile(compiled), build_optimizers(compiled, cfg, torch.device("cpu")), True)
     batches = [tuple(torch.from_numpy(a) for a in train_batch(tokens, cfg, s)) for s in range(4)]
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -126,6 +134,36 @@ def versus_reference(
                     opt.zero_grad(set_to_none=True)
                 if r:
                     times[name].append(time.perf_counter() - t0)
+    torch.set_flush_denormal(False)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def kernel_steps(cfg: TrialConfig, tokens, rounds: int = 30) -> dict[str, float]:
+    """Median CPU seconds of the trainer's train step (forward, backward, clip, optimizer steps) with
+    every fast path of trainer.kernels on ("all") and with each turned off alone (its name); one model,
+    one step per path in turn, denormals flushed as the trainer does. CPU time of this process, not
+    wall time: with one thread it is the step time on a core of its own, and other processes' load on
+    a shared machine leaves it alone."""
+    torch.manual_seed(0)
+    model = GPT(cfg.architecture())
+    optimizers = build_optimizers(model, cfg, torch.device("cpu"))
+    batches = [tuple(torch.from_numpy(a) for a in train_batch(tokens, cfg, s)) for s in range(4)]
+    variants = ["all", *kernels.FAST]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    torch.set_flush_denormal(True)
+    for r in range(rounds + 1):  # round 0 warms up
+        x, y = batches[r % len(batches)]
+        for name in variants:
+            with kernels.generic(name) if name != "all" else nullcontext():
+                t0 = time.process_time()
+                _, loss = model(x, y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                if r:
+                    times[name].append(time.process_time() - t0)
     torch.set_flush_denormal(False)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -189,10 +227,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (a CPU sweep gives each trial 1)")
     p.add_argument("--batch", type=int, default=16, help="train batch of the probe table (the trainer's default)")
     p.add_argument(
-        "--only", choices=("reference", "probe"), help="run only the reference comparison or the probe table"
+        "--only",
+        choices=("reference", "probe", "kernels"),
+        help="run only the reference comparison, the probe table, or the table of trainer.kernels' fast paths",
     )
     p.add_argument(
-        "--rounds", type=int, default=10, help="interleaved rounds (3 steps each) of the reference comparison"
+        "--rounds",
+        type=int,
+        default=10,
+        help="interleaved rounds of the reference comparison (3 steps each); --only kernels runs 3x as many of 1 step",
     )
     p.add_argument("--compile", action="store_true", help="also time the project's model under torch.compile")
     args = p.parse_args(argv)
@@ -211,6 +254,21 @@ def main(argv=None) -> int:
     tokens = load_tokens(TrialConfig(**base))
     tok_per_step = base["batch_size"] * base["seq_len"]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps, {tok_per_step} tokens/step")
+    if args.only == "kernels":
+        print(
+            f"trainer.kernels: CPU ms of a train step at batch {args.batch} x 128, each fast path off alone vs all on"
+        )
+        print(f"{'width':>5} {'qk_norm':>7} {'kernel':>12} {'step ms':>8} {'off ms':>8} {'saves':>7}")
+        for width, qk_norm in itertools.product(args.widths, ("none", "rms")):
+            cfg = TrialConfig(**{**base, "batch_size": args.batch}, width=width, qk_norm=qk_norm)
+            s = kernel_steps(cfg, tokens, 3 * args.rounds)
+            for name in kernels.FAST:
+                print(
+                    f"{width:>5} {qk_norm:>7} {name:>12} {s['all'] * 1000:>8.1f} {s[name] * 1000:>8.1f} "
+                    f"{s[name] / s['all'] - 1:>7.1%}",
+                    flush=True,
+                )
+        return 0
     if args.only != "probe":
         print(
             f"{'width':>5} {'project tok/s':>14} {'nanoGPT-style tok/s':>20} {'ratio':>6} "

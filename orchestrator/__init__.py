@@ -1,12 +1,16 @@
-"""Ray Tune sweeps and Optuna LR studies over the trainer; `python -m orchestrator.sweep` is the CLI.
+"""Ray Tune sweeps and Optuna LR studies over the trainer.
 
     import orchestrator
-    res = orchestrator.run_sweep("smoke", results="/tmp/r")   # -> SweepResult(results=..., grid=ResultGrid)
+    res = orchestrator.run_sweep("smoke", results="/tmp/r")   # -> SweepResult(results=..., exit_code=..., grid)
 
-`import orchestrator` stays light: `orchestrator.api` imports Ray, Tune and torch only when
-`run_sweep` is called.
+The commands `python -m orchestrator.sweep` and `python -m orchestrator.lr_study` and this Python
+API parse their arguments into typed options (options.py) and make one library call each in the
+Ray Tune layer (orchestrator.tune), after the spec layer (orchestrator.spec, no Ray) has validated
+everything. `import orchestrator` stays light: Ray, Tune and torch are imported when `run_sweep`
+is called.
 """
 
-from .api import SweepResult, run_sweep
+from .api import run_sweep
+from .options import StudyOptions, SweepOptions, SweepResult
 
-__all__ = ["SweepResult", "run_sweep"]
+__all__ = ["StudyOptions", "SweepOptions", "SweepResult", "run_sweep"]

@@ -6,6 +6,7 @@ import copy
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,12 +16,23 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from orchestrator.bundled import SWEEPS_DIR
+from orchestrator.spec.files import SWEEPS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())
 SMOKE_SWEEP = SMOKE  # the name tests/reliability uses
 SECONDS = 15  # a refusal: validation is milliseconds; the rest is Python importing ray/torch
+
+
+def cli_args(config, results, *extra) -> list[str]:
+    """The arguments of `orchestrator.sweep` (or `orchestrator.lr_study`): --config CONFIG --results
+    RESULTS, then `extra`; every item as a string."""
+    return ["--config", str(config), "--results", str(results), *map(str, extra)]
+
+
+def sweep_command(config, results, *extra) -> list[str]:
+    """A sweep as a subprocess: `python -m orchestrator.sweep` with `cli_args`."""
+    return [sys.executable, "-m", "orchestrator.sweep", *cli_args(config, results, *extra)]
 
 
 def write_spec(folder: Path, name: str = "t", *, grid=None, train=None, **top) -> Path:

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import os
 
+from .architecture import parameter_count
 from .config import ConfigError, TrialConfig
-
-
-def parameter_count(cfg: TrialConfig) -> int:
-    """Embedding + output head + per block: q, k, v, o (4 w^2) and the MLP (2 mlp_ratio w^2)."""
-    w = cfg.width
-    return 2 * cfg.vocab_size * w + cfg.depth * (4 + 2 * cfg.mlp_ratio) * w * w
 
 
 def estimate_bytes(cfg: TrialConfig) -> int:
     """Rough memory of one training step: state (16 B/parameter) + activations + logits."""
     tokens = cfg.batch_size * cfg.seq_len
-    state = 16 * parameter_count(cfg)
+    state = 16 * parameter_count(cfg.architecture())
     activations = 4 * tokens * cfg.depth * cfg.width * (12 + 2 * cfg.mlp_ratio)
     logits = 4 * 3 * tokens * cfg.vocab_size  # logits, their softmax and gradient
     return state + activations + logits

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .architecture import ModelConfig
 from .errors import ConfigError, short_repr  # noqa: F401 - re-exported: trainer.config.ConfigError is the name used
 from .schema import OPTIMIZERS, QK_NORM_VARIANTS
 
@@ -155,6 +156,20 @@ class TrialConfig(BaseModel):
     @property
     def n_heads(self) -> int:
         return self.width // self.d_head
+
+    def architecture(self) -> ModelConfig:
+        """The fields trainer.model.GPT is built from."""
+        return ModelConfig(
+            vocab_size=self.vocab_size,
+            width=self.width,
+            depth=self.depth,
+            d_head=self.d_head,
+            mlp_ratio=self.mlp_ratio,
+            qk_norm=self.qk_norm,
+            seq_len=self.seq_len,
+            init=self.init,
+            init_std=self.init_std,
+        )
 
     def canonical_json(self) -> str:
         """Sorted JSON of every field that changes training: the identity of a trial (an output

@@ -3,7 +3,7 @@
 `adamw`: AdamW on every parameter (decay on 2-D matrices only).
 `muon`:  Muon on the hidden 2-D matrices (attention q/k/v/o, MLP up/down); AdamW on the
          embedding, the output head and every norm gain. One peak LR serves both arms: Muon's
-         step is rescaled with match_rms_adamw (lr * 0.2 * sqrt(max(A, B))), as in torch.optim.Muon.
+         step is rescaled by match_rms_adamw, as in torch.optim.Muon.
 
 torch.optim.Muon always runs Newton-Schulz in bfloat16, which is ~60x slower than fp32 on CPUs
 without bf16 units; this Muon takes the dtype as an argument (fp32 on CPU, bf16 on CUDA) and is
@@ -25,7 +25,19 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 def newton_schulz(
     G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Approximately orthogonalise G (push its singular values towards ~1) with a quintic iteration."""
+    """G = U S V^T (m x n) -> approximately U S' V^T with S' near 1: Newton-Schulz orthogonalisation.
+
+    X starts as G / ||G||_F, which puts every singular value in [0, 1] (the spectral norm is at most
+    the Frobenius norm), transposed so that m <= n and A is the smaller Gram matrix. Each of `steps`
+    iterations is the quintic
+        X <- a X + (b A + c A^2) X,   A = X X^T,
+    which keeps U and V and maps every singular value s to a s + b s^3 + c s^5. The coefficients
+    (a, b, c) = (3.4445, -4.7750, 2.0315) are Keller Jordan's (KellerJordan/Muon, muon.py), chosen to
+    maximise the slope at zero, a, so that small singular values grow fast, at the price of not
+    converging to 1: after 5 steps (in fp32) every singular value of G / ||G||_F above 3e-3 lands
+    in [0.68, 1.20] (muon.py: "S'_ii ~ Uniform(0.5, 1.5), which turns out not to hurt model performance
+    at all relative to UV^T"). The result is U S' V^T, not U V^T.
+    """
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
     transposed = G.size(0) > G.size(1)
@@ -40,12 +52,23 @@ def newton_schulz(
 
 
 def match_rms_adamw(lr: float, shape: torch.Size) -> float:
-    """Muon's LR such that its update RMS matches AdamW's at the same nominal LR."""
+    """Muon's step size for an A x B matrix at the AdamW-scale LR `lr`: lr * 0.2 * sqrt(max(A, B)).
+
+    An orthogonal A x B update (min(A, B) singular values of 1) has RMS 1/sqrt(max(A, B)); the factor
+    gives Muon's update the RMS 0.2 that AdamW's updates typically have, so one LR axis serves both
+    optimizers. From Moonshot AI's "Muon is Scalable for LLM Training" (2025), as torch.optim.Muon's
+    adjust_lr_fn="match_rms_adamw".
+    """
     return lr * 0.2 * math.sqrt(max(shape[0], shape[1]))
 
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, then Newton-Schulz orthogonalisation. Only for 2-D hidden weights."""
+    """Muon: momentum, orthogonalised. Per matrix W with gradient G and momentum buffer M:
+        M <- momentum M + (1 - momentum) G
+        U  = momentum M + (1 - momentum) G                       (Nesterov)
+        W <- (1 - lr weight_decay) W - match_rms_adamw(lr, W.shape) newton_schulz(U)
+    Only for hidden 2-D weights: the embedding, the output head and the gains go to AdamW
+    (split_parameters). Newton-Schulz runs in `ns_dtype`."""
 
     def __init__(
         self,

@@ -14,28 +14,6 @@ if TYPE_CHECKING:  # the config pulls in pydantic and yaml; a row builder only r
     from .config import TrialConfig
 
 
-# The columns `trial_row` fills from the TrialConfig alone; the others are the trial's outcome.
-CONFIG_COLUMNS = (
-    "trial_id",
-    "optimizer",
-    "qk_norm",
-    "width",
-    "depth",
-    "n_heads",
-    "d_head",
-    "lr",
-    "seed",
-    "steps_planned",
-    "config_json",
-)
-
-
-def outcome(row: dict) -> dict:
-    """A trials row less its CONFIG_COLUMNS: what a trial reports at its end (whoever holds its
-    config has the rest)."""
-    return {k: v for k, v in row.items() if k not in CONFIG_COLUMNS}
-
-
 def trial_row(
     cfg: TrialConfig,
     corpus_hash: str | None,

@@ -7,10 +7,13 @@ import polars as pl
 import pytest
 from scipy.optimize import curve_fit
 
-from analysis.collapse import collapse_per_arm, collapse_per_trial, fit_decay, width_scaling
-from analysis.features import build_features, final_values
+from analysis.collapse import collapse_per_arm, collapse_per_trial
+from analysis.decay import fit_decay
+from analysis.features import build_features
+from analysis.finals import final_values
 from analysis.load import load_results
-from tests.synthetic_data import SyntheticSpec, TrialKey, write_results
+from analysis.scaling import width_scaling
+from benchmarks.synthetic_results import SyntheticSpec, TrialKey, write_results
 
 GRID = dict(
     optimizers=("adamw",), qk_norms=("none",), lrs=(1e-2,), seeds=(0, 1, 2, 3), steps=400, eval_every=20, spectra="none"

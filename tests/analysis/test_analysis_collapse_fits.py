@@ -7,15 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analysis.collapse import (
-    MIN_FIT_POINTS,
-    N_PARAMS,
-    censored_median,
-    collapse_per_arm,
-    collapse_per_trial,
-    fit_decay,
-    width_scaling,
-)
+from analysis.collapse import censored_median, collapse_per_arm, collapse_per_trial
+from analysis.decay import MIN_FIT_POINTS, N_PARAMS, fit_decay
+from analysis.scaling import width_scaling
 
 # The trainer's dense early cadence (trainer/cadence.py, eval_every 25, 300 steps).
 DENSE = np.array([0, 1, 2, 3, 4, 7, 10, 15, 23, *range(25, 301, 25)], float)

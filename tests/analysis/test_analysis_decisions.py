@@ -12,11 +12,14 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analysis.paradox import DECIDE, cell_table, did_table, judge, paradox_table
-from analysis.sensitivity import bracketing, lr_curve
+from analysis.breakdown import cell_table
+from analysis.interaction import did_table
+from analysis.judge import judge
+from analysis.paradox import DECIDE, paradox_table
+from analysis.sensitivity import best_lrs, bracketing, lr_curve
 from analysis.stats import bootstrap_ci, mean_ci
 from analysis.verdict import build_verdict, paradox_results
-from tests.synthetic_data import Effect, SyntheticSpec, trial_finals
+from benchmarks.synthetic_results import Effect, SyntheticSpec, trial_finals
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # brackets both planted optima (adamw 1e-2, muon 3e-2)
 SEEDS = (0, 1, 2, 3)
@@ -31,12 +34,12 @@ def finals_of(**kw) -> pl.DataFrame:
 
 def decide(df: pl.DataFrame) -> dict[str, dict]:
     """The deciding judgement per optimizer (variant rms), without the Wilcoxon check."""
-    table = paradox_table(df, "best_lr", wilcoxon=False)
+    table = paradox_table(df, "best_lr", wilcoxon=False, best=best_lrs(df))
     return {o: judge(table, o, "rms") for o in OPTS}
 
 
 def verdict_of(df: pl.DataFrame) -> dict:
-    return build_verdict(paradox_results(df), {"partial": False})
+    return build_verdict(paradox_results(df, best_lrs(df)), {"partial": False})
 
 
 # ---- (c) intervals that cover -----------------------------------------------------------------
@@ -94,7 +97,7 @@ def null_rates(n_sets: int = 200) -> dict[str, float]:
         js = decide(df)
         claims += any(j["better_loss"] or j["worse_rank"] or j["paradox"] for j in js.values())
         directions += any(d != "no_difference" for j in js.values() for d in j["directions"].values())
-        did = did_table(df, "best_lr").filter(pl.col("metric").is_in(DECIDE))
+        did = did_table(df, "best_lr", best_lrs(df)).filter(pl.col("metric").is_in(DECIDE))
         did_claims += bool((did["p_holm"].fill_null(1.0) < 0.05).any())
     return {"claim": claims / n_sets, "direction": directions / n_sets, "did": did_claims / n_sets}
 
@@ -145,7 +148,7 @@ def test_help_only_away_from_the_best_lr_is_not_better_loss():
     text = "\n".join(v["headline"])
     assert "POOLED AND BEST-LR DISAGREE" in text and "val loss pooled lower" in text
     # the per-cell table shows where it helps
-    cells = cell_table(df).filter(
+    cells = cell_table(df, best_lrs(df)).filter(
         (pl.col("optimizer") == "adamw") & (pl.col("selection") == "cell") & (pl.col("metric") == "final_val_loss")
     )
     by_lr = dict(cells.group_by("lr").agg(pl.col("mean_diff").mean()).iter_rows())
@@ -177,7 +180,7 @@ def test_an_unbracketed_grid_gives_lr_bracketed_false_and_a_warning():
 
 def test_bracketing_needs_an_lr_on_each_side():
     df = finals_of(lrs=(1e-2, 3e-2))
-    b = bracketing(lr_curve(df))
+    b = bracketing(lr_curve(df), best_lrs(df))
     assert not b["interior"].any() and set(b["edge"]) <= {"low", "high"}
 
 
@@ -206,7 +209,7 @@ def test_rank_increase_over_many_datasets_never_worse_rank():
 def test_did_detects_a_planted_optimizer_by_qk_norm_interaction():
     effects = {("adamw", "rms"): Effect(loss=-0.04, pr=-0.03), ("muon", "rms"): Effect(pr=0.02)}
     df = finals_of(effects=effects, rng_seed=7)
-    did = did_table(df, "best_lr")
+    did = did_table(df, "best_lr", best_lrs(df))
     rows = {r["metric"]: r for r in did.iter_rows(named=True)}
     assert rows["final_pr_q"]["n_pairs"] == 8  # 2 widths x 4 seeds
     assert rows["final_pr_q"]["mean_diff"] == pytest.approx(0.05, abs=0.01)
@@ -222,7 +225,7 @@ def test_did_power_on_a_planted_interaction():
     hits = 0
     for i in range(40):
         df = finals_of(effects={("muon", "rms"): Effect(pr=0.02)}, rng_seed=50_000 + i)
-        r = did_table(df, "best_lr").filter(pl.col("metric") == "final_pr_q").row(0, named=True)
+        r = did_table(df, "best_lr", best_lrs(df)).filter(pl.col("metric") == "final_pr_q").row(0, named=True)
         hits += r["p_holm"] is not None and r["p_holm"] < 0.05
     assert hits / 40 >= 0.8
 
@@ -230,15 +233,17 @@ def test_did_power_on_a_planted_interaction():
 # ---- pairing and robustness ----------------------------------------------------------------
 def test_init_is_part_of_the_arm_and_pairs_never_cross_it():
     df = finals_of(init_stds=(0.02, 0.005), seeds=(0, 1, 2), widths=(64,))
-    table = paradox_table(df, "best_lr")
+    table = paradox_table(df, "best_lr", best=best_lrs(df))
     # 1 width x 3 seeds x 2 inits, each init tuned and paired on its own
     assert (table["n_pairs"] == 6).all()
-    best = bracketing(lr_curve(df))
+    best = bracketing(lr_curve(df), best_lrs(df))
     assert best.height == 2 * 2 * 2 and set(best["init_key"]) == {"normal:0.02", "normal:0.005"}
     # a null effect stays null although the inits' losses differ a lot
     assert all(d == "no_difference" for d in judge(table, "adamw", "rms")["directions"].values())
     # per-cell rows never pool inits: one row per (width, lr, init), the init's 3 seeds each
-    cells = cell_table(df).filter((pl.col("selection") == "cell") & (pl.col("metric") == "final_val_loss"))
+    cells = cell_table(df, best_lrs(df)).filter(
+        (pl.col("selection") == "cell") & (pl.col("metric") == "final_val_loss")
+    )
     assert set(cells["init_key"]) == {"normal:0.02", "normal:0.005"}
     assert (cells["n_pairs"] == 3).all()
     assert cells.select("optimizer", "qk_norm", "width", "lr", "init_key").is_unique().all()
@@ -265,7 +270,9 @@ def test_results_without_the_new_metrics_report_robustness_unavailable():
 
 
 def test_cells_have_the_forest_plot_columns():
-    cells = cell_table(finals_of(), paradox_table(finals_of(), "best_lr"))
+    df = finals_of()
+    best = best_lrs(df)
+    cells = cell_table(df, best, paradox_table(df, "best_lr", best=best))
     assert cells.columns == [
         "optimizer",
         "qk_norm",
@@ -288,7 +295,7 @@ def test_cells_have_the_forest_plot_columns():
 # ---- end to end ----------------------------------------------------------------------------
 def test_end_to_end_report_is_deterministic_and_has_the_new_tables(tmp_path):
     from analysis.report import analyse
-    from tests.synthetic_data import write_results
+    from benchmarks.synthetic_results import write_results
 
     spec = SyntheticSpec(
         effects={("adamw", "rms"): Effect(loss=-0.05, pr=-0.08), ("muon", "rms"): Effect(pr=0.05)},
@@ -325,7 +332,7 @@ def test_the_verdict_names_each_layer_and_flags_a_layer_that_disagrees_with_the_
         .otherwise(pl.col("final_pr_q"))
         .alias("final_pr_q")
     )
-    v = build_verdict(paradox_results(trials, layers), {"partial": False})
+    v = build_verdict(paradox_results(trials, best_lrs(trials), layers), {"partial": False})
     j = v["comparisons"]["adamw"]["rms"]
     assert j["layers"]["directions"]["final_pr_q"] == {"0": "no_difference", "1": "higher"}
     assert j["directions"]["final_pr_q"] == "no_difference" and not j["layers"]["agree_with_average"]
@@ -335,7 +342,7 @@ def test_the_verdict_names_each_layer_and_flags_a_layer_that_disagrees_with_the_
 
 def test_per_layer_pairs_are_the_deciding_pairs_when_the_arms_best_lrs_differ():
     trials = finals_of(rng_seed=7)
-    none_best = bracketing(lr_curve(trials)).filter(pl.col("qk_norm") == "none")
+    none_best = bracketing(lr_curve(trials), best_lrs(trials)).filter(pl.col("qk_norm") == "none")
     # move rms's optimum away from none's: rms is much worse at none's best LR
     penalty = pl.lit(0.0)
     for r in none_best.iter_rows(named=True):
@@ -347,11 +354,11 @@ def test_per_layer_pairs_are_the_deciding_pairs_when_the_arms_best_lrs_differ():
         )
         penalty = pl.when(at).then(pl.lit(1.0)).otherwise(penalty)
     trials = trials.with_columns(pl.col("final_val_loss") + penalty)
-    best = bracketing(lr_curve(trials))
+    best = bracketing(lr_curve(trials), best_lrs(trials))
     shifted = best.pivot(on="qk_norm", index=["optimizer", "width"], values="best_lr")
     assert (shifted["none"] != shifted["rms"]).all()
     layers = trials.join(pl.DataFrame({"layer": [0, 1]}), how="cross")
-    t = paradox_results(trials, layers)
+    t = paradox_results(trials, best_lrs(trials), layers)
     deciding = t.best.filter(pl.col("metric") == "final_pr_q").select("optimizer", "n_pairs")
     per_layer = t.layers.filter(pl.col("metric") == "final_pr_q").select("optimizer", "layer", "n_pairs")
     assert per_layer.height == 2 * 2

@@ -13,8 +13,10 @@ import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 
 from analysis import figures  # noqa: E402
+from analysis.figures.common import lr_axis, lr_label  # noqa: E402
+from analysis.figures.forest import FOREST_METRICS, forest_plot  # noqa: E402
 from analysis.report import analyse  # noqa: E402
-from tests.synthetic_data import Effect, SyntheticSpec, write_results  # noqa: E402
+from benchmarks.synthetic_results import Effect, SyntheticSpec, write_results  # noqa: E402
 
 LRS = (1e-3, 5e-3, 2.5e-2)
 
@@ -82,13 +84,13 @@ def test_the_arm_without_fits_is_censored_and_still_drawn(drawn):
     ],
 )
 def test_lr_labels_are_the_grid_values(x, label):
-    assert figures.lr_label(x) == label
+    assert lr_label(x) == label
 
 
 def test_lr_axis_ticks_are_exactly_the_grid():
     fig, ax = plt.subplots()
     ax.plot(LRS, [1, 2, 3])
-    figures._lr_axis(ax, LRS)
+    lr_axis(ax, LRS)
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1e-3", "5e-3", "2.5e-2"]
     np.testing.assert_allclose(ax.get_xticks(), LRS)
@@ -100,7 +102,7 @@ def _cells() -> pl.DataFrame:
     for o in ("adamw", "muon"):
         for w in (64, 128):
             for lr in LRS:
-                for m in figures.FOREST_METRICS:
+                for m in FOREST_METRICS:
                     rows.append(
                         dict(
                             optimizer=o,
@@ -116,7 +118,7 @@ def _cells() -> pl.DataFrame:
                             selection="cell",
                         )
                     )
-            for m in figures.FOREST_METRICS:
+            for m in FOREST_METRICS:
                 rows.append(
                     dict(
                         optimizer=o,
@@ -132,7 +134,7 @@ def _cells() -> pl.DataFrame:
                         selection="best_lr",
                     )
                 )
-        for m in figures.FOREST_METRICS:
+        for m in FOREST_METRICS:
             rows.append(
                 dict(
                     optimizer=o,
@@ -152,11 +154,11 @@ def _cells() -> pl.DataFrame:
 
 
 def test_forest_plot_from_a_cells_frame(tmp_path):
-    path = figures.forest_plot(_cells(), tmp_path / "forest.png")
+    path = forest_plot(_cells(), tmp_path / "forest.png")
     img = mpimg.imread(path)
     assert img.shape[0] > 400 and img.shape[1] > 800
 
 
 def test_forest_plot_without_pairs_says_so(tmp_path):
-    path = figures.forest_plot(_cells().clear(), tmp_path / "forest.png")
+    path = forest_plot(_cells().clear(), tmp_path / "forest.png")
     assert path.exists()

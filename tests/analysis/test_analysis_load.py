@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.features import build_features, final_values
+from analysis.features import build_features
+from analysis.finals import final_values
 from analysis.load import ResultsError, load_results
 from analysis.report import main
-from tests.synthetic_data import SyntheticSpec, trial_finals, write_results
+from benchmarks.synthetic_results import SyntheticSpec, trial_finals, write_results
 
 SMALL = dict(
     optimizers=("adamw",),

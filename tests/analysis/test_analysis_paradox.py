@@ -8,14 +8,17 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from analysis.features import FINAL_PR, build_features, final_values
+from analysis.features import build_features
+from analysis.finals import FINAL_PR, final_values
+from analysis.interaction import did_table
+from analysis.judge import judge
 from analysis.load import load_results
-from analysis.paradox import did_table, judge, paradox_table, select
+from analysis.paradox import paradox_table, select
 from analysis.regression import regress
 from analysis.report import analyse
-from analysis.sensitivity import lr_sensitivity
+from analysis.sensitivity import best_lrs, lr_curve, lr_sensitivity
 from analysis.stats import holm
-from tests.synthetic_data import Effect, SyntheticSpec, trial_finals, write_results
+from benchmarks.synthetic_results import Effect, SyntheticSpec, trial_finals, write_results
 
 PLANTED = {("adamw", "rms"): Effect(loss=-0.05, pr=-0.08)}
 
@@ -81,7 +84,7 @@ def test_no_interaction_when_both_optimizers_share_the_effect():
     eff = Effect(loss=-0.05, pr=-0.08)
     df = finals_of(effects={("adamw", "rms"): eff, ("muon", "rms"): eff}, seeds=tuple(range(6)))
     for selection in ("all_lrs", "best_lr"):
-        did = did_table(df, selection)
+        did = did_table(df, selection, best_lrs(df))
         assert did.height == 5 and (did["p_holm"] >= 0.05).all()
 
 
@@ -128,10 +131,10 @@ def test_fewer_than_three_pairs_is_not_enough_data():
 
 def test_best_lr_pairs_each_arm_at_its_own_best_lr():
     df = finals_of(lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), seeds=(0, 1, 2))
-    best = select(df, "best_lr")
+    best = select(df, "best_lr", best_lrs(df))
     lrs = dict(best.group_by("optimizer").agg(pl.col("lr").unique()).iter_rows())
     assert lrs == {"adamw": [1e-2], "muon": [3e-2]}  # the planted optima of the loss bowl
-    t = paradox_table(df, "best_lr", n_boot=200)
+    t = paradox_table(df, "best_lr", n_boot=200, best=best_lrs(df))
     assert (t["n_pairs"] == 6).all()  # 2 widths x 3 seeds
 
 
@@ -164,6 +167,6 @@ def test_lr_sensitivity_follows_wortsman():
         dict(lr=1e-1, status="running", final_val_loss=None),  # left out
     ]
     df = pl.DataFrame([dict(r, optimizer="adamw", qk_norm="none", width=64, seed=0, init_loss=3.0) for r in rows])
-    s = lr_sensitivity(df).row(0, named=True)
+    s = lr_sensitivity(lr_curve(df), best_lrs(df)).row(0, named=True)
     assert s["best_lr"] == 1e-2 and s["best_loss"] == 1.5 and s["n_diverged"] == 1
     assert s["lr_sensitivity"] == pytest.approx((2.0 + 1.5 + 3.0) / 3 - 1.5)

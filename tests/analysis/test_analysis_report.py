@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from analysis.report import main
-from tests.synthetic_data import Effect, SyntheticSpec, write_results
+from benchmarks.synthetic_results import Effect, SyntheticSpec, write_results
 
 FIGURES = ("pr_over_training", "loss_vs_pr", "lr_sensitivity", "collapse_rate_vs_width")
 TABLES = (

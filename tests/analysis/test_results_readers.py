@@ -12,7 +12,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.load import METRICS_PL, check_parts, list_parts, scan
+from analysis.contract import METRICS_PL, check_parts, scan
+from analysis.paths import list_parts
 from trainer.schema import METRICS_KEY, SPECTRA_KEY
 from trainer.sink import TrialSink
 from trainer.storage import ResultsDir

@@ -29,7 +29,8 @@ cluster.wait_for_nodes()
 head_id = cluster.head_node.node_id
 import ray
 ray.init(address=cluster.address)
-from orchestrator import storage_probe, sweep
+from orchestrator import sweep
+from orchestrator.tune import storage_probe
 from trainer.storage import ResultsDir
 shared = storage_probe.check_shared_storage(ResultsDir(results + "/shared"))  # the real probe: same disk
 

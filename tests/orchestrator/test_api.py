@@ -14,7 +14,8 @@ import pytest
 
 import analysis
 import orchestrator
-from orchestrator.bundled import SWEEPS_DIR
+from orchestrator.spec.files import SWEEPS_DIR
+from tests.helpers import cli_args
 from trainer.config import ConfigError
 from trainer.schema import TRIALS_FILE
 
@@ -55,7 +56,7 @@ def test_run_sweep_returns_the_folder_and_tunes_result_grid(swept):
 def test_tunes_standard_outputs_are_written_and_restore_works(swept):
     from ray import tune
 
-    from orchestrator.trainable import train_trial
+    from orchestrator.tune.trainable import train_trial
 
     experiment = Path(swept.experiment)
     for trial_dir in (p for p in experiment.iterdir() if p.is_dir()):
@@ -153,7 +154,7 @@ def test_a_missing_callback_package_is_one_clear_line(tmp_path, monkeypatch, cap
 
     path = tmp_path / "cb.yaml"
     path.write_text(yaml.safe_dump(one_trial_spec("cb", ["wandb"])))
-    assert sweep.main(["--config", str(path), "--results", str(tmp_path)]) == 2
+    assert sweep.main(cli_args(path, tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "callbacks" in err and "pip install 'qk-collapse-sweep[wandb]'" in err, err
     assert not (tmp_path / "cb").exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator import sweep
-from tests.helpers import write_spec
+from tests.helpers import cli_args, write_spec
 from trainer.config import TrialConfig
 from trainer.model import GPT
 from trainer.schema import WEIGHTS_DIR
@@ -25,7 +25,7 @@ def checkpoints(folder: Path) -> list[Path]:
 
 def test_finished_trials_keep_no_checkpoints_and_save_final_weights(tmp_path, ray_session):
     config = write_spec(tmp_path, name="ck", grid=GRID, train={"checkpoint_every": 10, "save_final": True})
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     folder = tmp_path / "ck"
     assert (folder / "tune").is_dir() and checkpoints(folder) == []
     weights = sorted((folder / WEIGHTS_DIR).glob("*.pt"))
@@ -33,12 +33,12 @@ def test_finished_trials_keep_no_checkpoints_and_save_final_weights(tmp_path, ra
     state = torch.load(weights[0], weights_only=True)
     cfg = TrialConfig.model_validate_json(state["config_json"])
     assert state["trial_id"] == weights[0].stem and state["step"] == cfg.steps
-    GPT(cfg).load_state_dict(state["model"])  # every tensor, every name
+    GPT(cfg.architecture()).load_state_dict(state["model"])  # every tensor, every name
 
 
 def test_keep_best_leaves_one_checkpoint_per_trial(tmp_path, ray_session):
     config = write_spec(tmp_path, name="best", grid=GRID, train={"checkpoint_every": 10}, checkpoints={"keep": "best"})
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     found = checkpoints(tmp_path / "best")
     assert len(found) == 2 and len({p.parent for p in found}) == 2
     assert not (tmp_path / "best" / WEIGHTS_DIR).exists()  # save_final is off by default

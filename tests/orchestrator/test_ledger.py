@@ -1,11 +1,11 @@
-"""The driver's ledger files a trial's last report: the report carries the outcome, the ledger the config."""
+"""The driver's ledger files a trial's last report: the row the trial built, unchanged."""
 
 import json
 
-from orchestrator.ledger import Ledger
+from orchestrator.tune.ledger import Ledger
 from trainer.config import SMOKE, TrialConfig
 from trainer.storage import ResultsDir
-from trainer.trials import CONFIG_COLUMNS, outcome, read_trials, trial_row, write_trials
+from trainer.trials import read_trials, trial_row, write_trials
 
 
 def last_report(row: dict, **extra) -> dict:
@@ -13,18 +13,16 @@ def last_report(row: dict, **extra) -> dict:
         "attempt": "a1",
         "step": row["steps_done"] - 1,
         "final": True,
-        "row_json": json.dumps(outcome(row)),
+        "row_json": json.dumps(row),
         **extra,
     }
 
 
-def test_the_last_report_carries_no_config_columns_and_the_row_gets_them_back(tmp_path):
+def test_the_row_a_trial_reports_last_is_the_row_filed(tmp_path):
     cfg = TrialConfig(**SMOKE)
     tid = cfg.trial_id()
     done = trial_row(cfg, "c0ffee", "completed", steps_done=40, final_train_loss=2.5, final_val_loss=2.75, wall_s=3.0)
     report = last_report(done)
-    assert not set(json.loads(report["row_json"])) & set(CONFIG_COLUMNS)
-    assert "config_json" not in report["row_json"]
 
     ledger = Ledger(ResultsDir(tmp_path), corpus_hash="c0ffee")
     ledger.started(tid, cfg)

@@ -14,7 +14,7 @@ import subprocess
 import polars as pl
 import pytest
 
-from tests.helpers import completed_ids, run_logged, wait_for, write_spec
+from tests.helpers import completed_ids, run_logged, sweep_command, wait_for, write_spec
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
@@ -65,18 +65,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
         train={"steps": 600, "warmup": 20, "eval_every": 100, "checkpoint_every": 50},
         resources={"max_concurrent": 1},
     )
-    command = [
-        python,
-        "-m",
-        "orchestrator.sweep",
-        "--config",
-        str(config),
-        "--results",
-        str(tmp_path),
-        "--local",
-        "--num-cpus",
-        "1",
-    ]
+    command = sweep_command(config, tmp_path, "--local", "--num-cpus", "1")
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from orchestrator import lr_study, sweep
-from orchestrator.bundled import SWEEPS_DIR
-from tests.helpers import write_spec
+from orchestrator.spec.files import SWEEPS_DIR
+from tests.helpers import cli_args, write_spec
 from trainer.schema import LR_BEST_FILE, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -23,7 +23,7 @@ def studies(folder):
 
 
 def test_lr_study_resumes_and_feeds_a_sweep(tmp_path, capsys):
-    args = ["--config", str(SWEEPS_DIR / "lr_smoke.yaml"), "--results", str(tmp_path), "--trials", "3"]
+    args = cli_args(SWEEPS_DIR / "lr_smoke.yaml", tmp_path, "--trials", "3")
     assert lr_study.main(args) == 0
     out = capsys.readouterr().out
     folder = tmp_path / "lr_smoke"
@@ -58,7 +58,7 @@ def test_lr_study_resumes_and_feeds_a_sweep(tmp_path, capsys):
     config = write_spec(
         tmp_path, name="tuned", grid={"lr": {"from_study": str(folder), "multipliers": [0.5, 1.0]}, "seed": 0}
     )
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     swept = pl.read_parquet(tmp_path / "tuned" / TRIALS_FILE)
     assert swept.height == 8 and set(swept["status"]) == {"completed"}
     best_lr = dict(zip(best["arm"], best["best_lr"]))

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from orchestrator import lr_study, sweep
-from orchestrator.bundled import SWEEPS_DIR
-from orchestrator.spec import SweepSpec, check_results, expand, load_spec
-from orchestrator.study_spec import expand_arms, load_lr_spec
-from orchestrator.validation import AXES
-from tests.helpers import write_spec
+from orchestrator.spec import SweepSpec, expand, expand_arms, load_lr_spec, load_spec
+from orchestrator.spec.files import SWEEPS_DIR
+from orchestrator.spec.prepare import check_results
+from orchestrator.spec.validation import AXES
+from tests.helpers import cli_args, sweep_command, write_spec
 from trainer.config import ConfigError
 from trainer.schema import LR_BEST_FILE
 
@@ -134,7 +134,7 @@ def test_bad_input_exits_2_naming_field_and_value(case, tmp_path, capsys):
         text["name"] = name
         config.write_text(yaml.safe_dump(text))
     results = tmp_path / "results"
-    code = sweep.main(["--config", str(config), "--results", str(results), "--local"])
+    code = sweep.main(cli_args(config, results, "--local"))
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err  # one line
@@ -148,14 +148,14 @@ def test_bad_corpus_content_exits_2(tmp_path, capsys):
     empty.mkdir()
     (empty / "a.txt").write_bytes(b"")
     config = write_spec(tmp_path, train={"corpus": str(empty)})
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path / "r"), "--local"]) == 2
+    assert sweep.main(cli_args(config, tmp_path / "r", "--local")) == 2
     assert "corpus" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
 def test_missing_results_parent_exits_2(tmp_path, capsys):
     missing = tmp_path / "no" / "such" / "dir"
-    assert sweep.main(["--config", str(SWEEPS_DIR / "smoke.yaml"), "--results", str(missing), "--local"]) == 2
+    assert sweep.main(cli_args(SWEEPS_DIR / "smoke.yaml", missing, "--local")) == 2
     err = capsys.readouterr().err
     assert "results" in err and str(missing) in err
     assert not missing.parent.exists()
@@ -164,7 +164,7 @@ def test_missing_results_parent_exits_2(tmp_path, capsys):
 def test_results_that_is_a_file_exits_2(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    assert sweep.main(["--config", str(SWEEPS_DIR / "smoke.yaml"), "--results", str(target), "--local"]) == 2
+    assert sweep.main(cli_args(SWEEPS_DIR / "smoke.yaml", target, "--local")) == 2
     assert "results" in capsys.readouterr().err
 
 
@@ -179,7 +179,7 @@ def test_lr_study_bad_input_exits_2(tmp_path, capsys):
     spec["search"]["lr_max"] = 0.1
     path = tmp_path / "lr.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert lr_study.main(["--config", str(path), "--results", str(tmp_path / "r"), "--local"]) == 2
+    assert lr_study.main(cli_args(path, tmp_path / "r", "--local")) == 2
     err = capsys.readouterr().err
     assert "lr_min" in err and "0.5" in err
     assert not (tmp_path / "r").exists()
@@ -188,7 +188,7 @@ def test_lr_study_bad_input_exits_2(tmp_path, capsys):
 def test_cli_exit_status_is_2_in_a_real_process(tmp_path, subprocess_env, python):
     config = write_spec(tmp_path, grid={"optimizer": ["adam"]})
     proc = subprocess.run(
-        [python, "-m", "orchestrator.sweep", "--config", str(config), "--results", str(tmp_path)],
+        sweep_command(config, tmp_path),
         capture_output=True,
         text=True,
         env=subprocess_env,
@@ -217,7 +217,7 @@ def test_configerror_is_what_expand_raises(tmp_path):
 
 
 def test_init_can_be_a_grid_axis(tmp_path):
-    from orchestrator.spec import SweepSpec, expand, spec_summary
+    from orchestrator.spec.sweep_file import SweepSpec, expand, spec_summary
 
     spec = SweepSpec.model_validate(
         {
@@ -248,7 +248,7 @@ def test_init_can_be_a_grid_axis(tmp_path):
 def test_the_default_tensorboard_logger_is_skipped_with_a_note_when_tensorboardx_is_missing(monkeypatch, capsys):
     """tensorboardX comes with ray[tune], but a trimmed environment may lack it: the default callback
     must not crash the sweep (a listed one is refused when the sweep file loads)."""
-    from orchestrator import tune_core
+    from orchestrator.tune import tuner as tune_core
 
     monkeypatch.setattr(tune_core, "installed", lambda module: module != "tensorboardX")
     names = [type(cb).__name__ for cb in tune_core.logger_callbacks(["tensorboard"], "p")]

@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 
 from orchestrator import sweep
-from orchestrator.bundled import SWEEPS_DIR
 from orchestrator.spec import expand, load_spec
-from tests.helpers import write_spec
+from orchestrator.spec.files import SWEEPS_DIR
+from tests.helpers import cli_args, write_spec
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -36,7 +36,7 @@ def assert_one_row_per_key(folder):
 
 
 def test_smoke_sweep_one_completed_row_per_grid_point(tmp_path, capsys):
-    code = sweep.main(["--config", str(SWEEPS_DIR / "smoke.yaml"), "--results", str(tmp_path)])
+    code = sweep.main(cli_args(SWEEPS_DIR / "smoke.yaml", tmp_path))
     out = capsys.readouterr().out
     assert code == 0, out
     folder = tmp_path / "smoke"
@@ -64,7 +64,7 @@ def test_smoke_sweep_one_completed_row_per_grid_point(tmp_path, capsys):
 
     # Idempotent: running it again starts nothing.
     attempts_before = read(folder, ATTEMPTS_FILE).height
-    assert sweep.main(["--config", str(SWEEPS_DIR / "smoke.yaml"), "--results", str(tmp_path)]) == 0
+    assert sweep.main(cli_args(SWEEPS_DIR / "smoke.yaml", tmp_path)) == 0
     assert "already finished" in capsys.readouterr().out
     assert read(folder, ATTEMPTS_FILE).height == attempts_before
     assert read(folder, TRIALS_FILE).height == len(planned)
@@ -77,7 +77,7 @@ def test_divergent_lr_is_marked_and_the_sweep_goes_on(tmp_path):
         grid={"optimizer": "adamw", "qk_norm": "none", "lr": [1e-2, 10.0], "seed": 0},
         train={"max_loss": 6.0, "grad_clip": 0},
     )
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     trials = read(tmp_path / "div", TRIALS_FILE).sort("lr")
     assert trials["status"].to_list() == ["completed", "diverged"]
     assert trials["diverged_step"][1] is not None and trials["steps_done"][1] < trials["steps_planned"][1]
@@ -87,9 +87,7 @@ def test_divergent_lr_is_marked_and_the_sweep_goes_on(tmp_path):
 
 def test_failed_trials_retry_from_their_checkpoint(tmp_path):
     config = write_spec(tmp_path, name="retry", grid={"optimizer": "adamw", "seed": [0, 1]}, failure={"max_retries": 1})
-    assert (
-        sweep.main(["--config", str(config), "--results", str(tmp_path), "--inject-failure-at", "10", "--quiet"]) == 0
-    )
+    assert sweep.main(cli_args(config, tmp_path, "--inject-failure-at", "10", "--quiet")) == 0
     folder = tmp_path / "retry"
     assert set(read(folder, TRIALS_FILE)["status"]) == {"completed"}
     attempts = read(folder, ATTEMPTS_FILE).sort("started_at")
@@ -107,7 +105,7 @@ def test_failed_trials_are_filed_and_resume_continues_them(tmp_path, capsys):
         grid={"optimizer": "muon", "qk_norm": ["none", "rms"], "seed": 0},
         failure={"max_retries": 0},
     )
-    args = ["--config", str(config), "--results", str(tmp_path), "--quiet"]
+    args = cli_args(config, tmp_path, "--quiet")
     assert sweep.main([*args, "--inject-failure-at", "10"]) == 1
     folder = tmp_path / "resume"
     trials = read(folder, TRIALS_FILE)
@@ -128,12 +126,12 @@ def test_failed_trials_are_filed_and_resume_continues_them(tmp_path, capsys):
 
 def test_resume_refuses_a_changed_grid(tmp_path, capsys):
     config = write_spec(tmp_path, name="changed", grid={"optimizer": "adamw", "qk_norm": "none", "seed": 0})
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     config = write_spec(tmp_path, name="changed", grid={"optimizer": "adamw", "qk_norm": "none", "seed": [0, 1]})
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--resume"]) == 2
+    assert sweep.main(cli_args(config, tmp_path, "--resume")) == 2
     assert "--resume" in capsys.readouterr().err
     # Without --resume the new point runs and the finished one is kept, not rerun.
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     trials = read(tmp_path / "changed", TRIALS_FILE)
     assert trials.height == 2 and set(trials["status"]) == {"completed"}
     assert read(tmp_path / "changed", ATTEMPTS_FILE).height == 2

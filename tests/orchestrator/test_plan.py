@@ -7,23 +7,24 @@ import time
 import pytest
 import torch
 
-from orchestrator import lr_study, plan, sweep
-from orchestrator.bundled import SWEEPS_DIR
-from orchestrator.spec import Resources, expand, load_spec
+from orchestrator import lr_study, sweep
+from orchestrator.spec import Resources, expand, load_spec, plan
+from orchestrator.spec.files import SWEEPS_DIR
+from tests.helpers import cli_args
 from trainer.config import TrialConfig
 from trainer.model import GPT
 
 
 @pytest.mark.parametrize("qk_norm", ["none", "rms", "rms_frozen", "layer"])
-def test_parameter_count_matches_the_model(qk_norm):
+def test_the_plan_counts_the_models_parameters(qk_norm):
     cfg = TrialConfig(width=96, depth=3, d_head=32, qk_norm=qk_norm, vocab_size=300)
-    model = GPT(cfg)
-    assert plan.parameter_count(cfg) == sum(p.numel() for p in model.parameters())
+    (row,) = plan.width_rows([cfg], Resources())
+    assert row.params == sum(p.numel() for p in GPT(cfg.architecture()).parameters())
 
 
 def test_optimizer_state_matches_torch_adamw():
     cfg = TrialConfig(width=64, depth=2, d_head=32)
-    model = GPT(cfg)
+    model = GPT(cfg.architecture())
     opt = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
     opt.step()
@@ -36,9 +37,7 @@ def test_paradox_plan_in_under_five_seconds(tmp_path, capsys):
 
     started = ray.is_initialized()
     t0 = time.perf_counter()
-    code = sweep.main(
-        ["--config", str(SWEEPS_DIR / "paradox.yaml"), "--results", str(tmp_path / "r"), "--dry-run", "--gpu", "a10g"]
-    )
+    code = sweep.main(cli_args(SWEEPS_DIR / "paradox.yaml", tmp_path / "r", "--dry-run", "--gpu", "a10g"))
     wall = time.perf_counter() - t0
     out = capsys.readouterr().out
     assert code == 0 and wall < 5, wall
@@ -59,8 +58,8 @@ def test_per_width_resources_pack_the_plan(tmp_path):
 
 
 def test_width_request_is_a_function_of_the_config():
-    from orchestrator.trainable import TRIAL_KEY
-    from orchestrator.tune_core import WidthRequest
+    from orchestrator.tune.trainable import TRIAL_KEY
+    from orchestrator.tune.tuner import WidthRequest
 
     resources = Resources.model_validate({"cpus_per_trial": 2, "per_width": {1024: {"gpus_per_trial": 1}}})
     request = WidthRequest(resources)
@@ -76,12 +75,7 @@ def test_bad_gpu_and_mfu_are_one_message(capsys):
 
 
 def test_lr_study_dry_run(tmp_path, capsys):
-    assert (
-        lr_study.main(
-            ["--config", str(SWEEPS_DIR / "lr.yaml"), "--results", str(tmp_path / "r"), "--dry-run", "--trials", "3"]
-        )
-        == 0
-    )
+    assert lr_study.main(cli_args(SWEEPS_DIR / "lr.yaml", tmp_path / "r", "--dry-run", "--trials", "3")) == 0
     out = capsys.readouterr().out
     assert "x 3 trials" in out and "upper bound" in out
     assert not (tmp_path / "r").exists()

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.study_arms import ArmScheduler, ArmSearch
-from orchestrator.trainable import TRIAL_KEY
+from orchestrator.tune.study_search import ArmScheduler, ArmSearch
+from orchestrator.tune.trainable import TRIAL_KEY
 
 ARMS = {"adamw_none_w32": ("adamw", "none"), "muon_rms_w32": ("muon", "rms")}
 

@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from orchestrator import sweep
-from orchestrator.bundled import SWEEPS_DIR, bundled_sweeps
-from orchestrator.overrides import apply_overrides
 from orchestrator.spec import expand, load_spec
+from orchestrator.spec.files import SWEEPS_DIR, bundled_sweeps
+from orchestrator.spec.overrides import apply_overrides
+from tests.helpers import sweep_command
 from trainer.config import ConfigError
 from trainer.schema import TRIALS_FILE
 
@@ -120,24 +121,8 @@ def test_a_misspelt_key_in_the_file_names_the_closest_key(tmp_path, section, key
 
 @pytest.mark.slow
 def test_sigterm_stops_the_sweep_cleanly_with_the_resume_hint(tmp_path, subprocess_env, python):
-    command = [
-        python,
-        "-m",
-        "orchestrator.sweep",
-        "--config",
-        "smoke",
-        "--results",
-        str(tmp_path),
-        "--local",
-        "--num-cpus",
-        "2",
-        "--set",
-        "steps=3000",
-        "--set",
-        "checkpoint_every=500",
-        "--set",
-        "eval_every=500",
-    ]
+    fast = ["--set", "steps=3000", "--set", "checkpoint_every=500", "--set", "eval_every=500"]
+    command = sweep_command("smoke", tmp_path, "--local", "--num-cpus", "2", *fast)
     log = tmp_path / "sweep.log"
     trials = tmp_path / "smoke" / TRIALS_FILE
     with open(log, "w") as out:
@@ -169,37 +154,17 @@ def test_sigterm_stops_the_sweep_cleanly_with_the_resume_hint(tmp_path, subproce
 
 
 @pytest.mark.slow
-def test_an_installed_wheel_ships_the_bundled_sweeps(tmp_path, python):
-    """Build the wheel from a copy of the sources (the checkout stays clean), unpack it, and load
-    `--config smoke` and the default from it with the checkout off the path."""
-    import shutil
-    import zipfile
-
-    root = Path(__file__).resolve().parents[2]
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, src / name)
-    for name in ("trainer", "orchestrator", "analysis", "benchmarks", "sweeps"):
-        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    built = subprocess.run(
-        [python, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
-        cwd=src,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    wheel = next((tmp_path / "dist").glob("*.whl"))
-    site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)
+def test_an_installed_wheel_ships_the_bundled_sweeps(installed_wheel, tmp_path, python):
+    """Load `--config smoke`, the default and the LR study from the unpacked wheel, with the
+    checkout off the path, and import every module of both commands from it."""
+    site, env = installed_wheel
     shipped = {p.name: p.read_text() for p in (site / "orchestrator" / "sweeps").glob("*.yaml")}
     assert shipped == {p.name: p.read_text() for p in SWEEPS_DIR.glob("*.yaml")}
     code = (
-        f"import orchestrator, orchestrator.spec as s; assert orchestrator.__file__.startswith({str(site)!r});"
+        "import orchestrator, orchestrator.spec as s, orchestrator.sweep, orchestrator.lr_study; "
+        f"assert orchestrator.__file__.startswith({str(site)!r});"
         "print(s.load_spec('smoke')[0].name, s.load_spec(None)[0].name, s.load_lr_spec(None)[0].name)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
     run = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["smoke", "default", yaml.safe_load((SWEEPS_DIR / "lr.yaml").read_text())["name"]]

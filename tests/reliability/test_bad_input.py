@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import assert_refused, sweep_with
+from tests.helpers import assert_refused, sweep_command, sweep_with
 
 TRIAL = {
     "corpus": "synthetic",
@@ -111,22 +111,12 @@ def run_cli(
     command: str, config: Path, target: Path, env: dict, python: str
 ) -> tuple[subprocess.CompletedProcess, float]:
     if command == "sweep":
-        argv = [python, "-m", "orchestrator.sweep", "--config", str(config), "--results", str(target)]
+        argv = sweep_command(config, target)
     else:
         argv = [python, "-m", "trainer.train", "--config", str(config), "--out", str(target)]
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     return proc, time.monotonic() - t0
-
-
-@pytest.fixture
-def ray_tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("rb", numbered=True)
-
-
-@pytest.fixture
-def env(subprocess_env, ray_tmp):
-    return {**subprocess_env, "RAY_TMPDIR": str(ray_tmp)}
 
 
 @pytest.mark.slow  # ~1.5 s each (a Python start); the in-process cases in test_orchestrator_spec.py are quick

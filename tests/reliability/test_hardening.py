@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.helpers import SMOKE_SWEEP, assert_refused, split_part, sweep_with
+from tests.helpers import SMOKE_SWEEP, assert_refused, cli_args, split_part, sweep_command, sweep_with
 from trainer.config import ConfigError, load_yaml, parse_override
 from trainer.safeio import EXIT_ENVIRONMENT, UnsafePath, safe_write_bytes
 from trainer.storage import ResultsDir
@@ -42,16 +42,6 @@ SMOKE_TRIAL = [
 ]
 
 
-@pytest.fixture
-def ray_tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("rb", numbered=True)
-
-
-@pytest.fixture
-def env(subprocess_env, ray_tmp):
-    return {**subprocess_env, "RAY_TMPDIR": str(ray_tmp)}
-
-
 def cli(module: str, *args, env, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -68,9 +58,7 @@ def cli(module: str, *args, env, timeout: float = 120) -> tuple[subprocess.Compl
 def sweep_cli(config_text: str, tmp_path: Path, env, *extra, timeout: float = 60):
     config = tmp_path / "sweep.yaml"
     config.write_text(config_text)
-    return cli(
-        "orchestrator.sweep", "--config", config, "--results", tmp_path / "results", *extra, env=env, timeout=timeout
-    )
+    return cli("orchestrator.sweep", *cli_args(config, tmp_path / "results", *extra), env=env, timeout=timeout)
 
 
 def one_line(proc, code: int = 2) -> str:
@@ -338,18 +326,21 @@ def test_case4_shards_of_2_x_seq_len_plus_1_tokens_are_refused(tmp_path, env):
     assert not (tmp_path / "out").exists()
 
 
-def test_case4_dry_run_skips_the_device_check():
-    """--dry-run plans for the target cluster: check_placement must not look at this machine."""
+def test_case4_dry_run_skips_the_device_check(tmp_path):
+    """--dry-run plans for the target cluster: it must not look at this machine's devices."""
+    from orchestrator.options import SweepOptions
     from orchestrator.spec import SweepSpec, expand
-    from orchestrator.sweep import check_placement
-    from orchestrator.validation import parse_model
+    from orchestrator.spec.plan import plan_sweep
+    from orchestrator.spec.prepare import check_placement
+    from orchestrator.spec.validation import parse_model
 
-    spec = parse_model(
-        SweepSpec, yaml.safe_load(sweep_with(train={"device": "cuda"}, top={"resources": {"gpus_per_trial": 1}})), "x"
-    )
-    configs = expand(spec)
-    check_placement(configs, spec, local=True, dry_run=True)  # no error, whatever this machine has
-    check_placement(configs, spec, local=False, dry_run=False)  # a cluster: its GPUs are not ours to see
+    text = sweep_with(train={"device": "cuda"}, top={"resources": {"gpus_per_trial": 1}})
+    config = tmp_path / "gpu.yaml"
+    config.write_text(text)
+    plan = plan_sweep(SweepOptions(config=str(config), results=str(tmp_path)))  # no error, whatever this machine has
+    assert "GPU-hours" in plan
+    spec = parse_model(SweepSpec, yaml.safe_load(text), "x")
+    check_placement(expand(spec), spec, local=False)  # a cluster: its GPUs are not ours to see
 
 
 # ==== case 5: one driver per results folder =========================================================
@@ -362,19 +353,7 @@ def test_case5_a_second_driver_exits_2_naming_the_first(tmp_path, env):
     spec["train"].update(corpus="synthetic", steps=400, warmup=4)  # long enough to overlap
     config.write_text(yaml.safe_dump(spec))
     results = tmp_path / "results"
-    argv = [
-        sys.executable,
-        "-m",
-        "orchestrator.sweep",
-        "--config",
-        str(config),
-        "--results",
-        str(results),
-        "--local",
-        "--num-cpus",
-        "1",
-        "--quiet",
-    ]
+    argv = sweep_command(config, results, "--local", "--num-cpus", "1", "--quiet")
     first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = results / "smoke" / "driver.lock"
     try:
@@ -413,7 +392,7 @@ def _dead_pid() -> int:
 
 
 def test_case5_a_stale_lock_is_taken_over_with_a_message_and_a_live_one_refused(tmp_path, capsys):
-    from orchestrator.lock import LOCK_FILE, DriverLock, LockHeld
+    from orchestrator.tune.lock import LOCK_FILE, DriverLock, LockHeld
 
     results = ResultsDir(tmp_path / "sweep")
     results.makedirs()
@@ -435,7 +414,7 @@ def test_case5_a_stale_lock_is_taken_over_with_a_message_and_a_live_one_refused(
 
 
 def test_case5_the_heartbeat_is_refreshed(tmp_path):
-    from orchestrator.lock import LOCK_FILE, DriverLock
+    from orchestrator.tune.lock import LOCK_FILE, DriverLock
 
     results = ResultsDir(tmp_path)
     with DriverLock(results, "test", heartbeat_s=0.1):
@@ -515,7 +494,7 @@ def test_case6_a_full_disk_for_the_sweep_driver_is_one_line_exit_3_with_the_resu
         pass
     config = tmp_path / "sweep.yaml"
     config.write_text(sweep_with(train={"corpus": "synthetic"}))
-    proc, _ = cli("orchestrator.sweep", "--config", config, "--results", full_disk, env=env)
+    proc, _ = cli("orchestrator.sweep", *cli_args(config, full_disk), env=env)
     err = one_line(proc, EXIT_ENVIRONMENT)
     assert "No space left on device" in err and "--resume" in err
     assert not list(full_disk.rglob("*.tmp"))
@@ -536,7 +515,7 @@ def test_case6_a_bad_study_storage_is_refused_before_anything_is_created(tmp_pat
 
 
 def test_case6_storage_check_refuses_in_memory_sqlite():
-    from orchestrator.study_storage import check_storage
+    from orchestrator.tune.study_storage import check_storage
 
     with pytest.raises(ConfigError, match="in-memory"):
         check_storage("sqlite://")
@@ -663,8 +642,8 @@ def test_case8_negative_steps_in_a_part_are_flagged(results, tmp_path, env):
 
 @pytest.mark.slow
 def test_study_a_changed_train_block_is_refused_naming_the_change(tmp_path, env, ray_tmp):
-    from orchestrator.study_spec import LRStudySpec
-    from orchestrator.validation import parse_model
+    from orchestrator.spec import LRStudySpec
+    from orchestrator.spec.validation import parse_model
 
     spec = yaml.safe_load((ROOT / "sweeps" / "lr_smoke.yaml").read_text())
     spec["train"]["corpus"] = "synthetic"

@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator import sweep
 from orchestrator.spec import expand, load_spec
-from tests.helpers import completed_ids, run_logged, write_spec
+from tests.helpers import cli_args, completed_ids, run_logged, sweep_command, write_spec
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = pytest.mark.slow
@@ -86,18 +86,7 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_or_duplicating(
     )
     ray_tmp = tmp_path_factory.mktemp("rk", numbered=True)  # the driver's private Ray lives under here
     env = {**subprocess_env, "RAY_TMPDIR": str(ray_tmp)}
-    command = [
-        python,
-        "-m",
-        "orchestrator.sweep",
-        "--config",
-        str(config),
-        "--results",
-        str(tmp_path),
-        "--local",
-        "--num-cpus",
-        "1",
-    ]
+    command = sweep_command(config, tmp_path, "--local", "--num-cpus", "1")
     folder = tmp_path / "crash"
     log = tmp_path / "first.log"
     with open(log, "w") as out:
@@ -180,14 +169,14 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_or_duplicating(
 def test_resume_with_a_changed_train_setting_is_refused_and_changes_nothing(tmp_path, ray_session, capsys):
     grid = {"optimizer": "adamw", "qk_norm": "none", "seed": 0}
     config = write_spec(tmp_path, name="edit", grid=grid, train={"steps": 20, "warmup": 2})
-    assert sweep.main(["--config", str(config), "--results", str(tmp_path), "--quiet"]) == 0
+    assert sweep.main(cli_args(config, tmp_path, "--quiet")) == 0
     folder = tmp_path / "edit"
     files = snapshot(folder)
     capsys.readouterr()
 
     (tmp_path / "edited").mkdir()
     edited = write_spec(tmp_path / "edited", name="edit", grid=grid, train={"steps": 30, "warmup": 2})
-    assert sweep.main(["--config", str(edited), "--results", str(tmp_path), "--resume"]) == 2
+    assert sweep.main(cli_args(edited, tmp_path, "--resume")) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
     assert "--resume" in captured.err and str(edited) in captured.err
@@ -201,7 +190,7 @@ def test_a_new_driver_settles_what_a_killed_one_left_open(tmp_path):
     outcome — is settled by the next driver before it runs anything (not left open forever)."""
     import pyarrow as pa
 
-    from orchestrator.monitor import SweepMonitor
+    from orchestrator.tune.monitor import SweepMonitor
     from trainer.config import TrialConfig
     from trainer.schema import ATTEMPTS_SCHEMA
     from trainer.storage import ResultsDir

@@ -22,8 +22,7 @@ import pytest
 import torch
 import yaml
 
-from orchestrator.spec import SweepSpec
-from orchestrator.study_spec import LRStudySpec
+from orchestrator.spec import LRStudySpec, SweepSpec
 from trainer.config import TrialConfig
 from trainer.loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from trainer.schema import CHECKPOINTS_DIR
@@ -36,7 +35,7 @@ PACKAGES = ("trainer", "orchestrator", "analysis", "benchmarks")
 LOCAL_RAY = r"""
 import json, os, subprocess, sys, time
 from pathlib import Path
-from orchestrator import runtime
+from orchestrator.tune import runtime
 import ray
 from ray._raylet import AuthenticationMode, get_authentication_mode
 
@@ -162,7 +161,7 @@ def test_local_ray_listens_on_loopback_only_and_requires_the_token(tmp_path_fact
 
 
 def test_runtime_never_turns_token_authentication_off():
-    source = (ROOT / "orchestrator" / "runtime.py").read_text()
+    source = (ROOT / "orchestrator" / "tune" / "runtime.py").read_text()
     assert "RAY_AUTH_MODE" not in re.sub(r'""".*?"""|#.*', "", source, flags=re.S)  # only mentioned in prose
 
 

@@ -114,7 +114,7 @@ def test_attention_entropy_equals_minus_sum_p_log_p_under_a_causal_mask():
 
 def test_a_probe_without_scores_measures_the_same_spectra_and_skips_the_attention_statistics():
     torch.manual_seed(0)
-    model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm="rms"))
+    model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm="rms").architecture())
     x = torch.randint(0, 256, (8, 32))
     full, light = probe(model, x), probe(model, x, scores=False)
     attention = {"attn_entropy", "max_logit"}

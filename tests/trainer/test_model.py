@@ -11,7 +11,8 @@ from trainer.model import GPT
 
 def make(qk_norm="none", **kw):
     torch.manual_seed(0)
-    return GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm=qk_norm, **kw))
+    cfg = TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm=qk_norm, **kw)
+    return GPT(cfg.architecture())
 
 
 @pytest.mark.parametrize("qk_norm", ["none", "rms", "rms_frozen", "layer"])

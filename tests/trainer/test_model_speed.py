@@ -1,43 +1,41 @@
-"""The fast paths of trainer.model (one qkv matmul, RoPE as one complex multiply in pair order or over
-whole rows, the CPU RMSNorm, norm gains folded into the next Linear) against a plain PyTorch
-transcription of the model: same logits, same gradients, same probe measurements."""
+"""trainer.kernels' paths (the CPU fp32 fast ones: RMSNorm's fused backward, RoPE as one complex multiply;
+the generic ones: F.rms_norm, RoPE as a real rotation) against plain PyTorch: the model against a
+transcription written with nn.functional (same logits, same gradients, same probe measurements) and each
+kernel against its formula, with gradcheck in float64."""
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from trainer import kernels
 from trainer.config import TrialConfig
+from trainer.kernels import _RMSNormCPU, _Rope, rope_tables, rotate_complex
 from trainer.metrics import probe
-from trainer.model import (
-    GPT,
-    Attention,
-    _RMSNormCPU,
-    apply_rope,
-    pair_order,
-    rope_phases,
-    rope_rotation,
-    rope_tables,
-    rotate_pairs,
-)
+from trainer.model import GPT
+
+PATHS = {"fast": nullcontext, "generic": kernels.generic}  # fast: fp32 on the CPU, every FAST switch on
 
 
-def plain_rope(x, cos, sin):
-    """x (B, H, T, D): rotate (x1_i, x2_i) by angle t * theta_i, the textbook way."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[: x.shape[-2]], sin[: x.shape[-2]]
-    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+def plain_rope(x, base=10_000.0):
+    """x (B, H, T, D): rotate each adjacent pair (x_2i, x_2i+1) at position t by t * base^(-2i/D),
+    the textbook way."""
+    T, D = x.shape[-2:]
+    theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angle = (torch.arange(T, dtype=torch.float64)[:, None] * theta).to(x.dtype)  # (T, D/2)
+    c, s = angle.cos(), angle.sin()
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2)
 
 
 def plain_forward(model: GPT, idx, targets):
-    """The model written out with nn.functional only: separate q/k/v matmuls, explicit norms."""
+    """The model written out with nn.functional only: explicit norms, textbook RoPE."""
     cfg = model.cfg
     B, T = idx.shape
     H, D, C = cfg.n_heads, cfg.d_head, cfg.width
-    cos, sin = rope_tables(cfg.seq_len, D)
     eps = torch.finfo(torch.float32).eps
 
     def rms(x, w):
@@ -53,7 +51,7 @@ def plain_forward(model: GPT, idx, targets):
         elif cfg.qk_norm == "layer":
             q = F.layer_norm(q, (D,), a.q_norm.weight, a.q_norm.bias, a.q_norm.eps)
             k = F.layer_norm(k, (D,), a.k_norm.weight, a.k_norm.bias, a.k_norm.eps)
-        y = F.scaled_dot_product_attention(plain_rope(q, cos, sin), plain_rope(k, cos, sin), v, is_causal=True)
+        y = F.scaled_dot_product_attention(plain_rope(q), plain_rope(k), v, is_causal=True)
         x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), a.wo.weight)
         h = rms(x, block.norm2.weight)
         x = x + F.linear(F.gelu(F.linear(h, block.mlp.up.weight)), block.mlp.down.weight)
@@ -61,21 +59,26 @@ def plain_forward(model: GPT, idx, targets):
     return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-@pytest.mark.parametrize("pairs", [True, False], ids=["rotate_pairs", "apply_rope"])
+def small_model(qk_norm, depth=2):
+    return GPT(
+        TrialConfig(width=64, d_head=16, depth=depth, seq_len=32, corpus="synthetic", qk_norm=qk_norm).architecture()
+    )
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
 @pytest.mark.parametrize("qk_norm", ["none", "rms", "rms_frozen", "layer"])
-def test_fast_model_matches_plain_pytorch_in_logits_and_gradients(qk_norm, pairs, monkeypatch):
-    """Both RoPE paths: pair order (fp32 CPU) and the half-split rows (GPU, autocast, compile)."""
-    if not pairs:
-        monkeypatch.setattr(Attention, "pairs", staticmethod(lambda x: False))
+def test_model_matches_plain_pytorch_in_logits_and_gradients(qk_norm, path):
+    """Both paths of every kernel: the CPU fp32 ones, and the generic ones (GPU, autocast, compile)."""
     torch.manual_seed(0)
-    model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm=qk_norm))
-    with torch.no_grad():  # gains away from 1, so that folding them into the next Linear is really tested
+    model = small_model(qk_norm)
+    with torch.no_grad():  # gains and biases away from 1 and 0, so that they are really tested
         for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.3 * torch.randn_like(p))
     x, y = torch.randint(0, 256, (3, 32)), torch.randint(0, 256, (3, 32))
-    logits, loss = model(x, y)
-    loss.backward()
+    with PATHS[path]():
+        logits, loss = model(x, y)
+        loss.backward()
     fast = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     ref_logits, ref_loss = plain_forward(model, x, y)
@@ -85,16 +88,50 @@ def test_fast_model_matches_plain_pytorch_in_logits_and_gradients(qk_norm, pairs
         assert torch.allclose(fast[name], p.grad, atol=1e-6, rtol=1e-4), name
 
 
-def test_rope_is_the_pairwise_rotation_and_its_gradient_is_exact():
-    torch.manual_seed(1)
-    B, T, H, D = 2, 12, 3, 8
-    x = torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True)
-    cos, sin = (t.double() for t in rope_rotation(T, D, H))
-    c, s = (t.double() for t in rope_tables(T, D))
-    ours = apply_rope(x, cos, sin)
-    assert torch.allclose(ours.transpose(1, 2), plain_rope(x.transpose(1, 2), c, s))
-    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos, sin), (x,))
+def test_generic_switches_the_fast_paths_off_and_back_on():
+    with kernels.generic():
+        assert not any(kernels.FAST.values())
+        assert not kernels.fast("rope", torch.zeros(2))
+    with kernels.generic("rope"):
+        assert kernels.FAST == {"rms_norm": True, "rope": False}
+    assert all(kernels.FAST.values()) and kernels.fast("rope", torch.zeros(2))
+    assert not kernels.fast("rope", torch.zeros(2, dtype=torch.bfloat16))
+
+
+def rope_input(seed, B=2, T=12, H=3, D=8):
+    torch.manual_seed(seed)
+    return torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True)
+
+
+def test_real_rotation_is_the_pairwise_rotation_and_its_gradient_is_exact():
+    x = rope_input(1)
+    B, T, H, D = x.shape
+    tables = rope_tables(T, D, H)
+    cos, sin = tables.cos.double(), tables.sin.double()
+    ours = _Rope.apply(x, cos, sin)
+    assert torch.allclose(ours.transpose(1, 2), plain_rope(x.transpose(1, 2)), atol=1e-6)  # fp32 tables
+    assert torch.autograd.gradcheck(lambda t: _Rope.apply(t, cos, sin), (x,))
     assert torch.allclose(ours.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps each head's norm
+
+
+def test_complex_rotation_is_the_pairwise_rotation_and_its_gradient_is_exact():
+    x = rope_input(3)
+    B, T, H, D = x.shape
+    phases = rope_tables(T, D, H).phases.to(torch.complex128)
+    assert torch.allclose(rotate_complex(x, phases).transpose(1, 2), plain_rope(x.transpose(1, 2)), atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: rotate_complex(t, phases), (x,))
+
+
+def test_rope_on_either_path_of_a_strided_view():
+    """kernels.rope takes q, k as views of a wider tensor (any strides whose (H, D) block is contiguous)."""
+    torch.manual_seed(5)
+    wide = torch.randn(2, 12, 2, 3, 8)
+    x = wide[:, :, 1]
+    tables = rope_tables(16, 8, 4)  # more rows and heads than needed: rope slices them
+    expected = plain_rope(x.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(kernels.rope(x, tables), expected, atol=1e-6)
+    with kernels.generic():
+        assert torch.allclose(kernels.rope(x, tables), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,gain", [((4, 6, 32), True), ((4, 6, 3, 16), True), ((5, 16), False)])
@@ -106,41 +143,25 @@ def test_cpu_rms_norm_matches_torch_and_has_an_exact_gradient(shape, gain):
     assert torch.autograd.gradcheck(lambda a, b: _RMSNormCPU.apply(a, b, 1e-6), (x, w))
 
 
-def test_rotate_pairs_is_apply_rope_in_pair_order_with_an_exact_gradient():
-    torch.manual_seed(3)
-    B, T, H, D = 2, 12, 3, 8
-    x = torch.randn(B, T, H, D, dtype=torch.float64, requires_grad=True)
-    cos, sin = (t.double() for t in rope_rotation(T, D, H))
-    phases = rope_phases(T, D, H).to(torch.complex128)
-    order = pair_order(D)
-    assert order.tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
-    paired = rotate_pairs(x[..., order], phases)
-    assert torch.allclose(paired, apply_rope(x, cos, sin)[..., order])
-    assert torch.autograd.gradcheck(lambda t: rotate_pairs(t, phases), (x,))
-
-
 @pytest.mark.parametrize("qk_norm", ["none", "rms"])
-def test_the_probe_measures_the_same_on_both_rope_paths(qk_norm, monkeypatch):
-    """Pair order permutes each head's dims of the recorded q and k; every statistic is blind to it."""
+def test_the_probe_measures_the_same_on_both_paths(qk_norm):
     torch.manual_seed(4)
-    model = GPT(TrialConfig(width=64, d_head=16, depth=2, seq_len=32, corpus="synthetic", qk_norm=qk_norm))
+    model = small_model(qk_norm)
     x, y = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
-    results = []
-    for pairs in (True, False):
-        monkeypatch.setattr(Attention, "pairs", staticmethod(lambda t, pairs=pairs: pairs))
-        results.append(probe(model, x, y))
-    fast, half_split = results
-    assert fast.loss == pytest.approx(half_split.loss, rel=1e-6)
-    assert fast.spectra.keys() == half_split.spectra.keys()
+    fast = probe(model, x, y)
+    with kernels.generic():
+        generic = probe(model, x, y)
+    assert fast.loss == pytest.approx(generic.loss, rel=1e-6)
+    assert fast.spectra.keys() == generic.spectra.keys()
     for key, sigma in fast.spectra.items():
-        assert np.allclose(sigma, half_split.spectra[key], rtol=1e-4, atol=1e-5), key
-    assert [row[:4] for row in fast.scalars] == [row[:4] for row in half_split.scalars]
-    values = np.array([row[4] for row in fast.scalars]), np.array([row[4] for row in half_split.scalars])
+        assert np.allclose(sigma, generic.spectra[key], rtol=1e-4, atol=1e-5), key
+    assert [row[:4] for row in fast.scalars] == [row[:4] for row in generic.scalars]
+    values = np.array([row[4] for row in fast.scalars]), np.array([row[4] for row in generic.scalars])
     assert np.allclose(*values, rtol=1e-4, atol=1e-5)
 
 
 def test_wq_wk_stay_separate_matrices_for_muon_and_the_probe():
-    model = GPT(TrialConfig(width=64, d_head=16, depth=1, corpus="synthetic"))
+    model = GPT(TrialConfig(width=64, d_head=16, depth=1, corpus="synthetic").architecture())
     attn = model.blocks[0].attn
     assert attn.wq.weight.shape == attn.wk.weight.shape == (64, 64)
     assert not any("qkv" in n for n, _ in model.named_parameters())

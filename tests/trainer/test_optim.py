@@ -50,7 +50,7 @@ def cfg(**kw):
 
 
 def test_parameter_groups_cover_every_parameter_once():
-    model = GPT(cfg(qk_norm="rms"))
+    model = GPT(cfg(qk_norm="rms").architecture())
     groups = split_parameters(model)
     names = {id(p): n for n, p in model.named_parameters()}
     hidden = {names[id(p)] for p in groups["hidden"]}
@@ -61,8 +61,9 @@ def test_parameter_groups_cover_every_parameter_once():
 
 
 def test_muon_arm_puts_hidden_matrices_in_muon_and_the_rest_in_adamw():
-    model = GPT(cfg(optimizer="muon"))
-    muon, adamw = build_optimizers(model, model.cfg, torch.device("cpu"))
+    trial = cfg(optimizer="muon")
+    model = GPT(trial.architecture())
+    muon, adamw = build_optimizers(model, trial, torch.device("cpu"))
     assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
     assert all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
     n_muon = sum(len(g["params"]) for g in muon.param_groups)
@@ -70,15 +71,16 @@ def test_muon_arm_puts_hidden_matrices_in_muon_and_the_rest_in_adamw():
 
 
 def test_adamw_arm_steps_like_torch_adamw():
-    model = GPT(cfg())
-    ref = GPT(cfg())
+    trial = cfg()
+    model = GPT(trial.architecture())
+    ref = GPT(trial.architecture())
     ref.load_state_dict(model.state_dict())
-    (opt,) = build_optimizers(model, model.cfg, torch.device("cpu"))
+    (opt,) = build_optimizers(model, trial, torch.device("cpu"))
     decay = [p for n, p in ref.named_parameters() if p.ndim == 2]
     no_decay = [p for n, p in ref.named_parameters() if p.ndim < 2]
     ref_opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=model.cfg.lr,
+        lr=trial.lr,
         betas=(0.9, 0.95),
         eps=1e-8,
     )

@@ -1,0 +1,75 @@
+"""The report's figures (matplotlib, Agg backend: no display needed). Every arm
+(optimizer, qk_norm, width) of the sweep is drawn in every figure; an arm without data or
+without a fit is drawn as such (a note or a hollow marker), never left out. With several
+initialisations in the sweep, each is its own arm (its key joins the qk_norm label).
+
+- forest.png (forest.py): paired effects with 95% intervals per cell, per width at the best LR,
+  and the deciding row.
+- pr_over_training.png, pr_by_lr_q.png, pr_by_lr_k.png (pr.py): PR / d_head over training at
+  each arm's best LR, and per LR.
+- spectra.png (spectra.py): normalised singular values at init, PR minimum and end.
+- loss_vs_pr.png, lr_sensitivity.png (lr.py): final loss against final PR, and against LR.
+- collapse_rate_vs_width.png (collapse.py): the fitted collapse rate against width per LR and at
+  the best LR.
+
+Every figure at "the best LR" reads the report's one best-LR table (`Report.best_lrs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from trainer.safeio import safe_mkdir
+
+from .collapse import collapse_rate_vs_width
+from .forest import forest_plot
+from .lr import loss_vs_pr, lr_sensitivity
+from .pr import pr_by_lr, pr_over_training
+from .spectra import spectra
+
+FIGURES = (
+    "forest",
+    "pr_over_training",
+    "pr_by_lr_q",
+    "pr_by_lr_k",
+    "spectra",
+    "loss_vs_pr",
+    "lr_sensitivity",
+    "collapse_rate_vs_width",
+)
+
+
+def _label_inits(df: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
+    """With several initialisations in the sweep, each is its own arm: its key joins the qk_norm
+    label ("rms [normal:0.02]") so that no figure pools over inits."""
+    if (
+        "init_key" not in finals.columns
+        or finals.get_column("init_key").n_unique() < 2
+        or "init_key" not in df.columns
+        or "qk_norm" not in df.columns
+    ):
+        return df
+    return df.with_columns(
+        pl.concat_str(pl.col("qk_norm"), pl.lit(" ["), pl.col("init_key"), pl.lit("]")).alias("qk_norm")
+    )
+
+
+def draw_all(r, folder: Path) -> list[Path]:
+    """Every figure of a `Report` (analysis.report.Report) into `folder`, in FIGURES order."""
+    folder = safe_mkdir(folder)
+    partial = r.partial
+    finals, lr_c, best, per_arm, per_trial = (
+        _label_inits(df, r.finals) for df in (r.finals, r.lr_curve, r.best_lrs, r.collapse_arm, r.collapse_trial)
+    )
+    out = [forest_plot(r.cells, folder / "forest.png", partial)]
+    curves = r.features.curves
+    out.append(pr_over_training(curves, finals, best, folder / "pr_over_training.png", partial))
+    for t in ("q", "k"):
+        out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{t}.png", t, partial))
+    out.append(spectra(r.results, per_trial, finals, best, folder / "spectra.png", partial))
+    out.append(loss_vs_pr(finals, folder / "loss_vs_pr.png", partial))
+    out.append(lr_sensitivity(lr_c, best, folder / "lr_sensitivity.png", partial, finals))
+    out.append(collapse_rate_vs_width(per_arm, best, folder / "collapse_rate_vs_width.png", partial, finals))
+    return out

@@ -1,0 +1,171 @@
+"""collapse_rate_vs_width.png: the fitted collapse rate of q and k PR per 1k steps against width,
+one column per LR and one at each arm's best LR (never pooled over LRs). Filled markers: the
+geometric mean of fitted seeds with a 95% t interval; hollow triangles: no fit, all falls too
+fast (censored), drawn at their rate lower bound; hollow circles on the axis: no fit for another
+reason. Labels give "censored k/n"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.transforms import blended_transform_factory
+
+from ..paradox import BASELINE
+from .common import OPT_STYLE, arm_colours, best_lr_map, empty_panel, lr_label, plt, save_png, sweep_arms
+
+
+def _no_fit_reason(r: dict) -> str:
+    n = r.get("n_trials") or 0
+    if r.get("n_censored"):
+        return f"no fit (censored {r['n_censored']}/{n})"
+    parts = [
+        f"{k.removeprefix('n_').replace('_', ' ')} {r[k]}"
+        for k in ("n_censored_slow", "n_no_fall", "n_failed")
+        if r.get(k)
+    ]
+    return "no fit (" + (", ".join(parts) or f"0/{n} fitted") + ")"
+
+
+def collapse_rate_vs_width(
+    per_arm: pl.DataFrame, best: pl.DataFrame, path: Path, partial=False, finals=None, metric: str = "pr"
+) -> Path:
+    """Rate per 1k steps against width: rows tensor q, k; one column per LR and one at each
+    arm's best LR (`best`, drawn when `finals` is given). Every arm of `finals` is drawn at every
+    width."""
+    ok = per_arm.height > 0 and "metric" in per_arm.columns and "lr" in per_arm.columns
+    ref = finals if finals is not None else (per_arm if ok else pl.DataFrame())
+    arms = sweep_arms(ref) if ref.height else []
+    colours = arm_colours(ref) if ref.height else {}
+    opts = sorted({a[0] for a in arms})
+    best_lr = best_lr_map(best) if finals is not None and finals.height else {}
+    lrs = sorted(ref.get_column("lr").drop_nulls().unique().to_list()) if ref.height and "lr" in ref.columns else []
+    columns = [("lr", x) for x in lrs] + ([("best", None)] if best_lr else [])
+    columns = columns or [("lr", None)]
+    widths = sorted({a[2] for a in arms})
+    fig, axes = plt.subplots(2, len(columns), figsize=(max(3.3 * len(columns), 8), 7.6), squeeze=False, sharey="row")
+    pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
+    for i, t in enumerate(("q", "k")):
+        for j, (kind, lr) in enumerate(columns):
+            ax = axes[i, j]
+            sub = per_arm.filter((pl.col("metric") == metric) & (pl.col("tensor") == t)) if ok else None
+            title = f"{t}, lr {lr_label(lr)}" if kind == "lr" and lr is not None else f"{t}, each arm at its best LR"
+            if not arms:
+                empty_panel(ax, "no trials")
+                ax.set_title(title, fontsize=8)
+                continue
+            notes = 0
+            has_y = False  # anything in data coordinates on y (else the log axis has no range)
+            for k, (o, q) in enumerate(pairs):
+                colour = colours.get((o, q), "k")
+                ls = OPT_STYLE.get(opts.index(o) % 4, "-")
+                xs, ys, los, his = [], [], [], []
+                for w in widths:
+                    if (o, q, w) not in arms:
+                        continue
+                    x_lr = lr if kind == "lr" else best_lr.get((o, q, w))
+                    row = None
+                    if sub is not None and x_lr is not None:
+                        g = sub.filter(
+                            (pl.col("optimizer") == o)
+                            & (pl.col("qk_norm") == q)
+                            & (pl.col("width") == w)
+                            & (pl.col("lr") == x_lr)
+                        )
+                        row = g.row(0, named=True) if g.height else None
+                    rate = row.get("rate_per_1k_steps") if row else None
+                    if rate is not None and np.isfinite(rate):
+                        xs.append(w)
+                        ys.append(rate)
+                        lo, hi = row.get("rate_per_1k_steps_ci_low"), row.get("rate_per_1k_steps_ci_high")
+                        los.append(rate - lo if lo is not None else 0.0)
+                        his.append(hi - rate if hi is not None else 0.0)
+                        if row.get("n_censored"):
+                            ax.annotate(
+                                f"+{row['n_censored']} censored",
+                                (w, rate),
+                                fontsize=5.5,
+                                color=colour,
+                                xytext=(4, -8),
+                                textcoords="offset points",
+                            )
+                        continue
+                    # no fit here: draw the arm anyway
+                    label = _no_fit_reason(row) if row else "no completed trials"
+                    bound = row.get("rate_lower_bound_per_1k") if row else None
+                    if bound is not None and np.isfinite(bound) and bound > 0:
+                        ax.plot([w], [bound], marker="^", mfc="white", mec=colour, ms=7, ls="none")
+                        has_y = True
+                        ax.annotate(
+                            label.replace("no fit (", "no fit\n("),
+                            (w, bound),
+                            fontsize=6,
+                            color=colour,
+                            ha="center",
+                            va="top",
+                            xytext=(0, -6 - 16 * (k % 3)),
+                            textcoords="offset points",
+                        )
+                    else:
+                        tr = blended_transform_factory(ax.transData, ax.transAxes)
+                        yax = 0.04 + 0.07 * (notes % 6)
+                        ax.plot(
+                            [w],
+                            [yax],
+                            marker="o",
+                            mfc="white",
+                            mec=colour,
+                            ms=6,
+                            ls="none",
+                            transform=tr,
+                            clip_on=False,
+                        )
+                        ax.text(w, yax, "  " + label, transform=tr, fontsize=5.5, color=colour, va="center")
+                        notes += 1
+                if xs:
+                    has_y = True
+                    ax.errorbar(xs, ys, yerr=np.vstack([los, his]), color=colour, ls=ls, marker="o", ms=4, capsize=3)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            if widths:
+                ax.set_xticks(widths, [str(w) for w in widths])
+                ax.set_xlim(widths[0] / 1.4, widths[-1] * 2.2)
+            if not has_y:
+                ax.set_ylim(1, 100)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+            ax.set_title(title, fontsize=8.5)
+            ax.grid(alpha=0.3, which="both")
+            if i == 1:
+                ax.set_xlabel("width (d_model)")
+            if j == 0:
+                ax.set_ylabel(f"collapse rate of {t} PR (per 1k steps)")
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colours.get(p, "k"),
+            ls=OPT_STYLE.get(opts.index(p[0]) % 4, "-"),
+            marker="o",
+            label=f"{p[0]} / {p[1]}",
+        )
+        for p in pairs
+    ]
+    handles += [
+        Line2D([], [], color="grey", marker="^", mfc="white", ls="none", label="no fit, censored: rate lower bound"),
+        Line2D([], [], color="grey", marker="o", mfc="white", ls="none", label="no fit (other reason), at the axis"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7, frameon=False)
+    fig.suptitle(
+        "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)"
+        + ("  [PARTIAL: sweep not finished]" if partial else ""),
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save_png(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,120 @@
+"""forest.png: paired effects (variant minus none) with 95% intervals per (width, lr) cell, at each
+arm's best LR per width and the deciding (pooled best-LR) row; one panel per optimizer x variant
+(rows) and metric (columns), from the per-cell table (`Report.cells`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.lines import Line2D
+from matplotlib.transforms import blended_transform_factory
+
+from .common import empty_panel, lr_label, plt, save_png, save_titled
+
+FOREST_METRICS = ("final_val_loss", "final_pr_q", "final_pr_k")
+
+
+def _forest_label(r: dict) -> str:
+    if r["selection"] == "deciding":
+        return "deciding: best LR, all widths"
+    w = f"w{r['width']}" if r.get("width") is not None else "all w"
+    init = f" [{r['init_key']}]" if r.get("init_key") else ""
+    if r["selection"] == "best_lr":
+        lr = f" ({lr_label(r['lr'])})" if r.get("lr") is not None else ""
+        return f"{w} best LR{lr}{init}"
+    return (f"{w} lr {lr_label(r['lr'])}" if r.get("lr") is not None else f"{w} lr ?") + init
+
+
+def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
+    """Paired effects (variant minus none) with 95% intervals: one panel per optimizer x variant
+    (rows) and metric (columns); within a panel one line per (width, lr) cell, then the arm's
+    best LR per width (diamonds), then the deciding pooled best-LR row (a square). Rows without
+    an interval (too few pairs) get a hollow marker and their n."""
+    metrics = [m for m in FOREST_METRICS if cells.height and m in set(cells.get_column("metric").to_list())]
+    groups = cells.select("optimizer", "qk_norm").unique().sort("optimizer", "qk_norm").rows() if cells.height else []
+    if not metrics or not groups:
+        fig, ax = plt.subplots(figsize=(7, 2.5))
+        empty_panel(ax, "no paired effects (no pairs of none and a variant)")
+        return save_titled(fig, path, "Paired effects (variant minus none)", partial)
+    order = {"cell": 0, "best_lr": 1, "deciding": 2}
+    entries = {}
+    for o, q in groups:
+        g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & pl.col("metric").is_in(metrics))
+        keys = sorted(  # (selection, width, lr, init_key): an init axis gets a row per init
+            {(r["selection"], r.get("width"), r.get("lr"), r.get("init_key")) for r in g.iter_rows(named=True)},
+            key=lambda k: (
+                order.get(k[0], 3) == 2,
+                k[1] if k[1] is not None else 1e9,
+                order.get(k[0], 3),
+                k[2] if k[2] is not None else 0,
+                k[3] or "",
+            ),
+        )
+        entries[(o, q)] = keys
+    heights = [0.8 + 0.22 * len(entries[k]) for k in groups]
+    fig, axes = plt.subplots(
+        len(groups),
+        len(metrics),
+        squeeze=False,
+        figsize=(3.6 * len(metrics) + 1.6, sum(heights) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+    )
+    styles = {"cell": ("o", "tab:blue", 4), "best_lr": ("D", "tab:red", 5), "deciding": ("s", "black", 6)}
+    for i, (o, q) in enumerate(groups):
+        keys = entries[(o, q)]
+        ypos = {k: len(keys) - 1 - n for n, k in enumerate(keys)}
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & (pl.col("metric") == metric))
+            for r in g.iter_rows(named=True):
+                y = ypos[(r["selection"], r.get("width"), r.get("lr"), r.get("init_key"))]
+                marker, colour, ms = styles.get(r["selection"], ("o", "grey", 4))
+                x, lo, hi = r.get("mean_diff"), r.get("ci_low"), r.get("ci_high")
+                if x is None or not np.isfinite(x):
+                    ax.text(
+                        0.98,
+                        y,
+                        f"n={r.get('n_pairs', 0)}: no estimate",
+                        ha="right",
+                        va="center",
+                        fontsize=6,
+                        color="grey",
+                        transform=blended_transform_factory(ax.transAxes, ax.transData),
+                    )
+                    continue
+                if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+                    ax.plot([lo, hi], [y, y], color=colour, lw=1.2)
+                    ax.plot([x], [y], marker=marker, color=colour, ms=ms, ls="none")
+                else:
+                    ax.plot([x], [y], marker=marker, mfc="white", mec=colour, ms=ms, ls="none")
+                    ax.text(x, y + 0.3, f"n={r.get('n_pairs', 0)}, no CI", fontsize=5.5, color="grey", ha="center")
+            ax.axvline(0, color="grey", lw=0.8, ls=":")
+            ax.set_ylim(-0.7, len(keys) - 0.3)
+            ax.set_yticks(
+                list(ypos.values()),
+                [_forest_label(dict(selection=s, width=w, lr=lr, init_key=i)) for s, w, lr, i in ypos]
+                if j == 0
+                else [""] * len(ypos),
+                fontsize=6.5,
+            )
+            ax.grid(alpha=0.3, axis="x")
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_title(f"{o}: {q} - none, {metric}", fontsize=8)
+            if i == len(groups) - 1:
+                ax.set_xlabel("mean paired difference, 95% CI", fontsize=7.5)
+    handles = [
+        Line2D([], [], marker=m, color=c, ls="-", ms=s, label=lab)
+        for (m, c, s), lab in zip(styles.values(), ("per (width, lr) cell", "best LR per width", "deciding (pooled)"))
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(
+        "Paired effects, variant minus none (seeds as replicates)"
+        + ("  [PARTIAL: sweep not finished]" if partial else ""),
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    save_png(fig, path)
+    plt.close(fig)
+    return path

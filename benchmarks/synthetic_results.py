@@ -1,0 +1,615 @@
+"""Synthetic results folders in the exact trainer contract, with planted effects.
+
+The analysis tests and `python -m benchmarks.report` use this instead of a real sweep (it ships
+with `benchmarks`, so the benchmark runs from an installed wheel). Every file is written with the
+pyarrow schemas of `trainer.schema`, laid out as a sweep writes it::
+
+    <out>/sweep.json, <out>/trials.parquet
+    <out>/metrics/trial_id=<id>/part-<first>-<last>.parquet
+    <out>/spectra/trial_id=<id>/part-<first>-<last>.parquet
+
+The PR trajectory of every trial is known in closed form (`SyntheticSpec.share`), so a test can
+check a fit against the planted rate, floor and minimum step. Per head, values are the planted
+curve times (1 + a_h) with the a_h summing to zero in each layer, so the head average is exactly
+the planted curve plus the noise asked for.
+
+    spec = SyntheticSpec(effects={("adamw", "rms"): Effect(loss=-0.05, pr=-0.1)})
+    manifest = write_results(spec, tmp_path / "sweep")
+
+Effects may differ per (width, lr) cell (`Effect.loss_cells`, `Effect.pr_cells`, keyed by lr or by
+(width, lr)), an arm's LR optimum may move (`Effect.lr_mult`, the optimizer's `best_lr` times
+this), and the activation-PR robustness metrics (`pr_centred`, `pr_bias`, `pr_centred_bias`) are
+written unless `activation_metrics=False` (results from before the trainer recorded them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainer.schema import (
+    ACTIVATION_METRICS,
+    ATTENTION_METRICS,
+    AXIS_METRICS,
+    EVAL_METRICS,
+    METRIC_NAMES,
+    METRICS_DIR,
+    METRICS_SCHEMA,
+    SPECTRA_DIR,
+    SPECTRA_SCHEMA,
+    SPECTRUM_METRICS,
+    STEP_METRICS,
+    SWEEP_JSON,
+    TENSORS,
+    TRIALS_FILE,
+    TRIALS_SCHEMA,
+)
+
+# Each rank metric as a share of d_head is the PR share raised to this power (pr itself: 1).
+SPEC_POWERS = {"pr": 1.0, "pr_cov": 1.5, "erank": 0.8, "stable_rank": 2.0}
+LOSS_INIT = float(np.log(256.0))  # byte-level model at init
+
+
+@dataclass
+class Effect:
+    """Planted shifts of one (optimizer, qk_norm) arm relative to the baseline."""
+
+    loss: float = 0.0  # final val loss, nats
+    pr: float = 0.0  # final PR of q and k, as a share of d_head
+    pr_w: float = 0.0  # final PR of wq and wk, as a share of d_head
+    rate_mult: float = 1.0  # multiplies the collapse rate
+    # per-cell additions, keyed by lr (every width) or by (width, lr)
+    loss_cells: dict = field(default_factory=dict)
+    pr_cells: dict = field(default_factory=dict)
+    lr_mult: float = 1.0  # the arm's loss-optimal LR is the optimizer's best_lr times this
+    pr_bias: float = 0.0  # added to the bias-corrected PR share only (pr - pr_bias)
+    pr_centred: float = 0.0  # added to the centred PR share only
+
+    def cell(self, table: dict, key: TrialKey) -> float:
+        return float(table.get((key.width, key.lr), table.get(key.lr, 0.0)))
+
+
+@dataclass(frozen=True)
+class TrialKey:
+    optimizer: str
+    qk_norm: str
+    width: int
+    lr: float
+    seed: int
+    init_std: float | None = None  # None: not recorded (config_json without init settings)
+
+
+@dataclass
+class SyntheticSpec:
+    name: str = "synthetic"
+    optimizers: tuple[str, ...] = ("adamw", "muon")
+    qk_norms: tuple[str, ...] = ("none", "rms")
+    widths: tuple[int, ...] = (64, 128)
+    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    init_stds: tuple[float | None, ...] = (None,)  # an init axis (None: not recorded)
+    best_lr: dict[str, float] = field(default_factory=lambda: {"adamw": 1e-2, "muon": 3e-2})
+    lr_curvature: float = 0.15  # loss rises by this per decade^2 away from the best LR
+    init_loss_slope: float = 0.1  # loss changes by this per e-fold of init_std / 0.02
+    activation_metrics: bool = True  # write pr_centred, pr_bias, pr_centred_bias
+    pr_bias_share: float = 0.02  # PR is biased low by this share of d_head (pr_bias = -this)
+    depth: int = 2
+    d_head: int = 32
+    steps: int = 300  # last step; steps 0..steps are recorded
+    eval_every: int = 25
+    log_every: int = 1
+    tokens_per_step: int = 2048
+    effects: dict[tuple[str, str], Effect] = field(default_factory=dict)
+    # PR trajectory of q (k sits 0.02 above), as a share of d_head.
+    shape: Literal["exp", "u"] = "exp"
+    pr_init: float = 0.8
+    pr_floor: float = 0.4
+    rate_per_1k: float = 10.0  # e-folding rate of the fall, per 1000 steps (at width 64)
+    rate_width_exp: float = 0.0  # rate scales as (width / 64) ** this
+    rate_noise: float = 0.0  # sd of log(rate) between trials
+    min_step: int = 150  # "u": the fall ends here ...
+    recovery: float = 0.5  # ... and recovers this share of (initial - minimum) by the last step
+    # Noise: per-trial offsets of the final values (part shared by trials with the same seed)
+    # and independent noise on every recorded value.
+    loss_noise: float = 0.01
+    pr_noise: float = 0.01
+    seed_shared: float = 0.5
+    point_noise: float = 0.0
+    # Special trials.
+    diverge_if: Callable[[TrialKey], bool] | None = None
+    n_running: int = 0  # the last n trials of the grid are still running (half done)
+    n_duplicated: int = 0  # trials whose last eval steps were replayed into a later part
+    n_truncated: int = 0  # trials whose last metrics part is cut in half on disk
+    parts: int = 2
+    spectra: Literal["all", "ends", "last", "none"] = "ends"
+    sweep_json: bool = True
+    finished: bool = True
+    n_planned_extra: int = 0  # sweep.json n_trials = grid size + this
+    junk_files: bool = True  # temp files a reader must ignore
+    rng_seed: int = 0
+
+    # ---- the planted truth ---------------------------------------------------------------
+    def grid(self) -> list[TrialKey]:
+        return [
+            TrialKey(o, q, w, lr, s, i)
+            for o in self.optimizers
+            for q in self.qk_norms
+            for w in self.widths
+            for lr in self.lrs
+            for s in self.seeds
+            for i in self.init_stds
+        ]
+
+    def rate(self, key: TrialKey | None = None) -> float:
+        """Planted collapse rate per 1k steps of a trial (before rate noise)."""
+        if key is None:
+            return self.rate_per_1k
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        return self.rate_per_1k * eff.rate_mult * (key.width / 64) ** self.rate_width_exp
+
+    def share(self, t: np.ndarray, rate_per_1k: float | None = None) -> np.ndarray:
+        """Planted q PR share of d_head at steps t, before effects and noise."""
+        t = np.asarray(t, dtype=float)
+        r = (self.rate_per_1k if rate_per_1k is None else rate_per_1k) / 1000.0
+        fall = self.pr_floor + (self.pr_init - self.pr_floor) * np.exp(-r * t)
+        if self.shape == "exp":
+            return fall
+        t_min = float(self.min_step)
+        m = self.pr_floor + (self.pr_init - self.pr_floor) * np.exp(-r * t_min)
+        rise = m + self.recovery * (self.pr_init - m) * (t - t_min) / max(self.steps - t_min, 1.0)
+        return np.where(t <= t_min, fall, rise)
+
+    def ramp(self, t: np.ndarray, rate_per_1k: float | None = None) -> np.ndarray:
+        """0 at step 0, 1 at the last step; effects and trial noise enter through it, so an
+        exponential trajectory keeps its planted rate."""
+        r = (self.rate_per_1k if rate_per_1k is None else rate_per_1k) / 1000.0
+        return (1 - np.exp(-r * np.asarray(t, float))) / (1 - np.exp(-r * self.steps))
+
+    def final_loss(self, key: TrialKey) -> float:
+        """Noise-free final val loss: a bowl in log10(lr) around each optimizer's best LR."""
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        best = np.log10(self.best_lr.get(key.optimizer, 1e-2) * eff.lr_mult)
+        init = 0.0 if key.init_std is None else self.init_loss_slope * np.log(key.init_std / 0.02)
+        return (
+            2.0
+            - 0.1 * np.log2(key.width / 64)
+            + self.lr_curvature * (np.log10(key.lr) - best) ** 2
+            + eff.loss
+            + eff.cell(eff.loss_cells, key)
+            + init
+        )
+
+    def pr_shift(self, key: TrialKey) -> float:
+        """Planted shift of the final q/k PR share of one trial's arm and cell."""
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        return eff.pr + eff.cell(eff.pr_cells, key)
+
+
+def trial_id(key: TrialKey) -> str:
+    tag = f"{key.optimizer}_{key.qk_norm}_w{key.width}_lr{key.lr:.0e}_s{key.seed}"
+    if key.init_std is not None:
+        tag += f"_i{key.init_std:g}"
+    return f"{tag}_{zlib.crc32(tag.encode()):08x}"
+
+
+# ---- per-trial values ---------------------------------------------------------------------
+@dataclass
+class _Trial:
+    key: TrialKey
+    trial_id: str
+    status: str
+    last_step: int  # last step recorded
+    loss_off: float  # noise added to the final val loss
+    pr_off: float  # noise added to the final q/k PR share
+    rate: float  # collapse rate per 1k steps
+    diverged_step: int | None = None
+
+
+def _trial_noise(spec: SyntheticSpec, keys: list[TrialKey], rng: np.random.Generator):
+    """Per-trial offsets: sqrt(seed_shared) of the variance is shared by trials with one seed."""
+    seeds = sorted(set(k.seed for k in keys))
+    shared = {s: rng.standard_normal(2) for s in seeds}
+    a, b = np.sqrt(spec.seed_shared), np.sqrt(1 - spec.seed_shared)
+    own = rng.standard_normal((len(keys), 2))
+    z = np.array([a * shared[k.seed] for k in keys]) + b * own
+    return z[:, 0] * spec.loss_noise, z[:, 1] * spec.pr_noise
+
+
+def plan_trials(spec: SyntheticSpec) -> list[_Trial]:
+    rng = np.random.default_rng(spec.rng_seed)
+    keys = spec.grid()
+    loss_off, pr_off = _trial_noise(spec, keys, rng)
+    rate_z = rng.standard_normal(len(keys))
+    trials = []
+    n = len(keys)
+    for i, key in enumerate(keys):
+        status, last, div = "completed", spec.steps, None
+        if spec.diverge_if is not None and spec.diverge_if(key):
+            status = "diverged"
+            div = last = spec.eval_every * max(1, (spec.steps // spec.eval_every) // 3)
+        elif i >= n - spec.n_running:
+            status = "running"
+            last = spec.eval_every * max(1, (spec.steps // spec.eval_every) // 2)
+        rate = spec.rate(key) * float(np.exp(spec.rate_noise * rate_z[i]))
+        trials.append(_Trial(key, trial_id(key), status, last, loss_off[i], pr_off[i], rate, div))
+    return trials
+
+
+def trial_finals(spec: SyntheticSpec) -> list[dict]:
+    """The per-trial final values the writer would record, without writing anything.
+
+    Rows have the columns `analysis.finals.final_values` returns, so statistics can be tested
+    on many simulated sweeps in memory (the 50-null-datasets test).
+    """
+    rows = []
+    for tr in plan_trials(spec):
+        k = tr.key
+        eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
+        t = np.array([tr.last_step], float)
+        base, ramp = spec.share(t, tr.rate)[0], spec.ramp(t, tr.rate)[0]
+        q = base + (spec.pr_shift(k) + tr.pr_off) * ramp
+        w = _w_share(base) + (eff.pr_w + 0.5 * tr.pr_off) * ramp
+        done = tr.status == "completed"
+        act = spec.activation_metrics
+        corr = q + spec.pr_bias_share + eff.pr_bias * ramp
+        cent = _centred(q) + eff.pr_centred * ramp
+        init = None if k.init_std is None else "normal"
+        rows.append(
+            dict(
+                trial_id=tr.trial_id,
+                optimizer=k.optimizer,
+                qk_norm=k.qk_norm,
+                width=k.width,
+                lr=k.lr,
+                seed=k.seed,
+                depth=spec.depth,
+                d_head=spec.d_head,
+                steps_planned=spec.steps,
+                status=tr.status,
+                final_val_loss=spec.final_loss(k) + tr.loss_off if done else None,
+                final_pr_q=q,
+                final_pr_k=q + 0.02,
+                final_pr_wq=w,
+                final_pr_wk=w + 0.01,
+                init_loss=LOSS_INIT,
+                final_pr_q_corrected=corr if act else None,
+                final_pr_k_corrected=corr + 0.02 if act else None,
+                final_pr_q_centred=cent if act else None,
+                final_pr_k_centred=cent + 0.02 if act else None,
+                init=init,
+                init_std=k.init_std,
+                init_key=f"{init or '?'}:{'?' if k.init_std is None else k.init_std}",
+            )
+        )
+    return rows
+
+
+def _centred(q_share):
+    """Centred PR sits a little below the uncentred one (the mean direction is removed)."""
+    return q_share - 0.05
+
+
+def _w_share(q_share):
+    """Weight PR falls less than activation PR: an affine map keeps rate and minimum step."""
+    return 0.92 - 0.5 * (0.8 - q_share)
+
+
+# ---- key columns, built once per (heads) and reused for every trial -------------------------
+@dataclass
+class _Template:
+    step: np.ndarray
+    layer: pa.Array
+    head: pa.Array
+    name: pa.Array
+    tensor: pa.Array
+    n_log: int  # rows of the step block (first), then the eval block
+
+
+def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
+    L, H = spec.depth, n_heads
+    log_steps = np.arange(0, spec.steps + 1, spec.log_every)
+    if log_steps[-1] != spec.steps:
+        log_steps = np.append(log_steps, spec.steps)
+    ev = eval_steps(spec)
+    names = list(METRIC_NAMES)
+    tensors = list(TENSORS)
+    nid = {n: i for i, n in enumerate(names)}
+    (val_loss,) = EVAL_METRICS
+    (axis_share,) = AXIS_METRICS
+    # step block: (S, 5)
+    s_step = np.repeat(log_steps, len(STEP_METRICS))
+    s_name = np.tile([nid[n] for n in STEP_METRICS], len(log_steps))
+    s_null = np.full(s_step.size, -1)
+    # eval block, per eval step: val_loss, then (metric, tensor, layer, head), (q/k, layer, head),
+    # (attention metric, layer, head) -- the same order `_eval_values` builds.
+    lh_layer = np.repeat(np.arange(L), H)
+    lh_head = np.tile(np.arange(H), L)
+    per_name = [nid[val_loss]]
+    per_tensor, per_layer, per_head = [-1], [-1], [-1]
+    for m in SPECTRUM_METRICS:
+        for ti in range(len(TENSORS)):
+            per_name += [nid[m]] * (L * H)
+            per_tensor += [ti] * (L * H)
+            per_layer += list(lh_layer)
+            per_head += list(lh_head)
+    for ti in (TENSORS.index("q"), TENSORS.index("k")):
+        per_name += [nid[axis_share]] * (L * H)
+        per_tensor += [ti] * (L * H)
+        per_layer += list(lh_layer)
+        per_head += list(lh_head)
+    for m in ACTIVATION_METRICS if spec.activation_metrics else ():
+        for ti in (TENSORS.index("q"), TENSORS.index("k")):
+            per_name += [nid[m]] * (L * H)
+            per_tensor += [ti] * (L * H)
+            per_layer += list(lh_layer)
+            per_head += list(lh_head)
+    for m in ATTENTION_METRICS:
+        per_name += [nid[m]] * (L * H)
+        per_tensor += [-1] * (L * H)
+        per_layer += list(lh_layer)
+        per_head += list(lh_head)
+    E, P = len(ev), len(per_name)
+    e_step = np.repeat(ev, P)
+    step = np.concatenate([s_step, e_step]).astype(np.int64)
+    name_i = np.concatenate([s_name, np.tile(per_name, E)])
+    tensor_i = np.concatenate([s_null, np.tile(per_tensor, E)])
+    layer_i = np.concatenate([s_null, np.tile(per_layer, E)])
+    head_i = np.concatenate([s_null, np.tile(per_head, E)])
+
+    def dict_col(idx, values):
+        ind = pa.array(idx, pa.int32(), mask=idx < 0)
+        return pa.DictionaryArray.from_arrays(ind, pa.array(values, pa.string())).cast(pa.string())
+
+    def int_col(idx):
+        return pa.array(idx, pa.int16(), mask=idx < 0)
+
+    return _Template(
+        step, int_col(layer_i), int_col(head_i), dict_col(name_i, names), dict_col(tensor_i, tensors), s_step.size
+    )
+
+
+def eval_steps(spec: SyntheticSpec) -> np.ndarray:
+    ev = np.arange(0, spec.steps + 1, spec.eval_every)
+    return ev if ev[-1] == spec.steps else np.append(ev, spec.steps)
+
+
+def _head_factors(L: int, H: int, rng: np.random.Generator) -> np.ndarray:
+    """(L, H) factors 1 + a with a summing to zero within each layer."""
+    a = rng.uniform(-0.1, 0.1, (L, H))
+    return 1 + a - a.mean(axis=1, keepdims=True)
+
+
+def _decay(t: np.ndarray, steps: int) -> np.ndarray:
+    """1 at step 0, 0 at the last step: the loss reaches its planted final value exactly."""
+    tau = steps / 7.5
+    return (np.exp(-t / tau) - np.exp(-steps / tau)) / (1 - np.exp(-steps / tau))
+
+
+def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.ndarray:
+    """The value column, in the template's row order."""
+    k, L, D = tr.key, spec.depth, spec.d_head
+    eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
+    # step block (S, 5): train_loss, lr, grad_norm, tokens, wall_s
+    s = tpl.step[: tpl.n_log : len(STEP_METRICS)].astype(float)
+    final = spec.final_loss(k) + tr.loss_off
+    loss = final + (LOSS_INIT - final) * _decay(s, spec.steps)
+    sched = k.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / spec.steps)))
+    step_block = np.stack(
+        [
+            loss + 0.02 * rng.standard_normal(s.size),
+            sched,
+            1.0 + 0.1 * rng.random(s.size),
+            s * spec.tokens_per_step,
+            s * 0.08,
+        ],
+        axis=1,
+    )
+    # eval block
+    ev = eval_steps(spec).astype(float)
+    E = ev.size
+    val = final + (LOSS_INIT - final) * _decay(ev, spec.steps)
+    ramp, base = spec.ramp(ev, tr.rate), spec.share(ev, tr.rate)
+    q = base + (spec.pr_shift(k) + tr.pr_off) * ramp  # (E,)
+    w = _w_share(base) + (eff.pr_w + 0.5 * tr.pr_off) * ramp
+    base = np.stack([w, w + 0.01, q, q + 0.02], axis=1)  # (E, 4) in TENSORS order
+    fac = _head_factors(L, H, rng)  # (L, H)
+    # (E, 4 metrics, 4 tensors), metrics in SPECTRUM_METRICS order
+    spec_vals = np.stack([base ** SPEC_POWERS[m] for m in SPECTRUM_METRICS], axis=1)
+    spec_vals = D * spec_vals[..., None, None] * fac  # (E, 4, 4, L, H)
+    if spec.point_noise:
+        spec_vals = spec_vals + D * spec.point_noise * rng.standard_normal(spec_vals.shape)
+    axis = (1 / D + 0.3 * (1 - base[:, 2:]))[..., None, None] * fac  # (E, 2, L, H)
+    attn = np.stack([np.full(E, 2.0), 5 + 10 * (1 - q)], axis=1)[..., None, None] * fac
+    blocks = [val[:, None], spec_vals.reshape(E, -1), axis.reshape(E, -1)]
+    if spec.activation_metrics:
+        # (E, 3 metrics, 2 tensors) in ACTIVATION_METRICS x (q, k) order, in units of PR
+        bias = -(spec.pr_bias_share + eff.pr_bias * ramp)
+        cent = _centred(q) + eff.pr_centred * ramp
+        act = np.stack(
+            [np.stack([cent, cent + 0.02], 1), np.stack([bias, bias], 1), np.stack([0.5 * bias, 0.5 * bias], 1)], axis=1
+        )
+        blocks.append((D * act[..., None, None] * fac).reshape(E, -1))
+    blocks.append(attn.reshape(E, -1))
+    eval_block = np.concatenate(blocks, axis=1)
+    out = np.concatenate([step_block.ravel(), eval_block.ravel()])
+    if tr.status == "diverged":  # the loss blows up at the last recorded step
+        last = (tpl.step == tr.last_step) & (tpl.name.to_numpy(zero_copy_only=False) == "train_loss")
+        out[last] = np.nan
+    return out
+
+
+def _spectra_table(spec: SyntheticSpec, tr: _Trial, H: int, steps: np.ndarray) -> pa.Table:
+    L, D = spec.depth, spec.d_head
+    rows = len(steps) * 4 * L * H
+    decay = np.exp(-np.arange(D) / (D * spec.pr_floor))
+    sigma = np.tile(decay.astype(np.float32), rows)
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * D)
+    return pa.table(
+        {
+            "trial_id": pa.repeat(pa.scalar(tr.trial_id), rows),
+            "step": pa.array(np.repeat(steps, 4 * L * H).astype(np.int64)),
+            "layer": pa.array(np.tile(np.repeat(np.arange(L), H), len(steps) * 4), pa.int16()),
+            "head": pa.array(np.tile(np.arange(H), len(steps) * 4 * L), pa.int16()),
+            "tensor": pa.array(np.tile(np.repeat(TENSORS, L * H), len(steps))),
+            "sigma": pa.ListArray.from_arrays(offsets, pa.array(sigma)),
+        },
+        schema=SPECTRA_SCHEMA,
+    )
+
+
+# ---- writing --------------------------------------------------------------------------------
+def _write(table: pa.Table, path: Path, mtime: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+    os.utime(path, (mtime, mtime))
+
+
+def _part_name(first: int, last: int) -> str:
+    return f"part-{first:09d}-{last:09d}.parquet"
+
+
+def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
+    """Write one sweep folder; returns a manifest of what was planted (for tests)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.rng_seed + 1)
+    trials = plan_trials(spec)
+    templates: dict[int, _Template] = {}
+    t0 = 1.7e9  # fixed mtimes: part order on disk is part of what is tested
+    manifest = {
+        "duplicate_rows": 0,
+        "truncated": [],
+        "duplicated_trials": [],
+        "metric_rows": 0,
+        "spectra_rows": 0,
+        "n_trials": len(trials),
+    }
+    done = [t.trial_id for t in trials if t.status == "completed"]
+    dup_ids = set(done[: spec.n_duplicated])  # first completed trials get a replayed part
+    trunc_ids = set(done[::-1][: spec.n_truncated])  # last completed trials lose their last part
+    for n, tr in enumerate(trials):
+        H = tr.key.width // spec.d_head
+        tpl = templates.setdefault(H, _template(spec, H))
+        values = _values(spec, tr, tpl, H, rng)
+        table = pa.Table.from_arrays(
+            [
+                pa.repeat(pa.scalar(tr.trial_id), len(values)),
+                pa.array(tpl.step),
+                tpl.name,
+                tpl.layer,
+                tpl.head,
+                tpl.tensor,
+                pa.array(values),
+            ],
+            schema=METRICS_SCHEMA,
+        )
+        step = tpl.step
+        bounds = np.linspace(0, tr.last_step, spec.parts + 1).round().astype(int)
+        folder = out / METRICS_DIR / f"trial_id={tr.trial_id}"
+        mtime = t0 + n
+        written = []
+        for p in range(spec.parts):
+            lo, hi = (bounds[p] + (p > 0)), bounds[p + 1]
+            mask = (step >= lo) & (step <= hi)
+            part = table.filter(pa.array(mask))
+            if tr.trial_id in dup_ids and p == spec.parts - 1:
+                # a crash after this part was written, a restore from an earlier checkpoint and a
+                # replay: the stale values (here +1) are overwritten by the replayed part below
+                stale = part.set_column(6, "value", pa.array(part.column("value").to_numpy() + 1.0))
+                part = stale
+            path = folder / _part_name(lo, hi)
+            _write(part, path, mtime + p * 0.01)
+            written.append(path)
+            manifest["metric_rows"] += part.num_rows
+        if tr.trial_id in dup_ids:
+            replay_lo = int(bounds[-2] + 1)
+            mask = (step >= replay_lo) & (step <= tr.last_step)
+            replay = table.filter(pa.array(mask))
+            name = _part_name(replay_lo, tr.last_step).replace(".parquet", "-replay.parquet")
+            _write(replay, folder / name, mtime + 0.5)
+            manifest["duplicate_rows"] += replay.num_rows
+            manifest["metric_rows"] += replay.num_rows
+            manifest["duplicated_trials"].append(tr.trial_id)
+        if tr.trial_id in trunc_ids:
+            last = written[-1]
+            data = last.read_bytes()
+            last.write_bytes(data[: len(data) // 2])
+            manifest["truncated"].append(str(last))
+        if spec.spectra != "none":
+            ev = eval_steps(spec)
+            ev = ev[ev <= tr.last_step]
+            steps = {"all": ev, "ends": np.unique([ev[0], ev[-1]]), "last": ev[-1:]}[spec.spectra]
+            st = _spectra_table(spec, tr, H, steps)
+            _write(st, out / SPECTRA_DIR / f"trial_id={tr.trial_id}" / _part_name(steps[0], steps[-1]), mtime)
+            manifest["spectra_rows"] += st.num_rows
+        if spec.junk_files and n == 0:
+            (folder / f".{_part_name(0, 1)}.abcd1234.tmp").write_bytes(b"half a file")
+            (folder / "part-x.parquet.tmp").write_bytes(b"half a file")
+    _write_trials(spec, trials, out)
+    if spec.sweep_json:
+        sweep = {
+            "name": spec.name,
+            "n_trials": len(trials) + spec.n_planned_extra,
+            "started_at": "2025-01-01T00:00:00+00:00",
+            "finished_at": "2025-01-01T01:00:00+00:00" if spec.finished else None,
+            "grid": {
+                "optimizer": list(spec.optimizers),
+                "qk_norm": list(spec.qk_norms),
+                "width": list(spec.widths),
+                "lr": list(spec.lrs),
+                "seed": list(spec.seeds),
+            },
+            "train": {"depth": spec.depth, "d_head": spec.d_head, "steps": spec.steps, "eval_every": spec.eval_every},
+            "synthetic": {k: v for k, v in asdict(spec).items() if k not in ("effects", "diverge_if")},
+        }
+        (out / SWEEP_JSON).write_text(json.dumps(sweep, indent=2, default=str))
+    return manifest
+
+
+def _write_trials(spec: SyntheticSpec, trials: list[_Trial], out: Path) -> None:
+    rows = []
+    for tr in trials:
+        k = tr.key
+        done = tr.status == "completed"
+        final = spec.final_loss(k) + tr.loss_off
+        rows.append(
+            dict(
+                trial_id=tr.trial_id,
+                optimizer=k.optimizer,
+                qk_norm=k.qk_norm,
+                width=k.width,
+                depth=spec.depth,
+                n_heads=k.width // spec.d_head,
+                d_head=spec.d_head,
+                lr=k.lr,
+                seed=k.seed,
+                steps_planned=spec.steps,
+                steps_done=tr.last_step,
+                tokens=tr.last_step * spec.tokens_per_step,
+                status=tr.status,
+                final_train_loss=final if done else None,
+                final_val_loss=final if done else None,
+                wall_s=tr.last_step * 0.08,
+                corpus_hash="synthetic",
+                config_json=_config_json(k),
+                diverged_step=tr.diverged_step,
+                error="loss is not finite" if tr.status == "diverged" else None,
+            )
+        )
+    pq.write_table(pa.Table.from_pylist(rows, schema=TRIALS_SCHEMA), out / TRIALS_FILE)
+
+
+def _config_json(k: TrialKey) -> str:
+    cfg = {n: v for n, v in asdict(k).items() if n != "init_std"}
+    if k.init_std is not None:
+        cfg.update(init="normal", init_std=k.init_std)
+    return json.dumps(cfg, sort_keys=True)

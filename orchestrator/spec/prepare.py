@@ -1,0 +1,140 @@
+"""Everything a command checks before it writes anything or starts Ray, in one place.
+
+Each check raises a ConfigError naming the field and the value (the command prints one line and
+exits 2): the spec (from a file, a bundled name or the Python API), the results folder and what an
+earlier run left there, whether the trials find their device, and the corpus, which is read here
+once and shared by every trial. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from trainer.budget import check_device
+from trainer.config import ConfigError, TrialConfig, short_repr
+from trainer.data import TokenData, corpus_key, load_tokens
+from trainer.safeio import inside, read_record
+from trainer.schema import SWEEP_JSON
+from trainer.storage import ResultsDir, check_writable
+from trainer.trials import read_trials
+
+from .overrides import apply_overrides
+from .run_spec import RunSpec
+from .sweep_file import SweepSpec, load_spec
+from .validation import parse_model
+
+TUNE_DIR = "tune"  # <results>/<name>/tune: Tune's experiment state and trial checkpoints
+
+
+def sweep_spec(config, overrides, given=None) -> tuple[SweepSpec, str]:
+    """The sweep spec and where it came from: `given` (a SweepSpec or a sweep file's mapping, from
+    the Python API) with the overrides applied, else the file or bundled name `config`."""
+    if given is None:
+        return load_spec(config, list(overrides))
+    if isinstance(given, SweepSpec):
+        given = given.model_dump(mode="json")
+    if not isinstance(given, dict):
+        raise ConfigError(
+            f"run_sweep: expected a sweep file, a bundled sweep's name, a mapping or a SweepSpec, "
+            f"got {type(given).__name__}"
+        )
+    return parse_model(SweepSpec, apply_overrides(given, list(overrides)), "run_sweep"), "<python>"
+
+
+def check_results(location: str, name: str) -> ResultsDir:
+    """The sweep's folder <location>/<name>, checked but not created.
+
+    A local `location` may be missing as long as its parent folder exists (it is created on the
+    first write); a missing parent is almost always a typo, so that is an error. URIs are opened
+    (credentials, bucket) but not probed further.
+    """
+    return check_writable(location, "results", create_missing=False, child=name)
+
+
+def check_placement(configs: list[TrialConfig], spec: RunSpec, *, local: bool) -> None:
+    """Devices and memory: a cuda trial needs a GPU slot; on this machine (a private local Ray)
+    every trial must find its device and fit in its memory (trainer.budget.check_device)."""
+    if any(c.device == "cuda" and spec.resources.for_width(c.width)[1] == 0 for c in configs):
+        raise ConfigError(
+            "train.device: 'cuda' but resources.gpus_per_trial is 0, so a trial would see no GPU "
+            "(got 'cuda'); set gpus_per_trial, or device: auto"
+        )
+    if local:
+        check_device(configs)
+
+
+def check_previous(results: ResultsDir, kind: str, *, resume: bool) -> dict | None:
+    """What an earlier run left in the results folder: sweep.json and trials.parquet readable,
+    written by the same kind of run ("sweep" or "lr_study"), and (for --resume) its Tune experiments
+    inside <results>/<name>/tune (Tune unpickles what it restores). Returns sweep.json or None."""
+    previous = read_record(results)
+    read_trials(results)  # a corrupt trials.parquet is one line here, not a traceback later
+    if previous is None:
+        return None
+    for key, ok in (
+        ("trial_ids", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
+        ("runs", lambda v: isinstance(v, list)),
+        ("config", lambda v: isinstance(v, dict)),
+    ):
+        if previous.get(key) is not None and not ok(previous[key]):
+            raise ConfigError(
+                f"{results.uri}/{SWEEP_JSON}: {key} is malformed ({short_repr(previous[key], 60)}); "
+                "fix it or move the file away"
+            )
+    found = previous.get("kind")
+    if found is not None and found != kind:
+        raise ConfigError(
+            f"{results.uri}/{SWEEP_JSON}: this folder holds a {short_repr(found, 30)}, not a "
+            f"{kind}; choose another results folder or name"
+        )
+    if resume:
+        tune_root = f"{results.uri}/{TUNE_DIR}"
+        for i, run in enumerate(previous.get("runs") or []):
+            path = run.get("tune_experiment") if isinstance(run, dict) else None
+            if path is not None and not (isinstance(path, str) and inside(path, tune_root)):
+                raise ConfigError(
+                    f"{results.uri}/{SWEEP_JSON}: runs[{i}].tune_experiment {short_repr(path, 80)} "
+                    f"is outside {tune_root}; --resume restores (unpickles) only experiments there"
+                )
+    return previous
+
+
+def check_resume(previous: dict | None, spec: SweepSpec, configs: list[TrialConfig], source: str, results) -> None:
+    """--resume continues the interrupted sweep: its planned trials must be this spec's."""
+    planned = set((previous or {}).get("trial_ids") or [])
+    if planned and planned != {c.trial_id() for c in configs}:
+        changed = changed_settings(previous.get("config") or {}, spec.model_dump(mode="json"))
+        what = f" ({'; '.join(changed)})" if changed else ""
+        raise ConfigError(
+            f"--resume: the trials in {source} are not those of the interrupted sweep in "
+            f"{results.uri}{what}; run without --resume (finished trials are kept and not run again)"
+        )
+
+
+def check_same_train(previous: dict | None, spec: RunSpec, results: ResultsDir) -> None:
+    """An LR study run again adds trials to the same studies: its `train:` block must be theirs."""
+    changed = changed_settings((previous or {}).get("config") or {}, spec.model_dump(mode="json"))
+    if previous is not None and changed:
+        raise ConfigError(
+            f"{results.uri} holds studies run with other train: settings ({'; '.join(changed)}); "
+            "adding trials would mix them: restore the settings, or give the study a new name"
+        )
+
+
+def changed_settings(before: dict, after: dict, limit: int = 4) -> list[str]:
+    """'train.steps: 400 -> 500' for each grid axis or train setting that differs between two specs."""
+    changes = []
+    for section in ("grid", "train"):
+        old, new = before.get(section) or {}, after.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changes.append(f"{section}.{key}: {short_repr(old.get(key), 60)} -> {short_repr(new.get(key), 60)}")
+    return changes[:limit] + ([f"and {len(changes) - limit} more"] if len(changes) > limit else [])
+
+
+def load_corpora(configs: list[TrialConfig]) -> dict[tuple, TokenData]:
+    """Each distinct corpus once (usually one), keyed like trainer.data.corpus_key."""
+    tokens: dict[tuple, TokenData] = {}
+    for cfg in configs:
+        key = corpus_key(cfg)
+        if key not in tokens:
+            tokens[key] = load_tokens(cfg)
+    return tokens

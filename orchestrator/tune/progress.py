@@ -1,0 +1,159 @@
+"""The console view of a running sweep or LR study: one line per trial event, a progress line, an ETA.
+
+    [0:01:12] completed adamw_rms_w64_lr0.01_s0_3f2a9c1d  val 2.412  PR(q)/d_head 0.480  7.1 s
+    [0:01:12] progress  12/48 done | 2 running | 34 pending | 0 diverged | 0 failed | ETA 0:05:10
+
+It replaces Ray's tables. The ETA weighs every trial by its FLOPs (orchestrator.spec.costs.trial_flops),
+so that a width-128 trial counts for about four width-64 ones. Reads trial statuses, never writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from trainer.config import TrialConfig
+from trainer.console import format_duration
+from trainer.schema import STATUSES
+
+from ..spec.costs import trial_flops
+from .reports import TrialReport
+
+
+@dataclass
+class Counts:
+    """Trials by status, plus those waiting to run (pending)."""
+
+    completed: int = 0
+    diverged: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    pending: int = 0
+
+    def line(self, total: int) -> str:
+        extra = f" | {self.pruned} pruned" if self.pruned else ""
+        return (
+            f"{self.completed}/{total} done | {self.running} running | {self.pending} pending | "
+            f"{self.diverged} diverged | {self.failed} failed{extra}"
+        )
+
+
+assert {f.name for f in fields(Counts)} == {*STATUSES, "pending"}, "one counter per trainer.schema status"
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+class Progress:
+    """Counts, ETA and console lines of one run; `row_status` reads a trial's status in the ledger."""
+
+    def __init__(
+        self,
+        plan: dict[str, TrialConfig],
+        n_planned: int,
+        to_run: set[str],
+        row_status: Callable[[str], str | None],
+        every_s: float = 30.0,
+        stream=None,
+        verbose: bool = True,
+    ):
+        self.plan, self.n_planned, self.to_run, self.row_status = plan, n_planned, to_run, row_status
+        self.every_s, self.stream, self.verbose = every_s, stream, verbose  # stream None = sys.stdout when printing
+        self.t0 = time.monotonic()
+        self.last_line = 0.0
+        self.work_done = 0.0  # cost units finished in this run (for the ETA)
+        self.partial: dict[str, float] = {}  # trial_id -> cost units of the running attempt so far
+        self.ended_here: set[str] = set()
+        self.recovering: set[str] = set()  # failed, waiting for a retry
+
+    # ---- counting --------------------------------------------------------------------------
+    def status_of(self, tid: str) -> str:
+        """What the progress line calls a trial: a row's status, or pending while it waits to run."""
+        status = self.row_status(tid)
+        if tid in self.recovering or (status != "running" and tid in self.to_run and tid not in self.ended_here):
+            return "pending"
+        return status or "pending"
+
+    def counts(self) -> Counts:
+        c = Counts()
+        for tid in self.plan:
+            status = self.status_of(tid)
+            setattr(c, status, getattr(c, status) + 1)
+        c.pending += max(self.n_planned - len(self.plan), 0)
+        return c
+
+    def eta(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        done = self.work_done + sum(self.partial.values())
+        costs = {tid: trial_flops(cfg) for tid, cfg in self.plan.items()}
+        remaining = sum(
+            cost - self.partial.get(tid, 0.0)
+            for tid, cost in costs.items()
+            if self.status_of(tid) in ("pending", "running")
+        )
+        if costs:  # trials a searcher has not proposed yet cost as much as the average one so far
+            remaining += max(self.n_planned - len(self.plan), 0) * sum(costs.values()) / len(costs)
+        if done <= 0 or elapsed < 1:
+            return "--:--:--"
+        return format_duration(remaining * elapsed / done)
+
+    # ---- printing --------------------------------------------------------------------------
+    def say(self, kind: str, text: str) -> None:
+        if self.verbose:
+            stamp = format_duration(time.monotonic() - self.t0)
+            print(f"[{stamp}] {kind:<9} {text}", file=self.stream or sys.stdout, flush=True)
+
+    def line(self) -> None:
+        """The progress line (counts and ETA)."""
+        self.last_line = time.monotonic()
+        self.say("progress", f"{self.counts().line(self.n_planned)} | ETA {self.eta()}")
+
+    def line_due(self) -> bool:
+        return time.monotonic() - self.last_line >= self.every_s
+
+    # ---- trial events ----------------------------------------------------------------------
+    def started(self, tid: str) -> None:
+        self.partial[tid] = 0.0
+        self.say("restart" if tid in self.recovering else "start", f"{tid}")
+        self.recovering.discard(tid)
+
+    def advanced(self, tid: str, cfg: TrialConfig, step: int) -> None:
+        self.partial[tid] = trial_flops(cfg) * min((step + 1) / cfg.steps, 1.0)
+
+    def ended(self, tid: str, cfg: TrialConfig, row: dict, last: TrialReport) -> None:
+        """The trial ended normally (completed, diverged, pruned, or skipped as already finished)."""
+        self.partial.pop(tid, None)
+        if not last.get("skipped"):
+            self.work_done += trial_flops(cfg) * (row.get("steps_done") or 0) / cfg.steps
+        self.ended_here.add(tid)
+        self.say(row["status"] if not last.get("skipped") else "skipped", self._outcome_text(tid, row, last))
+        self.line()
+
+    def retrying(self, tid: str, text: str) -> None:
+        self.partial[tid] = 0.0
+        self.recovering.add(tid)
+        self.say("retry", text)
+
+    def failed(self, tid: str, error: str) -> None:
+        self.partial.pop(tid, None)
+        self.ended_here.add(tid)
+        self.say("failed", f"{tid}: {error.splitlines()[0]}")
+        self.line()
+
+    def _outcome_text(self, tid: str, row: dict, last: TrialReport) -> str:
+        if last.get("skipped"):
+            return f"{tid} (already {row['status']} in trials.parquet)"
+        wall = f"{row.get('wall_s') or 0:.1f} s"
+        if row["status"] == "diverged":
+            return f"{tid}  at step {row.get('diverged_step')}  {wall}"
+        if row["status"] == "pruned":
+            where = f"{row.get('steps_done')}/{row.get('steps_planned')}"
+            return f"{tid}  stopped at step {where}  val {_number(row.get('final_val_loss'))}"
+        pr = last.get("pr_q")
+        pr = pr if isinstance(pr, (int, float)) and math.isfinite(pr) else None
+        return f"{tid}  val {_number(row.get('final_val_loss'))}  PR(q)/d_head {_number(pr)}  {wall}"

@@ -1,0 +1,184 @@
+"""Starting or joining Ray for a sweep: private and loopback-only on a laptop, `auto` on a cluster.
+
+A private instance binds every server to 127.0.0.1, runs no dashboard and keeps Ray's token
+authentication on (Ray 2.60 enables it for a local `ray.init()` and keeps the token in
+~/.ray/auth_token; RAY_AUTH_MODE is left alone, so a user's setting is respected). It lives in a
+short temporary folder: Ray's unix sockets must fit in 107 characters, which a long results path
+or pytest's tmp_path would break.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+
+# Quiet Ray before it is imported: no dedup banner, no per-trial boxes, no deprecation nags.
+for _key, _value in {
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy reporter is silent at verbose=0; the new one still prints boxes
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # tune_core.logger_callbacks adds result.json, CSV, TensorBoard
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
+    "TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray._private import ray_constants  # noqa: E402
+
+from trainer.config import ConfigError  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class RayHandle:
+    """What `start_ray` did, so `stop` undoes exactly that."""
+
+    mode: str  # "local" (started here), "cluster" (joined), "existing" (already initialised)
+    address: str | None = None
+    temp_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        resources = ray.cluster_resources()
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        gpus = f", {resources['GPU']:g} GPUs" if resources.get("GPU") else ""
+        where = {
+            "local": "private local Ray (127.0.0.1)",
+            "cluster": f"Ray cluster at {self.address}",
+            "existing": "the Ray instance already running in this process",
+        }[self.mode]
+        return f"{where}: {nodes} node(s), {resources.get('CPU', 0):g} CPUs{gpus}"
+
+    def stop(self) -> None:
+        if self.mode == "existing":
+            return
+        ray.shutdown()
+        if self.mode == "local":
+            _loopback_only(False)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# Ray's longest socket: <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, and AF_UNIX
+# paths stop at 107 bytes: 62 for the session part (+2 for a 7-digit pid) leaves 43 for <temp>.
+SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_1234567/sockets/plasma_store")
+MAX_SOCKET_PATH = 107
+
+
+def short_temp_dir(root: str | None = None, prefix: str = "r") -> str:
+    """A fresh folder for Ray's sessions and sockets: under `root` if the socket paths would fit,
+    else under $RAY_TMPDIR or /tmp."""
+    suffix = len(prefix) + 9  # mkdtemp adds "/" + prefix + 8 random characters
+    if root is None or len(str(root)) + suffix + SOCKET_SUFFIX > MAX_SOCKET_PATH:
+        root = os.environ.get("RAY_TMPDIR") or ("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
+    os.makedirs(root, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=root)
+
+
+def running_cluster_address() -> str | None:
+    """The address of a Ray cluster this machine belongs to (`ray start` / `ray up`), if it answers."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        from ray._private.utils import read_ray_address
+
+        address = read_ray_address()
+    except Exception:
+        return None
+    if not address or ":" not in address:
+        return None
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return address
+    except (OSError, ValueError):
+        return None  # a stale address file from a cluster that is gone
+
+
+def check_local_resources(num_cpus: int, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Fail before starting Ray when one trial cannot fit on this machine (Tune would wait forever)."""
+    if cpus_per_trial > num_cpus:
+        raise ConfigError(
+            f"resources.cpus_per_trial: {cpus_per_trial:g} is more than the {num_cpus} CPUs of this machine"
+        )
+    if gpus_per_trial > 0:
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus_per_trial > max(have, 0) and not (0 < gpus_per_trial <= 1 and have >= 1):
+            raise ConfigError(
+                f"resources.gpus_per_trial: {gpus_per_trial:g} but this machine has {have} GPU(s); "
+                "use gpus_per_trial: 0 here, or run on a GPU cluster (--address)"
+            )
+
+
+def start_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    local: bool = False,
+    quiet: bool = True,
+    temp_root: str | None = None,
+) -> RayHandle:
+    """Reuse an initialised Ray, join a cluster, or start a private loopback-only instance."""
+    log_level = logging.ERROR if quiet else logging.WARNING
+    if ray.is_initialized():
+        return RayHandle(mode="existing")
+    if address is None and not local:
+        address = running_cluster_address()
+    if address:
+        ray.init(address=address, log_to_driver=not quiet, logging_level=log_level, configure_logging=True)
+        return RayHandle(mode="cluster", address=address)
+    temp_dir = short_temp_dir(temp_root)
+    _loopback_only(True)
+    try:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            _temp_dir=temp_dir,
+            log_to_driver=not quiet,
+            logging_level=log_level,
+            configure_logging=True,
+        )
+    except Exception:
+        _loopback_only(False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return RayHandle(mode="local", temp_dir=temp_dir)
+
+
+def _loopback_only(on: bool) -> None:
+    """Make Ray treat 127.0.0.1 as this node's address, so that every server binds to loopback.
+
+    On Linux Ray replaces a loopback `_node_ip_address` with the machine's routable IP (and binds
+    GCS, raylet and workers there) unless clustering is off; the switch is read from
+    `ray_constants` at call time, so flipping it here keeps a private instance off the network.
+    """
+    if not hasattr(_loopback_only, "default"):
+        _loopback_only.default = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = _loopback_only.default and not on
+
+
+def fits_a_node(cpus: float, gpus: float) -> bool:
+    """Whether some live node has room for one trial (else Tune waits, e.g. for the autoscaler)."""
+    for node in ray.nodes():
+        have = node.get("Resources", {}) if node.get("Alive") else {}
+        if have.get("CPU", 0) >= cpus and have.get("GPU", 0) >= gpus:
+            return True
+    return False
+
+
+def quiet_tune_logging() -> None:
+    """Tune logs warnings (slow syncs, resource hints) through `logging`; keep only errors.
+
+    A failed trial's traceback is not repeated on the console: the monitor prints one line and
+    files the error in trials.parquet / attempts.parquet (the full text stays in Tune's error.txt).
+    """
+    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):  # per-trial tracebacks, "did not complete"
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -1,0 +1,88 @@
+"""One run's Ray: where it runs, the driver lock around everything that writes, and signals.
+
+Both commands choose an address (a cluster to join, or a private local Ray that must have room for
+the largest trial), hold the results folder's driver lock while they write (`guarded`), and run
+their Tuner inside a `ray_session`, which treats SIGTERM as Ctrl-C and stops (or leaves) Ray after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from trainer.config import ConfigError
+from trainer.safeio import environment_problem
+from trainer.storage import ResultsDir
+
+from ..exits import bad_input, environment_failure
+from ..spec.run_spec import Resources
+from . import runtime
+from .lock import DriverLock
+from .monitor import register
+
+
+def choose_address(
+    address: str | None, local: bool, num_cpus: int | None, resources: Resources, widths=None
+) -> str | None:
+    """The Ray cluster to join (None: start a private local Ray, which must have room for the
+    largest trial of the grid's `widths`)."""
+    address = None if local else (address or runtime.running_cluster_address())
+    if address is None:
+        cpus, gpus = resources.largest(widths)
+        runtime.check_local_resources(num_cpus or os.cpu_count() or 1, cpus, gpus)
+    return address
+
+
+def guarded(body, results: ResultsDir, command: str, again: str) -> int:
+    """Run `body` (the part of a command that writes) holding the results folder's driver lock.
+
+    Another driver's lock and unsafe paths (ConfigError) end with exit 2; a full disk, quota or
+    read-only file system with exit 3 and the command that continues; anything else propagates."""
+    try:
+        with DriverLock(results, command):
+            return body()
+    except ConfigError as err:
+        return bad_input(err)
+    except Exception as exc:  # noqa: BLE001 - only the machine's failures are turned into one line
+        problem = environment_problem(exc)
+        if problem is None:
+            raise
+        return environment_failure(
+            problem, f"writing to {results.uri}", f"free space (or fix the file system), then continue with: {again}"
+        )
+
+
+@contextmanager
+def ray_session(
+    address: str | None, num_cpus: int | None, *, local: bool, verbose_ray: bool
+) -> Iterator[runtime.RayHandle]:
+    """Ray for one run: started or joined, Tune's logging quieted; on the way out the registered
+    monitor is forgotten and Ray is stopped (or left alone if it was running before)."""
+    handle = runtime.start_ray(address, num_cpus, local=local, quiet=not verbose_ray)
+    restore_sigterm = sigterm_as_sigint()  # after ray.init, which installs Ray's own (C++) SIGTERM handler
+    try:
+        if not verbose_ray:
+            runtime.quiet_tune_logging()
+        yield handle
+    finally:
+        restore_sigterm()
+        register(None)
+        handle.stop()
+
+
+def sigterm_as_sigint():
+    """Treat SIGTERM (`kill`, a scheduler's stop, `timeout`) as Ctrl-C: Tune stops the trials, saves
+    its experiment state, and the command prints the --resume hint and exits 130, instead of Ray's
+    handler dumping a C++ stack and aborting. Returns the function that restores the old handler.
+    A no-op outside the main thread (a signal handler can only be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def forward(signum, frame):
+        signal.raise_signal(signal.SIGINT)  # Tune's SIGINT handler: the first stops gracefully
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set from C
