@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from .finals import LAYER_PR
 from .paradox import METRICS, effect_frame, effect_stats, make_pairs, pair_diffs, select
 
 CELL_COLUMNS = [
@@ -89,7 +90,8 @@ def cell_table(finals: pl.DataFrame, best: pl.DataFrame, deciding: pl.DataFrame 
 
 
 def layer_table(layers: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
-    """tables/paradox_layers.csv: best-LR paired effects of final PR q / k per layer (the
+    """tables/paradox_layers.csv: best-LR paired effects of final PR q / k, as used and on the
+    sphere (LAYER_PR), per layer (the
     `layer_finals` rows), each arm at the best LR of `best` (the table the deciding pairs use), so
     a layer's pairs are the deciding pairs. Holm over every row of the table (family "layers")."""
     if layers.height == 0:
@@ -99,7 +101,7 @@ def layer_table(layers: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
     sel = layers.filter(pl.col("trial_id").is_in(chosen.implode()))
     # paired as the deciding table is: same optimizer, width and seed, each arm at its own best LR (sel
     # holds only best-LR trials, so the re-selection keeps them all)
-    pairs = make_pairs(sel, "best_lr", ("final_pr_q", "final_pr_k"), extra_keys=("layer",), best=best)
+    pairs = make_pairs(sel, "best_lr", LAYER_PR, extra_keys=("layer",), best=best)
     rows = []
     for g in (
         pairs.select("optimizer", "qk_norm", "layer")
@@ -108,7 +110,7 @@ def layer_table(layers: pl.DataFrame, best: pl.DataFrame) -> pl.DataFrame:
         .iter_rows(named=True)
     ):
         p = pairs.filter(pl.all_horizontal(pl.col(c) == v for c, v in g.items()))
-        for metric in ("final_pr_q", "final_pr_k"):
+        for metric in LAYER_PR:
             rows.append(
                 dict(**g, metric=metric, selection="best_lr", family="layers", **effect_stats(pair_diffs(p, metric)))
             )

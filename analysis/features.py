@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from trainer.schema import ACTIVATION_METRICS, METRICS_KEY, SPECTRUM_METRICS, TENSORS
+from trainer.schema import ACTIVATION_METRICS, ACTIVATION_TENSORS, METRICS_KEY, SPECTRUM_METRICS, STAGE_METRICS, TENSORS
 
 from .contract import METRICS_PL, find_unreadable, overlapping, scan
 from .load import Results
@@ -28,8 +28,8 @@ RANK_METRICS = SPECTRUM_METRICS  # pr, pr_cov, erank, stable_rank
 @dataclass
 class Features:
     curves: pl.DataFrame  # trial_id, step, name, tensor, value (mean over layers x heads), n
-    activation: pl.DataFrame  # the same for pr_centred, pr_bias, pr_centred_bias (q, k); may be empty
-    layers: pl.DataFrame  # trial_id, step, layer, tensor (q, k), value: pr, mean over heads
+    activation: pl.DataFrame  # the same for pr_centred, pr_bias, pr_centred_bias and norm_cv (q/k stages); may be empty
+    layers: pl.DataFrame  # trial_id, step, layer, tensor (q, k, q_sphere, k_sphere), value: pr, mean over heads
     val_loss: pl.DataFrame  # trial_id, step, value
     ends: pl.DataFrame  # trial_id, name (train_loss | tokens), step_first, first, step_last, last
     duplicate_rows: int  # rows dropped as duplicate keys
@@ -62,14 +62,17 @@ def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
             pl.col("step").n_unique().alias("n_steps"),  # completeness: a lost middle part shows here
         )
     )
-    qk = pl.col("tensor").is_in(["q", "k"]) & per_head
     activation = (
-        lf.filter(pl.col("name").is_in(ACTIVATION_METRICS) & qk)
+        lf.filter(
+            pl.col("name").is_in(ACTIVATION_METRICS + STAGE_METRICS)
+            & pl.col("tensor").is_in(ACTIVATION_TENSORS)
+            & per_head
+        )
         .group_by("trial_id", "step", "name", "tensor")
         .agg(pl.col("value").mean(), pl.len().alias("n"))
     )
     layers = (
-        lf.filter((pl.col("name") == "pr") & qk)
+        lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(["q", "k", "q_sphere", "k_sphere"]) & per_head)
         .group_by("trial_id", "step", "layer", "tensor")
         .agg(pl.col("value").mean())
     )

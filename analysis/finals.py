@@ -1,9 +1,11 @@
 """Final values per trial and per layer: what the paired statistics compare.
 
 `final_values` gives one row per trial: its settings, the final val loss, the final PR / d_head
-of q, k, wq and wk (mean over layers and heads at the trial's last step with that metric), the
-robustness PRs, the loss at init and tokens per step. A completed trial whose metrics stop early
-or have gaps is marked data_complete = false and its final values are left out (null).
+of every probed tensor (wq, wk and the three stages of q and k: mean over layers and heads at
+the trial's last step with that metric), the same at step 0 (init_pr_*) and the change from init
+(delta_pr_* = final - init), the pre-norm token norms' coefficient of variation, the robustness
+PRs, the loss at init and tokens per step. A completed trial whose metrics stop early or have
+gaps is marked data_complete = false and its final values are left out (null).
 """
 
 from __future__ import annotations
@@ -14,19 +16,46 @@ from types import SimpleNamespace
 import polars as pl
 
 from trainer.cadence import eval_steps
-from trainer.schema import TENSORS
+from trainer.schema import STAGES, TENSORS
 
 from .features import Features
 
 FINAL_PR = tuple(f"final_pr_{t}" for t in ("q", "k", "wq", "wk"))  # pr / d_head, last step
-# Robustness of the activation PR (q, k): bias-corrected (pr - pr_bias) and centred (pr_centred),
-# both / d_head at the last step; null for results written before the trainer recorded them.
+# The three stages of q and k (trainer.schema.STAGES): stage -> (final PR of q, of k) / d_head.
+STAGE_PR = {stage: tuple(f"final_pr_{t}" for t in pair) for stage, pair in STAGES.items()}
+PRIMARY_STAGE = "sphere"  # the pre-registered primary rank metric: q, k with unit rows, no gain
+PRIMARY_PR = STAGE_PR[PRIMARY_STAGE]
+SECONDARY_PR = STAGE_PR["as_used"] + STAGE_PR["pre"]
+ALL_PR = tuple(dict.fromkeys((*FINAL_PR, *PRIMARY_PR, *SECONDARY_PR)))
+INIT_PR = tuple(f"init_pr_{t}" for t in TENSORS)  # pr / d_head at step 0
+DELTA_PR = tuple(f"delta_pr_{t}" for t in TENSORS)  # final minus step 0, / d_head
+NORM_CV = tuple(f"final_norm_cv_{t}" for t in STAGES["pre"])  # sd / mean of the pre-norm token norms
+# Robustness of the activation PR: bias-corrected (pr - pr_bias) and centred (pr_centred), both /
+# d_head at the last step, for the as-used q, k and for the primary stage; null for results written
+# before the trainer recorded them.
 ROBUST_PR = {
     "corrected": tuple(f"final_pr_{t}_corrected" for t in ("q", "k")),
     "centred": tuple(f"final_pr_{t}_centred" for t in ("q", "k")),
 }
+PRIMARY_ROBUST_PR = {
+    kind: tuple(f"final_pr_{t}_{kind}" for t in STAGES[PRIMARY_STAGE]) for kind in ("corrected", "centred")
+}
 INIT_COLS = ("init", "init_std", "init_key")  # from config_json; init_key pairs like with like
 ROBUST_COLS = ROBUST_PR["corrected"] + ROBUST_PR["centred"]
+PRIMARY_ROBUST_COLS = PRIMARY_ROBUST_PR["corrected"] + PRIMARY_ROBUST_PR["centred"]
+STAGE_COLS = tuple(c for c in ALL_PR if c not in FINAL_PR)  # the stage PRs beyond FINAL_PR
+# Everything per trial that is left out (null) when its data are incomplete.
+LAYER_PR = ("final_pr_q", "final_pr_k", *PRIMARY_PR)  # per layer: as used, and the primary stage
+FINAL_COLS = (
+    "final_val_loss",
+    *FINAL_PR,
+    *STAGE_COLS,
+    *INIT_PR,
+    *DELTA_PR,
+    *NORM_CV,
+    *ROBUST_COLS,
+    *PRIMARY_ROBUST_COLS,
+)
 
 
 def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
@@ -36,16 +65,24 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
     pr_last = (
         feats.curves.filter(pl.col("name") == "pr").group_by("trial_id").agg(pl.col("step").max().alias("last_pr_step"))
     )
-    pr = (
+    ends = (
         feats.curves.filter(pl.col("name") == "pr")
         .group_by("trial_id", "tensor")
-        .agg(pl.col("value").sort_by("step").last())
-        .pivot(on="tensor", index="trial_id", values="value")
+        .agg(
+            pl.col("value").sort_by("step").last().alias("final"),
+            pl.col("value").filter(pl.col("step") == 0).first().alias("init"),
+        )
     )
+    pr = ends.pivot(on="tensor", index="trial_id", values=["final", "init"])
     for t in TENSORS:
-        if t not in pr.columns:
-            pr = pr.with_columns(pl.lit(None, pl.Float64).alias(t))
-    pr = pr.select("trial_id", *[pl.col(t).alias(f"final_pr_{t}") for t in ("q", "k", "wq", "wk")])
+        for end in ("final", "init"):
+            if f"{end}_{t}" not in pr.columns:
+                pr = pr.with_columns(pl.lit(None, pl.Float64).alias(f"{end}_{t}"))
+    pr = pr.select(
+        "trial_id",
+        *[pl.col(f"final_{t}").alias(f"final_pr_{t}") for t in TENSORS],
+        *[pl.col(f"init_{t}").alias(f"init_pr_{t}") for t in TENSORS],
+    )
     val = feats.val_loss.group_by("trial_id").agg(
         pl.col("step").max().alias("last_val_step"),
         pl.col("value").sort_by("step").last().alias("last_val_loss"),
@@ -59,6 +96,7 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
         ((pl.col("last") - pl.col("first")) / (pl.col("step_last") - pl.col("step_first"))).alias("tokens_per_step_m"),
     )
     robust = _robust_finals(feats.activation, pr)
+    norm_cv = _norm_cv_finals(feats.activation)
     finite = lambda c: pl.when(pl.col(c).is_finite()).then(pl.col(c))  # noqa: E731
     # A completed trial whose metrics stop before steps_done lost parts (skipped as unreadable):
     # its last values are not final values, so they are left out (data_complete = false).
@@ -95,6 +133,7 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
         .join(train0, on="trial_id", how="left")
         .join(tokens, on="trial_id", how="left")
         .join(robust, on="trial_id", how="left")
+        .join(norm_cv, on="trial_id", how="left")
         .with_columns(*init_columns(trials))
         .with_columns(
             # the last recorded val_loss; trials.final_val_loss when the metrics have none
@@ -104,13 +143,14 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
                 "tokens_per_step_m",
                 pl.when(pl.col("steps_done") > 0).then(pl.col("tokens") / pl.col("steps_done")),
             ).alias("tokens_per_step"),
-            *[(pl.col(c) / pl.col("d_head")).alias(c) for c in FINAL_PR + ROBUST_COLS],
+            *[
+                (pl.col(c) / pl.col("d_head")).alias(c)
+                for c in (*FINAL_PR, *STAGE_COLS, *INIT_PR, *ROBUST_COLS, *PRIMARY_ROBUST_COLS)
+            ],
             complete.alias("data_complete"),
         )
-        .with_columns(
-            pl.when(pl.col("data_complete")).then(pl.col(c)).alias(c)
-            for c in ("final_val_loss", *FINAL_PR, *ROBUST_COLS)
-        )
+        .with_columns((pl.col(f"final_pr_{t}") - pl.col(f"init_pr_{t}")).alias(f"delta_pr_{t}") for t in TENSORS)
+        .with_columns(pl.when(pl.col("data_complete")).then(pl.col(c)).alias(c) for c in FINAL_COLS)
     )
     return df.select(
         "trial_id",
@@ -133,6 +173,11 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
         "tokens_per_step",
         *ROBUST_COLS,
         *INIT_COLS,
+        *STAGE_COLS,
+        *INIT_PR,
+        *DELTA_PR,
+        *NORM_CV,
+        *PRIMARY_ROBUST_COLS,
     ).sort("trial_id")
 
 
@@ -173,20 +218,23 @@ def init_columns(trials: pl.DataFrame) -> list[pl.Expr]:
 
 
 def _robust_finals(activation: pl.DataFrame, pr: pl.DataFrame) -> pl.DataFrame:
-    """trial_id and ROBUST_COLS in PR units (not yet / d_head): pr - pr_bias and pr_centred of q
-    and k at the last step with that metric; null where the trial has no such rows."""
+    """trial_id, ROBUST_COLS and PRIMARY_ROBUST_COLS in PR units (not yet / d_head): pr - pr_bias
+    and pr_centred of the as-used and the sphere q and k at the last step with that metric; null
+    where the trial has no such rows."""
     last = (
-        activation.group_by("trial_id", "name", "tensor")
+        activation.filter(pl.col("name").is_in(["pr_bias", "pr_centred"]))
+        .group_by("trial_id", "name", "tensor")
         .agg(pl.col("value").sort_by("step").last())
         .with_columns(pl.concat_str("name", "tensor", separator="_").alias("col"))
     )
-    wide = pr.select("trial_id", "final_pr_q", "final_pr_k")
+    tensors = ("q", "k", *STAGES[PRIMARY_STAGE])
+    wide = pr.select("trial_id", *[f"final_pr_{t}" for t in tensors])
     if last.height:
         wide = wide.join(
             last.pivot(on="col", index="trial_id", values="value"), on="trial_id", how="full", coalesce=True
         )
     exprs = []
-    for t in ("q", "k"):
+    for t in tensors:
         for c in (f"pr_bias_{t}", f"pr_centred_{t}"):
             if c not in wide.columns:
                 wide = wide.with_columns(pl.lit(None, pl.Float64).alias(c))
@@ -197,27 +245,44 @@ def _robust_finals(activation: pl.DataFrame, pr: pl.DataFrame) -> pl.DataFrame:
     return wide.select("trial_id", *exprs)
 
 
+def _norm_cv_finals(activation: pl.DataFrame) -> pl.DataFrame:
+    """trial_id and NORM_CV: norm_cv of q_pre and k_pre (mean over layers and heads) at the last
+    step with that metric; null where the trial has none."""
+    last = (
+        activation.filter(pl.col("name") == "norm_cv")
+        .group_by("trial_id", "tensor")
+        .agg(pl.col("value").sort_by("step").last())
+    )
+    wide = last.pivot(on="tensor", index="trial_id", values="value") if last.height else last.select("trial_id")
+    for t in STAGES["pre"]:
+        if t not in wide.columns:
+            wide = wide.with_columns(pl.lit(None, pl.Float64).alias(t))
+    return wide.select("trial_id", *[pl.col(t).alias(f"final_norm_cv_{t}") for t in STAGES["pre"]])
+
+
 def layer_finals(finals: pl.DataFrame, feats: Features) -> pl.DataFrame:
-    """One row per (trial, layer): final_pr_q and final_pr_k of that layer (mean over its heads)
-    / d_head at the trial's last step, for trials whose final values are complete."""
+    """One row per (trial, layer): the final PR of q and k as used and on the sphere (LAYER_PR) of
+    that layer (mean over its heads) / d_head at the trial's last step, for trials whose final
+    values are complete."""
+    tensors = ("q", "k", *STAGES[PRIMARY_STAGE])
     lay = (
         feats.layers.group_by("trial_id", "layer", "tensor")
         .agg(pl.col("value").sort_by("step").last())
         .pivot(on="tensor", index=["trial_id", "layer"], values="value")
     )
-    for t in ("q", "k"):
+    for t in tensors:
         if t not in lay.columns:
             lay = lay.with_columns(pl.lit(None, pl.Float64).alias(t))
-    keep = [c for c in finals.columns if c not in (*FINAL_PR, *ROBUST_COLS)]
+    keep = [c for c in finals.columns if c not in FINAL_COLS or c == "final_val_loss"]
     return (
         finals.select(keep)
         .join(lay, on="trial_id", how="inner")
         .with_columns(
             *[
                 pl.when(pl.col("data_complete")).then(pl.col(t) / pl.col("d_head")).alias(f"final_pr_{t}")
-                for t in ("q", "k")
+                for t in tensors
             ]
         )
-        .drop("q", "k")
+        .drop(*tensors)
         .sort("trial_id", "layer")
     )

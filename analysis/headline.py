@@ -3,9 +3,20 @@ robustness check, per-layer reading and interaction (summary.md and the terminal
 
 from __future__ import annotations
 
-from .paradox import DECIDE, MIN_PAIRS
+from .finals import LAYER_PR
+from .paradox import DECIDE, MIN_PAIRS, SECONDARY
 
-NAMES = {"final_val_loss": "val loss", "final_pr_q": "PR q", "final_pr_k": "PR k"}
+NAMES = {
+    "final_val_loss": "val loss",
+    "final_pr_q_sphere": "sphere PR q",
+    "final_pr_k_sphere": "sphere PR k",
+    "final_pr_q": "as-used PR q",
+    "final_pr_k": "as-used PR k",
+    "final_pr_q_pre": "pre-norm PR q",
+    "final_pr_k_pre": "pre-norm PR k",
+    "delta_pr_q_sphere": "sphere PR q change from init",
+    "delta_pr_k_sphere": "sphere PR k change from init",
+}
 WORDS = {"lower": "lower", "higher": "higher", "no_difference": "no difference", "not_enough_data": "not enough data"}
 
 
@@ -27,21 +38,66 @@ def _metric_words(directions: dict, effects: dict) -> str:
 
 
 def sentence(opt: str, var: str, j: dict, alpha: float) -> str:
-    who = f"{opt}: qk_norm={var} vs none at each arm's best LR ({j['n_pairs']} pairs"
+    who = f"{opt}: qk_norm={var} vs none at each arm's held-out best LR ({j['n_pairs']} pairs"
     who += f", {j['n_excluded_diverged']} lost to divergence)" if j["n_excluded_diverged"] else ")"
     state = j["state"]
     if state == "not_enough_data":
+        loss = j["effects"].get("final_val_loss") or {}
+        rank = [j["effects"].get(m) or {} for m in DECIDE[1:]]
+        if (loss.get("n_pairs") or 0) >= MIN_PAIRS and not any(r.get("n_pairs") for r in rank):
+            return (
+                f"{who}: the primary rank metric (sphere PR) is not in these results (written before the "
+                f"probe recorded it), so the rank and the paradox are not judged; val loss "
+                f"{WORDS[j['directions']['final_val_loss']]} {_fx(loss)}."
+            )
         return f"{who}: NOT ENOUGH DATA (fewer than {MIN_PAIRS} complete pairs at the best LR); no test was run."
-    body = _metric_words(j["directions"], j["effects"])
-    tail = {
-        "paradox": "paradox: PARADOX SUPPORTED (lower loss and lower q and k rank)",
-        "better_loss_only": "paradox: not supported (lower loss, but not lower rank of both q and k)",
-        "worse_rank_only": "paradox: not supported (lower q and k rank, but not lower loss)",
-        "other": "paradox: not supported (no lower loss, no lower rank; see the higher metrics)",
-        "no_effect": f"paradox: not supported; NO EFFECT detected at alpha={alpha} after Holm "
-        "(the intervals bound how large an effect could be)",
-    }[state]
+    body = _metric_words({m: j["directions"][m] for m in DECIDE}, j["effects"])
+    if state == "paradox":
+        tail = "paradox: PARADOX SUPPORTED (lower loss and lower sphere rank of q and k)"
+    elif state == "no_effect":
+        tail = (
+            f"paradox: not supported; NO EFFECT detected at alpha={alpha} after Holm "
+            "(the intervals bound how large an effect could be)"
+        )
+    else:
+        tail = f"paradox: not supported ({state.replace('_', ' ')})"
     return f"{who}: {body}; {tail}."
+
+
+def _stage_words(opt: str, var: str, j: dict) -> str | None:
+    shown = {m: d for m, d in j["directions"].items() if m in SECONDARY}
+    if not shown:
+        return None
+    return f"{opt} qk_norm={var} other stages (secondary, not deciding): " + _metric_words(shown, j["effects"]) + "."
+
+
+def _matched_words(opt: str, var: str, j: dict) -> str | None:
+    m = j.get("matched_lr") or {}
+    dis = {k: d for k, d in (m.get("disagreements") or {}).items() if k in DECIDE}  # all of them: verdict.json
+    if not dis:
+        return None
+    lrs = "; ".join(f"width {w}: {', '.join(f'{x:g}' for x in v)}" for w, v in (m.get("lrs") or {}).items())
+    parts = [
+        f"{NAMES.get(k, k)} at matched LRs {WORDS[d['matched_lr']]}, at the best LR {WORDS[d['best_lr']]}"
+        for k, d in dis.items()
+    ]
+    return (
+        f"{opt} qk_norm={var}: BEST-LR AND MATCHED-LR DISAGREE: " + "; ".join(parts) + f" (matched LRs {lrs}). "
+        "The two arms' best LRs differ, and PR moves with LR: at the same LR the difference is the "
+        "one QK-Norm itself makes."
+    )
+
+
+def _init_words(opt: str, var: str, j: dict) -> str | None:
+    side = j.get("init_relative") or {}
+    keys = [k for k in ("delta_pr_q_sphere", "delta_pr_k_sphere") if k in side.get("directions", {})]
+    if not keys:
+        return None
+    return (
+        f"{opt} qk_norm={var} change from each trial's step 0 (init-relative): "
+        + _metric_words({k: side["directions"][k] for k in keys}, side["effects"])
+        + "."
+    )
 
 
 def _robust_words(opt: str, var: str, j: dict) -> str:
@@ -54,7 +110,7 @@ def _robust_words(opt: str, var: str, j: dict) -> str:
             parts.append(f"{label}: the q/k directions survive")
         else:
             ch = [
-                f"{NAMES[m]} {WORDS[j['directions'][m]]} -> {WORDS[d]}"
+                f"{NAMES.get(m, m)} {WORDS[j['directions'][m]]} -> {WORDS[d]}"
                 for m, d in r["directions"].items()
                 if d != j["directions"][m]
             ]
@@ -67,12 +123,14 @@ def _layer_words(opt: str, var: str, j: dict) -> str | None:
     if not per:
         return None
     parts = []
-    for metric in ("final_pr_q", "final_pr_k"):
+    for metric in LAYER_PR:
+        if metric not in per:
+            continue
         by_dir: dict[str, list[str]] = {}
         for layer, d in sorted(per.get(metric, {}).items(), key=lambda kv: int(kv[0])):
             by_dir.setdefault(WORDS[d], []).append(layer)
         parts.append(
-            f"{NAMES[metric]} "
+            f"{NAMES.get(metric, metric)} "
             + ", ".join(f"{w} in layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}" for w, ls in by_dir.items())
         )
     agree = (
@@ -91,7 +149,7 @@ def _disagree_words(opt: str, var: str, j: dict) -> str | None:
     if not j["disagreements"] or j["state"] == "not_enough_data":
         return None
     parts = [
-        f"{NAMES[m]} pooled {WORDS[d['pooled']]}, at the best LR {WORDS[d['best_lr']]}"
+        f"{NAMES.get(m, m)} pooled {WORDS[d['pooled']]}, at the best LR {WORDS[d['best_lr']]}"
         for m, d in j["disagreements"].items()
     ]
     return (
@@ -115,9 +173,14 @@ def headline(verdict: dict) -> list[str]:
         for var, j in per.items():
             lines.append(sentence(opt, var, j, alpha))
             if j["state"] != "not_enough_data":
-                d = _disagree_words(opt, var, j)
-                if d:
-                    lines.append(d)
+                for extra in (
+                    _stage_words(opt, var, j),
+                    _matched_words(opt, var, j),
+                    _init_words(opt, var, j),
+                    _disagree_words(opt, var, j),
+                ):
+                    if extra:
+                        lines.append(extra)
                 lines.append(_robust_words(opt, var, j))
                 layer_line = _layer_words(opt, var, j)
                 if layer_line:
@@ -142,7 +205,7 @@ def headline(verdict: dict) -> list[str]:
                 )
                 continue
             body = _metric_words({m: x["direction"] for m, x in dec.items()}, dec)
-            changed = [NAMES[m] for m, x in dec.items() if x["optimizer_changes_effect"]]
+            changed = [NAMES.get(m, m) for m, x in dec.items() if x["optimizer_changes_effect"]]
             verdict_ = (
                 f"{opt} CHANGES the qk_norm={var} effect on " + ", ".join(changed)
                 if changed

@@ -2,18 +2,22 @@
 
 A pair is two completed trials that differ only in qk_norm: same optimizer, width, lr and seed
 ("all_lrs", the pooled pairing of paradox.csv), or same optimizer, width and seed with each arm
-at its own best LR for that width ("best_lr", the deciding selection: every arm tuned; the best
-LRs are `analysis.sensitivity.best_lrs`, passed in as `best`). Pairs also match on the settings
+at its own best LR for that width ("best_lr", the deciding selection: every arm tuned; the LRs
+are chosen on held-out seeds, `analysis.lr_selection.held_out_lrs`, passed in as `best`). Pairs also match on the settings
 fixed per sweep (depth, d_head, steps_planned) and on init_key, so trials with different
 initialisations are never paired. Diverged trials are left out of pairs and counted.
 
 For each (optimizer, variant, metric), over the n paired differences d_i (variant minus none):
 mean_diff = mean(d), its 95% t interval mean +- t_{n-1} sd / sqrt(n), the paired t-test
 (p_value), the Wilcoxon signed-rank test (p_wilcoxon, a check), sd_diff and dz = mean / sd.
-Holm's correction runs within a family of one table (`family`): "decision" (final_val_loss,
-final_pr_q, final_pr_k of every comparison: the tests the verdict rests on), "weights"
-(final_pr_wq, final_pr_wk: reported, not deciding), "corrected" and "centred" (the robustness
-PRs). Fewer than MIN_PAIRS pairs: no interval, no test.
+Holm's correction runs within a family of one table (`family`): "decision" (final_val_loss and
+the primary rank metric, the sphere PR final_pr_q_sphere and final_pr_k_sphere, of every
+comparison: the tests the verdict rests on), "stages" (the as-used final_pr_q, final_pr_k and the
+pre-norm final_pr_q_pre, final_pr_k_pre: reported with their directions, not deciding), "weights"
+(final_pr_wq, final_pr_wk), the robustness PRs (one family per kind and stage), "init_relative"
+(delta_pr_* of the sphere stage: final minus step 0; the other tensors' deltas in
+"init_relative_other") and "norms" (the pre-norm token norms' coefficient of variation).
+Fewer than MIN_PAIRS pairs: no interval, no test.
 
 The same pairs, broken down per cell and per layer, are in `analysis.breakdown`; the optimizer x
 QK-Norm interaction in `analysis.interaction`; judging a table in `analysis.judge`.
@@ -26,18 +30,26 @@ import polars as pl
 
 from trainer.schema import QK_NORM_VARIANTS
 
-from .finals import FINAL_PR, ROBUST_PR
+from .finals import ALL_PR, DELTA_PR, NORM_CV, PRIMARY_PR, PRIMARY_ROBUST_PR, ROBUST_PR, SECONDARY_PR
 from .sensitivity import arm_keys
 from .stats import holm, paired_summary
 
-METRICS = ("final_val_loss", *FINAL_PR)
-DECIDE = ("final_val_loss", "final_pr_q", "final_pr_k")  # the metrics the verdict rests on
-ROBUST_METRICS = ROBUST_PR["corrected"] + ROBUST_PR["centred"]
+METRICS = ("final_val_loss", *ALL_PR)  # loss, PR of q, k, wq, wk, then the sphere and pre-norm stages
+DECIDE = ("final_val_loss", *PRIMARY_PR)  # the metrics the verdict rests on: loss and the sphere PR
+SECONDARY = SECONDARY_PR  # the as-used and pre-norm PR: reported with their directions, not deciding
+ROBUST_METRICS = (
+    ROBUST_PR["corrected"] + ROBUST_PR["centred"] + PRIMARY_ROBUST_PR["corrected"] + PRIMARY_ROBUST_PR["centred"]
+)
+INIT_RELATIVE = DELTA_PR  # final minus step 0, per trial
 FAMILY = {
     **{m: "decision" for m in DECIDE},
+    **{m: "stages" for m in SECONDARY},
     "final_pr_wq": "weights",
     "final_pr_wk": "weights",
     **{m: kind for kind, ms in ROBUST_PR.items() for m in ms},
+    **{m: f"sphere_{kind}" for kind, ms in PRIMARY_ROBUST_PR.items() for m in ms},
+    **{m: "init_relative" if m.endswith("_sphere") else "init_relative_other" for m in DELTA_PR},
+    **{m: "norms" for m in NORM_CV},
 }
 BASELINE = QK_NORM_VARIANTS[0]  # "none": every variant is compared with it
 MIN_PAIRS = 3
@@ -76,6 +88,8 @@ _SCHEMA = {
     "layer": pl.Int64,
     "lr": pl.Float64,
     "init_key": pl.String,
+    "n_units": pl.Int64,
+    "lrs": pl.String,
 }
 
 
@@ -90,15 +104,17 @@ def optimizers(finals: pl.DataFrame) -> list[str]:
 
 def select(finals: pl.DataFrame, selection: str, best: pl.DataFrame | None = None) -> pl.DataFrame:
     """The trials a selection pairs: all of them ("all_lrs"), or each arm's trials at its best LR
-    ("best_lr"; `best` is the `best_lrs` table and must be given)."""
+    ("best_lr"; `best` must be given: analysis.lr_selection.held_out_lrs, one LR per arm and seed,
+    or analysis.sensitivity.best_lrs, one LR per arm)."""
     if selection == "all_lrs":
         return finals
     if best is None:
-        raise ValueError("selection 'best_lr' needs the best-LR table (analysis.sensitivity.best_lrs)")
+        raise ValueError("selection 'best_lr' needs an LR table (analysis.lr_selection.held_out_lrs)")
+    on = arm_keys(finals) + (["seed"] if "seed" in best.columns else [])
     return (
-        finals.join(best, on=arm_keys(finals), how="inner")
+        finals.join(best.select(*on, "best_lr"), on=on, how="inner")
         .filter(pl.col("lr") == pl.col("best_lr"))
-        .drop("best_lr", "best_loss")
+        .drop("best_lr")
     )
 
 

@@ -33,9 +33,11 @@ from .collapse import collapse_per_arm, collapse_per_trial
 from .features import Features, build_features
 from .finals import final_values, layer_finals
 from .load import Results, load_results
+from .lr_selection import held_out_lrs
 from .paradox import ALPHA
 from .paths import ResultsError, UriPath, as_path, find_sweep_dir
 from .scaling import width_scaling
+from .scope import sweep_scope
 from .sensitivity import best_lrs, lr_curve, lr_sensitivity
 from .summary import markdown, terminal
 from .tables import write_table
@@ -49,12 +51,15 @@ class Report:
     results: Results  # the checked sweep folder: sweep.json, trials, the part files read
     features: Features  # PR curves, final metric values and row counts from the part files
     finals: pl.DataFrame  # one row per trial: final loss and PR / d_head (tables/finals.csv)
-    best_lrs: pl.DataFrame  # each arm's best LR and its loss: the one choice every best-LR table uses
+    best_lrs: pl.DataFrame  # each arm's best LR on all its seeds: brackets, LR sensitivity, figures
+    held_out_lrs: pl.DataFrame  # each arm's LR for each seed, chosen on its other seeds: every deciding pair
     collapse_trial: pl.DataFrame  # collapse fit per trial, metric and tensor
     collapse_arm: pl.DataFrame  # fits per arm and LR: status counts, rates with t intervals
     scaling: pl.DataFrame  # log-log slopes over width (tables/width_scaling.csv)
     paradox: pl.DataFrame  # paired differences, variant minus none, all LRs (paradox.csv)
-    paradox_best: pl.DataFrame  # the same at each arm's best LR per width
+    paradox_best: pl.DataFrame  # the same at each arm's held-out best LR per width: the deciding table
+    matched: pl.DataFrame  # both arms at the same LRs between their optima (analysis.matched)
+    init_relative: pl.DataFrame  # final minus step 0 of every PR, paired as the deciding table
     regression: pl.DataFrame  # metric ~ qk_norm x optimizer + ..., both selections
     # (run only with >= 20 seed clusters)
     cells: pl.DataFrame  # paired effects per (width, lr) cell, per width at the best LR, and the
@@ -99,10 +104,11 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     feats = build_features(res)
     finals = final_values(res.trials, feats)
     best = best_lrs(finals)  # the only place the best LRs are chosen; everything below reads them
+    held_out = held_out_lrs(finals, best)
     curve = lr_curve(finals)
     per_trial = collapse_per_trial(feats.curves, finals)
     per_arm = collapse_per_arm(per_trial, n_boot=min(n_boot, 1000), seed=seed)
-    px = paradox_results(finals, best, layer_finals(finals, feats))
+    px = paradox_results(finals, best, held_out, layer_finals(finals, feats))
     by_status = {s: int(n) for s, n in res.trials.group_by("status").len().sort("status").iter_rows()}
     reasons = res.partial_reasons()
     gaps = finals.filter(~pl.col("data_complete")).height
@@ -118,6 +124,7 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
         "partial": bool(reasons),
         "partial_reasons": reasons,
         "design": design,
+        "scope": sweep_scope(res.trials, res.sweep),
         "counts": {
             "trials": res.trials.height,
             "planned": (res.sweep or {}).get("n_trials"),
@@ -136,11 +143,14 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
         features=feats,
         finals=finals,
         best_lrs=best,
+        held_out_lrs=held_out,
         collapse_trial=per_trial,
         collapse_arm=per_arm,
         scaling=width_scaling(per_trial, best),
         paradox=px.pooled,
         paradox_best=px.best,
+        matched=px.matched,
+        init_relative=px.init_relative,
         regression=px.regression,
         cells=px.cells,
         layers=px.layers,
@@ -192,7 +202,10 @@ def write_report(r: Report, out: Path) -> None:
     for name, df, caption in [
         ("status", r.status, "Trials per arm and status"),
         ("paradox", r.paradox, "Paired differences (variant minus none), all LRs"),
-        ("paradox_best_lr", r.paradox_best, "Paired differences at each arm's best LR per width"),
+        ("paradox_best_lr", r.paradox_best, "Paired differences at each arm's held-out best LR per width"),
+        ("paradox_matched_lr", r.matched, "Paired differences at matched LRs, between the two arms' optima"),
+        ("paradox_init_relative", r.init_relative, "Paired differences of the change from step 0, held-out best LR"),
+        ("lr_held_out", r.held_out_lrs, "Each arm's LR for each seed, chosen on its other seeds"),
         ("regression", r.regression, "metric ~ qk_norm x optimizer + log(width) + log(lr)"),
         ("paradox_cells", r.cells, "Paired differences per (width, lr) cell and at the best LR"),
         ("paradox_layers", r.layers, "Paired differences of final PR per layer, best LR"),

@@ -1,7 +1,9 @@
 """Loss against learning rate per arm, each arm's best LR, and LR sensitivity (Wortsman et al. 2023).
 
-`best_lrs` is the one place the best LR is chosen: the report calls it once (Report.best_lrs) and
-passes the table to every selection, table and figure "at the best LR".
+`best_lrs` chooses each arm's best LR on all its seeds: the report calls it once (Report.best_lrs)
+and passes the table to the descriptive tables and figures "at the best LR" (bracketing, LR
+sensitivity, width scaling, PR curves). The paired comparisons that decide use the held-out
+choice of analysis.lr_selection instead.
 
 LR sensitivity of an arm = mean over its LR grid of min(L(lr), L_init) - min over lr of L(lr),
 where L(lr) is the final val loss and L_init the loss at initialisation. A diverged trial counts
@@ -28,8 +30,9 @@ def arm_keys(df: pl.DataFrame) -> list[str]:
     return [*ARM, *(["init_key"] if "init_key" in df.columns else [])]
 
 
-def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
-    """Per (arm, lr): mean clipped final val loss over seeds, and counts."""
+def clipped_losses(finals: pl.DataFrame) -> pl.DataFrame:
+    """The finished trials with complete data, with `loss` = min(final val loss, the arm's loss at
+    init) (a diverged trial counts as the loss at init; a null loss stays null) and arm_init_loss."""
     ARM = arm_keys(finals)  # noqa: N806
     init = finals.group_by(*ARM).agg(pl.col("init_loss").mean().alias("arm_init_loss"))
     keep = pl.col("status").is_in(FINISHED_STATUSES)
@@ -39,8 +42,14 @@ def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
     loss = pl.when(pl.col("status") == "diverged").then(pl.col("arm_init_loss")).otherwise(pl.col("final_val_loss"))
     # min(L, L_init); a null init means no clipping, a null loss stays null
     clipped = pl.when(loss.is_not_null()).then(pl.min_horizontal(loss, pl.col("arm_init_loss")))
+    return df.with_columns(clipped.alias("loss"))
+
+
+def lr_curve(finals: pl.DataFrame) -> pl.DataFrame:
+    """Per (arm, lr): mean clipped final val loss over seeds (`clipped_losses`), and counts."""
+    ARM = arm_keys(finals)  # noqa: N806
     return (
-        df.with_columns(clipped.alias("loss"))
+        clipped_losses(finals)
         .group_by(*ARM, "lr")
         .agg(
             pl.col("loss").mean().alias("mean_loss"),

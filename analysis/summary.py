@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from .answers import claim_lines, opening
 from .interaction import DID_COLUMNS
+from .matched import MATCHED_COLUMNS
 from .paradox import COLUMNS, DECIDE
 from .tables import fmt, to_markdown, to_text
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:  # report.py imports this module
     from .report import Report
 
 PARADOX_VIEW = COLUMNS[: COLUMNS.index("p_wilcoxon") + 1]  # the contract columns of paradox.csv
+MATCHED_VIEW = [c for c in MATCHED_COLUMNS if c not in ("n_pairs", "sd_diff", "family")]
 DECIDE_VIEW = list(DECIDE)
 DID_VIEW = [c for c in DID_COLUMNS if c not in ("sd_diff", "family")]
 ARM_VIEW = [
@@ -50,13 +53,29 @@ def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
     tables = [
         ("Trials by status and arm", r.status, ""),
         (
-            "Deciding: paired differences at each arm's best LR per width (tables/paradox_best_lr.csv)",
-            r.paradox_best.select(PARADOX_VIEW),
-            "Pairs share optimizer, width and seed; each arm (optimizer, qk_norm, width) at the LR "
-            "with its lowest mean final val loss (a diverged seed counts as the loss at init). "
-            "PR metrics are PR / d_head at the last step, averaged over layers and heads. Interval: "
-            "95% t interval; p_value: paired t-test; p_holm: Holm within the decision metrics "
-            "(loss, PR q, PR k) of this table. The verdict rests on this table.",
+            "Deciding: paired differences at each arm's held-out best LR per width (tables/paradox_best_lr.csv)",
+            r.paradox_best.select(PARADOX_VIEW + ["family"]),
+            "Pairs share optimizer, width and seed; for each seed, each arm (optimizer, qk_norm, width) "
+            "at the LR with its lowest mean final val loss over its other seeds (a diverged seed "
+            "counts as the loss at init). PR metrics are PR / d_head at the last step, averaged over "
+            "layers and heads: _sphere (unit rows, no gain: the primary metric), plain (as attention "
+            "uses them), _pre (before the norm), wq/wk (weights). Interval: 95% t interval; p_value: "
+            "paired t-test; p_holm: Holm within each family (decision: loss and the sphere PR). The "
+            "verdict rests on the decision rows.",
+        ),
+        (
+            "Matched LRs: both arms at the same LRs, between their optima (tables/paradox_matched_lr.csv)",
+            r.matched.select(MATCHED_VIEW),
+            "Every LR from one arm's best LR to the other's where neither diverged; paired differences "
+            "averaged over those LRs per (width, seed) unit (n_units), then a t interval over the "
+            "units. Where it disagrees with the best-LR table, the best LRs differ and PR moves "
+            "with LR.",
+        ),
+        (
+            "Change from init: final minus step 0, held-out best LR (tables/paradox_init_relative.csv)",
+            r.init_relative.select(PARADOX_VIEW),
+            "delta_pr_*: each trial's final PR / d_head minus its own at step 0 (every arm starts "
+            "from the same weights per seed), paired as the deciding table; Holm within the family.",
         ),
         (
             "Pooled over LRs: paired differences, variant minus none (paradox.csv)",
@@ -149,6 +168,7 @@ def markdown(r: Report) -> str:
             + ". Everything below uses the trials that have finished.",
             "",
         ]
+    lines += opening(v)
     c = v["counts"]
     lines += [
         "## Data",
@@ -171,14 +191,16 @@ def markdown(r: Report) -> str:
     if v.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in v["warnings"]] + [""]
     lines += [
-        "Rules: judged at each arm's best LR per width (every arm tuned; pairs on optimizer, "
-        "width, seed), never on pairs pooled over LRs. better loss = final val loss lower "
-        f"(variant minus none < 0) at p_holm < {v['alpha']}; worse rank = final PR / d_head of "
-        f"both q and k lower at p_holm < {v['alpha']}; paradox = both; a significant rank "
-        'increase is reported as "higher". Intervals: 95% t intervals of the mean paired '
-        f'difference. Fewer than {v["min_pairs"]} pairs: not enough data. "No difference" '
-        "means none was detected; the confidence intervals say how large an effect the data "
-        "still allow.",
+        "Rules: judged at each arm's best LR per width, chosen on held-out seeds (for each seed, "
+        "the LR with the lowest mean loss over the arm's other seeds; pairs on optimizer, width, "
+        "seed), never on pairs pooled over LRs. better loss = final val loss lower (variant minus "
+        f"none < 0) at p_holm < {v['alpha']}; worse rank = final sphere PR / d_head of both q and k "
+        f"lower at p_holm < {v['alpha']} (the primary metric; the as-used and pre-norm PRs are "
+        "reported beside it); paradox = both; a significant rank increase is reported as "
+        '"higher". Matched-LR and init-relative effects are shown beside the deciding ones and '
+        "never decide. Intervals: 95% t intervals of the mean paired difference. Fewer than "
+        f'{v["min_pairs"]} pairs: not enough data. "No difference" means none was detected; the '
+        "confidence intervals say how large an effect the data still allow.",
         "",
     ]
     for title_, df, note in key_tables(r):
@@ -232,6 +254,10 @@ def terminal(r: Report, out: Path) -> str:
         lines += [f"-- {title}", to_text(_view(df), max_rows=30)]
     lines.append("-- Verdict")
     lines += [f"* {s}" for s in v["headline"]]
+    lines.append("-- The theory's claims")
+    lines += [c.removeprefix("- ").replace("**", "") for c in claim_lines(v)]
+    if v.get("scope", {}).get("sentence"):
+        lines.append(v["scope"]["sentence"])
     lines += v.get("warnings", [])
     lines.append(f"\nreport written to {out}")
     return "\n".join(lines) + "\n"

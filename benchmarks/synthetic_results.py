@@ -20,6 +20,24 @@ Effects may differ per (width, lr) cell (`Effect.loss_cells`, `Effect.pr_cells`,
 (width, lr)), an arm's LR optimum may move (`Effect.lr_mult`, the optimizer's `best_lr` times
 this), and the activation-PR robustness metrics (`pr_centred`, `pr_bias`, `pr_centred_bias`) are
 written unless `activation_metrics=False` (results from before the trainer recorded them).
+
+Stages of q and k (`trainer.schema.STAGES`): besides the as-used `q`/`k` the writer records
+`q_pre`/`k_pre` (x Wq before any norm) and `q_sphere`/`k_sphere` (unit rows, no gain: the theory's
+object), each with every spectrum, axis and activation metric, and `norm_cv` for q_pre/k_pre,
+unless `stages=False` (results from before the probe recorded them). The PR share of a stage is
+the as-used one plus `SyntheticSpec.sphere_offset` / `pre_offset` at every step (k sits 0.02 above
+q at every stage); `Effect.pr` shifts every stage alike and `Effect.pr_stage` one stage only, e.g.
+"post-norm PR differs but sphere PR does not"::
+
+    Effect(pr_stage={"as_used": -0.05, "pre": -0.05})
+
+Two LR traps can be planted: `SyntheticSpec.pr_lr_slope` (every stage's final PR share changes
+by this per decade of LR relative to 1e-2; with arms whose best LRs differ, PR then differs at the
+best LRs only because the LRs do) and `Effect.curvature_mult` (the arm's loss bowl over LR is
+flatter or sharper, its minimum unchanged; 0: flat, the best LR set by noise alone).
+
+Every effect, the LR slope included, enters through `SyntheticSpec.ramp` (0 at step 0, 1 at the
+last step), so each tensor's init value is the same in every arm and at every LR.
 """
 
 from __future__ import annotations
@@ -38,6 +56,7 @@ import pyarrow.parquet as pq
 
 from trainer.schema import (
     ACTIVATION_METRICS,
+    ACTIVATION_TENSORS,
     ATTENTION_METRICS,
     AXIS_METRICS,
     EVAL_METRICS,
@@ -47,16 +66,42 @@ from trainer.schema import (
     SPECTRA_DIR,
     SPECTRA_SCHEMA,
     SPECTRUM_METRICS,
+    STAGE_METRICS,
+    STAGES,
     STEP_METRICS,
     SWEEP_JSON,
     TENSORS,
     TRIALS_FILE,
     TRIALS_SCHEMA,
+    WEIGHT_TENSORS,
 )
 
 # Each rank metric as a share of d_head is the PR share raised to this power (pr itself: 1).
 SPEC_POWERS = {"pr": 1.0, "pr_cov": 1.5, "erank": 0.8, "stable_rank": 2.0}
 LOSS_INIT = float(np.log(256.0))  # byte-level model at init
+# What results written before the stages existed hold (stages=False): wq, wk and the as-used q, k.
+LEGACY_TENSORS = WEIGHT_TENSORS + STAGES["as_used"]
+# The activation tensors the stages added (q_pre, k_pre, q_sphere, k_sphere), in schema order.
+STAGE_TENSORS = tuple(t for t in ACTIVATION_TENSORS if t not in STAGES["as_used"])
+NORM_CV_TENSORS = STAGES["pre"]  # norm_cv is recorded for the pre-norm q and k
+(NORM_CV,) = STAGE_METRICS
+K_ABOVE_Q = 0.02  # k's PR share sits this far above q's, at every stage
+NORM_CV_K_ABOVE_Q = 0.01  # k_pre's norm_cv sits this far above q_pre's
+# trial_finals' columns beyond the legacy ones (the names analysis.finals.final_values uses).
+STAGE_PR_COLS = tuple(f"final_pr_{t}" for t in STAGES["sphere"] + STAGES["pre"])
+INIT_PR_COLS = tuple(f"init_pr_{t}" for t in TENSORS)  # PR share at step 0
+DELTA_PR_COLS = tuple(f"delta_pr_{t}" for t in TENSORS)  # final minus init
+NORM_CV_COLS = tuple(f"final_norm_cv_{t}" for t in NORM_CV_TENSORS)
+ROBUST_COLS = tuple(f"final_pr_{t}_{kind}" for kind in ("corrected", "centred") for t in STAGES["as_used"])
+SPHERE_ROBUST_COLS = tuple(f"final_pr_{t}_{kind}" for kind in ("corrected", "centred") for t in STAGES["sphere"])
+# Every column of trial_finals, in order: those from before the stages, then the stages'.
+FINALS_COLS = (
+    *("trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "depth", "d_head", "steps_planned", "status"),
+    *("final_val_loss", "final_pr_q", "final_pr_k", "final_pr_wq", "final_pr_wk", "init_loss"),
+    *ROBUST_COLS,
+    *("init", "init_std", "init_key"),
+    *(STAGE_PR_COLS + INIT_PR_COLS + DELTA_PR_COLS + NORM_CV_COLS + SPHERE_ROBUST_COLS),
+)
 
 
 @dataclass
@@ -73,9 +118,20 @@ class Effect:
     lr_mult: float = 1.0  # the arm's loss-optimal LR is the optimizer's best_lr times this
     pr_bias: float = 0.0  # added to the bias-corrected PR share only (pr - pr_bias)
     pr_centred: float = 0.0  # added to the centred PR share only
+    # final PR share of one stage only, on top of `pr`: keys "sphere", "pre", "as_used" (q, k)
+    pr_stage: dict = field(default_factory=dict)
+    norm_cv: float = 0.0  # final norm_cv of q_pre and k_pre
+    curvature_mult: float = 1.0  # multiplies lr_curvature for this arm (0: flat loss over LR)
 
     def cell(self, table: dict, key: TrialKey) -> float:
         return float(table.get((key.width, key.lr), table.get(key.lr, 0.0)))
+
+    def stage(self, stage: str) -> float:
+        """The stage-specific shift of the final PR share (`pr_stage`)."""
+        unknown = set(self.pr_stage) - set(STAGES)
+        if unknown:
+            raise ValueError(f"Effect.pr_stage keys must be among {sorted(STAGES)}, got {sorted(unknown)}")
+        return float(self.pr_stage.get(stage, 0.0))
 
 
 @dataclass(frozen=True)
@@ -102,6 +158,16 @@ class SyntheticSpec:
     init_loss_slope: float = 0.1  # loss changes by this per e-fold of init_std / 0.02
     activation_metrics: bool = True  # write pr_centred, pr_bias, pr_centred_bias
     pr_bias_share: float = 0.02  # PR is biased low by this share of d_head (pr_bias = -this)
+    # q/k stages (q_pre, k_pre, q_sphere, k_sphere, norm_cv); False: results from before the probe
+    # recorded them (no such rows, and their trial_finals columns are null)
+    stages: bool = True
+    sphere_offset: float = 0.03  # PR share of q_sphere minus that of the as-used q, at every step
+    pre_offset: float = -0.01  # PR share of q_pre minus that of the as-used q, at every step
+    norm_cv_init: float = 0.1  # norm_cv of q_pre at step 0 ...
+    norm_cv_rise: float = 0.2  # ... and its rise by the last step (through the ramp)
+    # every stage's final PR share changes by this per decade of lr relative to 1e-2 (through the
+    # ramp: init values do not depend on the LR)
+    pr_lr_slope: float = 0.0
     depth: int = 2
     d_head: int = 32
     steps: int = 300  # last step; steps 0..steps are recorded
@@ -182,7 +248,7 @@ class SyntheticSpec:
         return (
             2.0
             - 0.1 * np.log2(key.width / 64)
-            + self.lr_curvature * (np.log10(key.lr) - best) ** 2
+            + self.lr_curvature * eff.curvature_mult * (np.log10(key.lr) - best) ** 2
             + eff.loss
             + eff.cell(eff.loss_cells, key)
             + init
@@ -192,6 +258,34 @@ class SyntheticSpec:
         """Planted shift of the final q/k PR share of one trial's arm and cell."""
         eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
         return eff.pr + eff.cell(eff.pr_cells, key)
+
+    def lr_shift(self, key: TrialKey) -> float:
+        """Planted shift of every stage's final PR share from the trial's LR (`pr_lr_slope`)."""
+        return self.pr_lr_slope * float(np.log10(key.lr / 1e-2)) if self.pr_lr_slope else 0.0
+
+    def stage_shares(self, key: TrialKey, base, ramp, pr_off: float = 0.0) -> dict[str, np.ndarray]:
+        """The q PR share of each stage ("pre", "sphere", "as_used") given the planted curve
+        `base` and `ramp` at some steps (k: + K_ABOVE_Q); `pr_off` is the trial's noise."""
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        common = self.pr_shift(key) + pr_off + self.lr_shift(key)
+        return self._stage_curves(base, ramp, common, {stage: eff.stage(stage) for stage in STAGES})
+
+    def _stage_curves(self, base, ramp, common, shift: dict) -> dict[str, np.ndarray]:
+        """`stage_shares` from the shift of every stage (`common`) and of each (`shift`); scalars
+        for one trial, or arrays that broadcast against base and ramp for many."""
+        return {
+            "as_used": base + (common + shift["as_used"]) * ramp,
+            "sphere": base + self.sphere_offset + (common + shift["sphere"]) * ramp,
+            "pre": base + self.pre_offset + (common + shift["pre"]) * ramp,
+        }
+
+    def norm_cv(self, key: TrialKey, ramp) -> np.ndarray:
+        """Planted norm_cv of q_pre (k_pre: + NORM_CV_K_ABOVE_Q) at the steps of `ramp`."""
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        return self._norm_cv_curve(ramp, eff.norm_cv)
+
+    def _norm_cv_curve(self, ramp, shift):
+        return self.norm_cv_init + (self.norm_cv_rise + shift) * ramp
 
 
 def trial_id(key: TrialKey) -> str:
@@ -248,49 +342,70 @@ def trial_finals(spec: SyntheticSpec) -> list[dict]:
     """The per-trial final values the writer would record, without writing anything.
 
     Rows have the columns `analysis.finals.final_values` returns, so statistics can be tested
-    on many simulated sweeps in memory (the 50-null-datasets test).
+    on many simulated sweeps in memory (the 50-null-datasets test): the legacy ones, then
+    STAGE_PR_COLS, INIT_PR_COLS, DELTA_PR_COLS, NORM_CV_COLS and SPHERE_ROBUST_COLS (null where
+    the spec records no such rows: `stages=False`, `activation_metrics=False`).
     """
-    rows = []
-    for tr in plan_trials(spec):
-        k = tr.key
-        eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
-        t = np.array([tr.last_step], float)
-        base, ramp = spec.share(t, tr.rate)[0], spec.ramp(t, tr.rate)[0]
-        q = base + (spec.pr_shift(k) + tr.pr_off) * ramp
-        w = _w_share(base) + (eff.pr_w + 0.5 * tr.pr_off) * ramp
-        done = tr.status == "completed"
-        act = spec.activation_metrics
-        corr = q + spec.pr_bias_share + eff.pr_bias * ramp
-        cent = _centred(q) + eff.pr_centred * ramp
-        init = None if k.init_std is None else "normal"
-        rows.append(
-            dict(
-                trial_id=tr.trial_id,
-                optimizer=k.optimizer,
-                qk_norm=k.qk_norm,
-                width=k.width,
-                lr=k.lr,
-                seed=k.seed,
-                depth=spec.depth,
-                d_head=spec.d_head,
-                steps_planned=spec.steps,
-                status=tr.status,
-                final_val_loss=spec.final_loss(k) + tr.loss_off if done else None,
-                final_pr_q=q,
-                final_pr_k=q + 0.02,
-                final_pr_wq=w,
-                final_pr_wk=w + 0.01,
-                init_loss=LOSS_INIT,
-                final_pr_q_corrected=corr if act else None,
-                final_pr_k_corrected=corr + 0.02 if act else None,
-                final_pr_q_centred=cent if act else None,
-                final_pr_k_centred=cent + 0.02 if act else None,
-                init=init,
-                init_std=k.init_std,
-                init_key=f"{init or '?'}:{'?' if k.init_std is None else k.init_std}",
-            )
-        )
-    return rows
+    trials = plan_trials(spec)
+    n, act, stages = len(trials), spec.activation_metrics, spec.stages
+    keys = [tr.key for tr in trials]
+    no_effect = Effect()
+    effs = [spec.effects.get((k.optimizer, k.qk_norm), no_effect) for k in keys]
+    col = lambda values: np.array(values, float)[:, None]  # noqa: E731  (n, 1), against (n, 2)
+    pr_off, rate = col([tr.pr_off for tr in trials]), col([tr.rate for tr in trials])
+    t = np.concatenate([np.zeros((n, 1)), col([tr.last_step for tr in trials])], axis=1)  # init, final
+    base, ramp = spec.share(t, rate), spec.ramp(t, rate)  # (n, 2)
+    common = col([spec.pr_shift(k) for k in keys]) + pr_off + col([spec.lr_shift(k) for k in keys])
+    shift = {stage: col([e.stage(stage) for e in effs]) for stage in STAGES}
+    sh = spec._stage_curves(base, ramp, common, shift)
+    w = _w_share(base) + (col([e.pr_w for e in effs]) + 0.5 * pr_off) * ramp
+    pr = {"wq": w, "wk": w + 0.01}  # tensor -> (n, 2) PR share at init and at the end
+    for stage in ("as_used", *(("sphere", "pre") if stages else ())):
+        tq, tk = STAGES[stage]
+        pr[tq], pr[tk] = sh[stage], sh[stage] + K_ABOVE_Q
+    r = ramp[:, 1]  # at the end
+    pr_bias, pr_centred = col([e.pr_bias for e in effs])[:, 0] * r, col([e.pr_centred for e in effs])[:, 0] * r
+
+    def robust(q_share):  # bias-corrected (pr - pr_bias) and centred PR share, q then k
+        corr, cent = q_share + spec.pr_bias_share + pr_bias, _centred(q_share) + pr_centred
+        return corr, corr + K_ABOVE_Q, cent, cent + K_ABOVE_Q
+
+    q, none = pr["q"][:, 1], [None] * n
+    cols = {"final_pr_q": q, "final_pr_k": q + K_ABOVE_Q, "final_pr_wq": pr["wq"][:, 1], "final_pr_wk": pr["wk"][:, 1]}
+    cols |= dict(zip(ROBUST_COLS, robust(q) if act else (none,) * 4))
+    # the columns the stages added, in analysis.finals' order (null where not recorded)
+    cols |= {f"init_pr_{t_}": pr[t_][:, 0] if t_ in pr else none for t_ in TENSORS}
+    cols |= {f"delta_pr_{t_}": pr[t_][:, 1] - pr[t_][:, 0] if t_ in pr else none for t_ in TENSORS}
+    cols |= dict.fromkeys(STAGE_PR_COLS + NORM_CV_COLS + SPHERE_ROBUST_COLS, none)
+    if stages:
+        cols |= {f"final_pr_{t_}": pr[t_][:, 1] for t_ in STAGES["sphere"] + STAGES["pre"]}
+        cv = spec._norm_cv_curve(r, col([e.norm_cv for e in effs])[:, 0])
+        cols |= dict(zip(NORM_CV_COLS, (cv, cv + NORM_CV_K_ABOVE_Q)))
+        if act:
+            cols |= dict(zip(SPHERE_ROBUST_COLS, robust(pr[STAGES["sphere"][0]][:, 1])))
+    cols = {c: v.tolist() if isinstance(v, np.ndarray) else v for c, v in cols.items()}
+
+    inits = [None if k.init_std is None else "normal" for k in keys]
+    cols |= {
+        "trial_id": [tr.trial_id for tr in trials],
+        "optimizer": [k.optimizer for k in keys],
+        "qk_norm": [k.qk_norm for k in keys],
+        "width": [k.width for k in keys],
+        "lr": [k.lr for k in keys],
+        "seed": [k.seed for k in keys],
+        "depth": [spec.depth] * n,
+        "d_head": [spec.d_head] * n,
+        "steps_planned": [spec.steps] * n,
+        "status": [tr.status for tr in trials],
+        "final_val_loss": [
+            spec.final_loss(tr.key) + tr.loss_off if tr.status == "completed" else None for tr in trials
+        ],
+        "init_loss": [LOSS_INIT] * n,
+        "init": inits,
+        "init_std": [k.init_std for k in keys],
+        "init_key": [f"{i or '?'}:{'?' if k.init_std is None else k.init_std}" for i, k in zip(inits, keys)],
+    }
+    return [dict(zip(FINALS_COLS, values)) for values in zip(*(cols[c] for c in FINALS_COLS))]
 
 
 def _centred(q_share):
@@ -329,14 +444,16 @@ def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
     s_step = np.repeat(log_steps, len(STEP_METRICS))
     s_name = np.tile([nid[n] for n in STEP_METRICS], len(log_steps))
     s_null = np.full(s_step.size, -1)
-    # eval block, per eval step: val_loss, then (metric, tensor, layer, head), (q/k, layer, head),
-    # (attention metric, layer, head) -- the same order `_eval_values` builds.
+    # eval block, per eval step: val_loss, then (metric, tensor, layer, head) for wq, wk, q, k,
+    # (q/k, layer, head) of axis_share, (metric, q/k, layer, head) of the activation metrics,
+    # (attention metric, layer, head), then the stages' rows (see `_stage_block`): the same order
+    # `_values` builds.
     lh_layer = np.repeat(np.arange(L), H)
     lh_head = np.tile(np.arange(H), L)
     per_name = [nid[val_loss]]
     per_tensor, per_layer, per_head = [-1], [-1], [-1]
     for m in SPECTRUM_METRICS:
-        for ti in range(len(TENSORS)):
+        for ti in (TENSORS.index(t) for t in LEGACY_TENSORS):
             per_name += [nid[m]] * (L * H)
             per_tensor += [ti] * (L * H)
             per_layer += list(lh_layer)
@@ -355,6 +472,11 @@ def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
     for m in ATTENTION_METRICS:
         per_name += [nid[m]] * (L * H)
         per_tensor += [-1] * (L * H)
+        per_layer += list(lh_layer)
+        per_head += list(lh_head)
+    for m, t in _stage_rows(spec):
+        per_name += [nid[m]] * (L * H)
+        per_tensor += [TENSORS.index(t)] * (L * H)
         per_layer += list(lh_layer)
         per_head += list(lh_head)
     E, P = len(ev), len(per_name)
@@ -377,6 +499,19 @@ def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
     )
 
 
+def _stage_rows(spec: SyntheticSpec) -> list[tuple[str, str]]:
+    """(metric, tensor) of the stages' rows per eval step, each for every layer and head, in the
+    order `_stage_block` builds: spectrum metrics, axis_share, activation metrics, norm_cv."""
+    if not spec.stages:
+        return []
+    acts = AXIS_METRICS + (ACTIVATION_METRICS if spec.activation_metrics else ())
+    return (
+        [(m, t) for m in SPECTRUM_METRICS for t in STAGE_TENSORS]
+        + [(m, t) for m in acts for t in STAGE_TENSORS]
+        + [(NORM_CV, t) for t in NORM_CV_TENSORS]
+    )
+
+
 def eval_steps(spec: SyntheticSpec) -> np.ndarray:
     ev = np.arange(0, spec.steps + 1, spec.eval_every)
     return ev if ev[-1] == spec.steps else np.append(ev, spec.steps)
@@ -394,8 +529,9 @@ def _decay(t: np.ndarray, steps: int) -> np.ndarray:
     return (np.exp(-t / tau) - np.exp(-steps / tau)) / (1 - np.exp(-steps / tau))
 
 
-def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.ndarray:
-    """The value column, in the template's row order."""
+def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng, rng_stage=None) -> np.ndarray:
+    """The value column, in the template's row order. The stages' point noise is drawn from
+    `rng_stage`, so the legacy rows are the same with and without stages."""
     k, L, D = tr.key, spec.depth, spec.d_head
     eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
     # step block (S, 5): train_loss, lr, grad_norm, tokens, wall_s
@@ -418,9 +554,10 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
     E = ev.size
     val = final + (LOSS_INIT - final) * _decay(ev, spec.steps)
     ramp, base = spec.ramp(ev, tr.rate), spec.share(ev, tr.rate)
-    q = base + (spec.pr_shift(k) + tr.pr_off) * ramp  # (E,)
+    shares = spec.stage_shares(k, base, ramp, tr.pr_off)
+    q = shares["as_used"]  # (E,)
     w = _w_share(base) + (eff.pr_w + 0.5 * tr.pr_off) * ramp
-    base = np.stack([w, w + 0.01, q, q + 0.02], axis=1)  # (E, 4) in TENSORS order
+    base = np.stack([w, w + 0.01, q, q + K_ABOVE_Q], axis=1)  # (E, 4) in LEGACY_TENSORS order
     fac = _head_factors(L, H, rng)  # (L, H)
     # (E, 4 metrics, 4 tensors), metrics in SPECTRUM_METRICS order
     spec_vals = np.stack([base ** SPEC_POWERS[m] for m in SPECTRUM_METRICS], axis=1)
@@ -439,6 +576,8 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
         )
         blocks.append((D * act[..., None, None] * fac).reshape(E, -1))
     blocks.append(attn.reshape(E, -1))
+    if spec.stages:
+        blocks.append(_stage_block(spec, k, eff, shares, ramp, fac, rng_stage))
     eval_block = np.concatenate(blocks, axis=1)
     out = np.concatenate([step_block.ravel(), eval_block.ravel()])
     if tr.status == "diverged":  # the loss blows up at the last recorded step
@@ -447,19 +586,44 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng) -> np.
     return out
 
 
+def _stage_block(spec: SyntheticSpec, key: TrialKey, eff: Effect, shares: dict, ramp, fac, rng) -> np.ndarray:
+    """(E, rows) values of the stages' rows in `_stage_rows` order, built as q/k's are: per head
+    the stage's curve times the head factors, so head averages are the planted stage curves."""
+    D = spec.d_head
+    by_tensor = {}
+    for stage in ("pre", "sphere"):
+        tq, tk = STAGES[stage]
+        by_tensor[tq], by_tensor[tk] = shares[stage], shares[stage] + K_ABOVE_Q
+    S = np.stack([by_tensor[t] for t in STAGE_TENSORS], axis=1)  # (E, T) PR shares
+    E = S.shape[0]
+    spec_vals = D * np.stack([S ** SPEC_POWERS[m] for m in SPECTRUM_METRICS], axis=1)[..., None, None] * fac
+    if spec.point_noise:
+        spec_vals = spec_vals + D * spec.point_noise * rng.standard_normal(spec_vals.shape)
+    acts = [1 / D + 0.3 * (1 - S)]  # axis_share
+    if spec.activation_metrics:  # pr_centred, pr_bias, pr_centred_bias in units of PR
+        bias = np.broadcast_to(-(spec.pr_bias_share + eff.pr_bias * ramp)[:, None], S.shape)
+        acts += [D * (_centred(S) + eff.pr_centred * ramp[:, None]), D * bias, D * 0.5 * bias]
+    act = np.stack(acts, axis=1)[..., None, None] * fac  # (E, A, T, L, H)
+    cv = spec.norm_cv(key, ramp)
+    cvs = np.stack([cv, cv + NORM_CV_K_ABOVE_Q], axis=1)[..., None, None] * fac  # (E, 2, L, H)
+    return np.concatenate([spec_vals.reshape(E, -1), act.reshape(E, -1), cvs.reshape(E, -1)], axis=1)
+
+
 def _spectra_table(spec: SyntheticSpec, tr: _Trial, H: int, steps: np.ndarray) -> pa.Table:
     L, D = spec.depth, spec.d_head
-    rows = len(steps) * 4 * L * H
+    tensors = TENSORS if spec.stages else LEGACY_TENSORS
+    T = len(tensors)
+    rows = len(steps) * T * L * H
     decay = np.exp(-np.arange(D) / (D * spec.pr_floor))
     sigma = np.tile(decay.astype(np.float32), rows)
     offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * D)
     return pa.table(
         {
             "trial_id": pa.repeat(pa.scalar(tr.trial_id), rows),
-            "step": pa.array(np.repeat(steps, 4 * L * H).astype(np.int64)),
-            "layer": pa.array(np.tile(np.repeat(np.arange(L), H), len(steps) * 4), pa.int16()),
-            "head": pa.array(np.tile(np.arange(H), len(steps) * 4 * L), pa.int16()),
-            "tensor": pa.array(np.tile(np.repeat(TENSORS, L * H), len(steps))),
+            "step": pa.array(np.repeat(steps, T * L * H).astype(np.int64)),
+            "layer": pa.array(np.tile(np.repeat(np.arange(L), H), len(steps) * T), pa.int16()),
+            "head": pa.array(np.tile(np.arange(H), len(steps) * T * L), pa.int16()),
+            "tensor": pa.array(np.tile(np.repeat(tensors, L * H), len(steps))),
             "sigma": pa.ListArray.from_arrays(offsets, pa.array(sigma)),
         },
         schema=SPECTRA_SCHEMA,
@@ -482,6 +646,7 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.rng_seed + 1)
+    rng_stage = np.random.default_rng([spec.rng_seed, 2])  # the stages' point noise (own stream)
     trials = plan_trials(spec)
     templates: dict[int, _Template] = {}
     t0 = 1.7e9  # fixed mtimes: part order on disk is part of what is tested
@@ -499,7 +664,7 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
     for n, tr in enumerate(trials):
         H = tr.key.width // spec.d_head
         tpl = templates.setdefault(H, _template(spec, H))
-        values = _values(spec, tr, tpl, H, rng)
+        values = _values(spec, tr, tpl, H, rng, rng_stage)
         table = pa.Table.from_arrays(
             [
                 pa.repeat(pa.scalar(tr.trial_id), len(values)),

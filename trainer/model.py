@@ -20,10 +20,13 @@ t * 10000^(-2i/D): the RoFormer / Meta LLaMA convention. (GPT-NeoX pairs dim i w
 differ by a fixed permutation of each head's dims.)
 
 The hot path is causal `F.scaled_dot_product_attention`. A probe pass (`record=[]`) computes attention
-explicitly and records per layer the post-norm, pre-RoPE q and k and the attention logits and
-probabilities; trainer.metrics turns those into rank statistics. Without targets (`GPT.probe_forward`)
-it stops once the last layer is recorded: what follows feeds only the loss. A ProbeRecord(scores=False)
-keeps q and k only and leaves attention on SDPA.
+explicitly and records per layer q and k before RoPE, both before QK-Norm (x wq^T, x wk^T: `q_pre`,
+`k_pre`) and after it (`q`, `k`, as attention uses them), and the attention logits and probabilities;
+trainer.metrics turns those into rank statistics (and q_pre, k_pre into the unit-norm stage). Without
+targets (`GPT.probe_forward`) it stops once the last layer is recorded: what follows feeds only the
+loss. A ProbeRecord(scores=False) keeps q and k only and leaves attention on SDPA; a ProbeRecord with
+scores can run the explicit attention a block of sequences at a time and reduce each block's scores
+as they are made (the probe does on the CPU, where a block stays in cache).
 
 The norms and RoPE run through trainer.kernels, which picks a fast CPU path or the generic one from
 the tensor it is given; this module has no device or dtype branch.
@@ -61,21 +64,35 @@ def make_qk_norm(variant: str, d_head: int) -> nn.Module:
 
 
 class ProbeRecord(list):
-    """What a probe pass records, one dict per layer. scores=False keeps q and k only (attention then
-    runs through SDPA): the early log-spaced probes measure PR alone. A plain list records everything."""
+    """What a probe pass records, one dict per layer. scores=False keeps q and k only, before and after
+    QK-Norm (attention then runs through SDPA): the early log-spaced probes measure PR alone. A plain
+    list records everything.
 
-    def __init__(self, scores: bool = True):
+    With scores, the explicit attention runs `block` sequences at a time (None: all at once) and hands
+    each block's logits and probabilities to `on_scores(entry, logits, probs)`, which keeps what it
+    needs in the layer's entry; without one they are kept whole (keep_scores)."""
+
+    def __init__(self, scores: bool = True, block: int | None = None, on_scores=None):
         super().__init__()
-        self.scores = scores
+        self.scores, self.block, self.on_scores = scores, block, on_scores
+
+
+def keep_scores(entry: dict, logits: torch.Tensor, probs: torch.Tensor) -> None:
+    """The default on_scores: the layer's logits and probabilities (B, H, T, T) kept in its entry."""
+    for name, t in (("logits", logits), ("probs", probs)):
+        entry[name] = torch.cat((entry[name], t)) if name in entry else t
 
 
 def wants_scores(record: list) -> bool:
     return getattr(record, "scores", True)
 
 
-def qk_entry(q: torch.Tensor, k: torch.Tensor) -> dict:
-    """A layer's post-norm, pre-RoPE q and k (B, T, H, D) as recorded: (B, H, T, D) views."""
-    return {"q": q.detach().transpose(1, 2), "k": k.detach().transpose(1, 2)}
+def qk_entry(q: torch.Tensor, k: torch.Tensor, q_pre: torch.Tensor, k_pre: torch.Tensor) -> dict:
+    """A layer's pre-RoPE q and k (B, T, H, D) as recorded, (B, H, T, D) views: after QK-Norm (`q`, `k`,
+    as attention uses them) and before it (`q_pre`, `k_pre`: x wq^T, x wk^T; the same tensors as q, k
+    when there is no QK-Norm)."""
+    views = {"q": q, "k": k, "q_pre": q_pre, "k_pre": k_pre}
+    return {name: t.detach().transpose(1, 2) for name, t in views.items()}
 
 
 class Attention(nn.Module):
@@ -92,45 +109,57 @@ class Attention(nn.Module):
         self.k_norm = make_qk_norm(arch.qk_norm, arch.d_head)
 
     def forward(self, x, rope: RopeTables, record: list | None = None, record_only: bool = False):
-        """x (B, T, C) -> (B, T, C). With `record`, q and k are recorded, and unless it is a ProbeRecord
-        with scores=False attention runs explicitly and its scores are recorded too (see record_scores).
-        `record_only` returns None once the layer is recorded (the probe's last layer)."""
+        """x (B, T, C) -> (B, T, C). With `record`, q and k are recorded before and after QK-Norm (see
+        qk_entry), and unless it is a ProbeRecord with scores=False attention runs explicitly and its
+        scores are recorded too (see record_scores). `record_only` returns None once the layer is
+        recorded (the probe's last layer), and skips what only the layer's output needs (v)."""
         B, T, C = x.shape
         H, D = self.n_heads, self.d_head
-        q, k, v = (lin(x).view(B, T, H, D) for lin in (self.wq, self.wk, self.wv))
+        q, k = (lin(x).view(B, T, H, D) for lin in (self.wq, self.wk))
+        q_pre, k_pre = q, k  # what the probe records as x wq^T, x wk^T
         q, k = self.q_norm(q), self.k_norm(k)  # QK-Norm
-        q_rot, k_rot = kernels.rope(q, rope), kernels.rope(k, rope)
-        q_rot, k_rot, v = (t.transpose(1, 2) for t in (q_rot, k_rot, v))  # (B, H, T, D)
         explicit = record is not None and wants_scores(record)
         if record is not None:
-            record.append(qk_entry(q, k))
+            record.append(qk_entry(q, k, q_pre, k_pre))
+            if record_only and not explicit:
+                return None  # q and k are all the probe wants of this layer
+        q_rot, k_rot = (kernels.rope(t, rope).transpose(1, 2) for t in (q, k))  # (B, H, T, D)
+        v = None if record_only else self.wv(x).view(B, T, H, D).transpose(1, 2)
         if explicit:
-            probs = self.record_scores(q_rot, k_rot, record[-1])
-        if record_only:
-            return None
-        if explicit:
-            y = probs.to(v.dtype) @ v
+            y = self.record_scores(q_rot, k_rot, v, record)
         else:
             y = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
+        if record_only:
+            return None
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
     @staticmethod
-    def record_scores(q_rot: torch.Tensor, k_rot: torch.Tensor, entry: dict) -> torch.Tensor:
-        """The probe's explicit attention over rotated q, k (B, H, T, D): adds the masked logits and
-        the probabilities (B, H, T, T, float32) to the layer's `entry` and returns the probabilities.
+    def record_scores(q_rot: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor | None, record: list):
+        """The probe's explicit attention over rotated q, k (B, H, T, D), record.block sequences at a
+        time (see ProbeRecord): each block's masked logits and probabilities (float32) go to the
+        record's on_scores with the layer's entry. Returns probs @ v (B, H, T, D), None without v.
         Masked entries hold the dtype's lowest finite value, not -inf, so that p * logit is 0 there
         (see metrics.attention_stats)."""
         B, H, T, D = q_rot.shape
+        block = getattr(record, "block", None) or B
+        on_scores = getattr(record, "on_scores", None) or keep_scores
         mask = torch.full((T, T), torch.finfo(q_rot.dtype).min, dtype=q_rot.dtype, device=q_rot.device).triu_(1)
-        scores = torch.baddbmm(  # mask + scale * q k^T in one pass
-            mask.expand(B * H, T, T),
-            q_rot.reshape(B * H, T, D),
-            k_rot.reshape(B * H, T, D).transpose(1, 2),
-            alpha=D**-0.5,
-        )
-        entry["logits"] = scores.view(B, H, T, T).float()
-        entry["probs"] = entry["logits"].softmax(dim=-1)
-        return entry["probs"]
+        y = None if v is None else v.new_empty((B, H, T, D))
+        for start in range(0, B, block):
+            q_b, k_b = q_rot[start : start + block], k_rot[start : start + block]
+            n = q_b.shape[0]
+            scores = torch.baddbmm(  # mask + scale * q k^T in one pass
+                mask.expand(n * H, T, T),
+                q_b.reshape(n * H, T, D),
+                k_b.reshape(n * H, T, D).transpose(1, 2),
+                alpha=D**-0.5,
+            )
+            logits = scores.view(n, H, T, T).float()
+            probs = logits.softmax(dim=-1)
+            on_scores(record[-1], logits, probs)
+            if y is not None:
+                torch.matmul(probs.to(v.dtype), v[start : start + block], out=y[start : start + block])
+        return y
 
 
 class MLP(nn.Module):

@@ -6,7 +6,7 @@ Layout of one sweep (or one standalone trial) under a results folder::
     trials.parquet                              one row per trial, rewritten atomically
     metrics/trial_id=<id>/part-*.parquet        long-format scalar series, appended while training
                                                 (one part per folder once the trial has ended)
-    spectra/trial_id=<id>/part-*.parquet        singular values of wq, wk, q, k per layer and head
+    spectra/trial_id=<id>/part-*.parquet        singular values of every tensor of TENSORS per layer and head
 
 This module imports nothing heavy (no torch) so that `analysis` can depend on it alone.
 """
@@ -33,7 +33,19 @@ OPTIMIZERS = ("adamw", "muon")
 QK_NORM_VARIANTS = ("none", "rms", "rms_frozen", "layer")
 # One arm of the grid: trials that differ only in lr and seed.
 ARM = ("optimizer", "qk_norm", "width")
-TENSORS = ("wq", "wk", "q", "k")
+# What a probe measures, per layer and head (the `tensor` column of metrics and spectra). The rows of
+# wq, wk, and three stages of the activations q, k (every one per head, before RoPE):
+#   q_pre, k_pre        x Wq (x Wk) before any normalisation (for qk_norm none the same as q, k)
+#   q_sphere, k_sphere  q_pre (k_pre) with every token's vector scaled to unit length, no gain: the
+#                       theory's object, the same in every arm (for rms_frozen, q = sqrt(d_head) q_sphere)
+#   q, k                as attention uses them before RoPE: after QK-Norm, its gain (and bias) included
+TENSORS = ("wq", "wk", "q", "k", "q_pre", "k_pre", "q_sphere", "k_sphere")
+WEIGHT_TENSORS = ("wq", "wk")
+ACTIVATION_TENSORS = ("q", "k", "q_pre", "k_pre", "q_sphere", "k_sphere")
+# The stages of q and k, from x Wq to what attention uses: stage -> (its q tensor, its k tensor).
+STAGES = {"pre": ("q_pre", "k_pre"), "sphere": ("q_sphere", "k_sphere"), "as_used": ("q", "k")}
+assert WEIGHT_TENSORS + ACTIVATION_TENSORS == TENSORS, "keep TENSORS and its groups in step"
+assert sorted(ACTIVATION_TENSORS) == sorted(t for pair in STAGES.values() for t in pair), "keep STAGES in step"
 
 # Scalar series, one value per step (layer, head and tensor are null).
 STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens", "wall_s")
@@ -41,12 +53,24 @@ STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens", "wall_s")
 EVAL_METRICS = ("val_loss",)
 # From each singular spectrum, per layer, head and tensor.
 SPECTRUM_METRICS = ("pr", "pr_cov", "erank", "stable_rank")
-# Per layer, head and activation tensor (q or k): axis alignment, centred PR and PR's small-sample bias.
+# Per layer, head and activation tensor (ACTIVATION_TENSORS): axis alignment, centred PR and PR's
+# small-sample bias.
 AXIS_METRICS = ("axis_share",)
 ACTIVATION_METRICS = ("pr_centred", "pr_bias", "pr_centred_bias")
 # Per layer and head (tensor null).
 ATTENTION_METRICS = ("attn_entropy", "max_logit")
-METRIC_NAMES = STEP_METRICS + EVAL_METRICS + SPECTRUM_METRICS + AXIS_METRICS + ACTIVATION_METRICS + ATTENTION_METRICS
+# Per layer, head and pre-norm tensor (STAGES["pre"]): the coefficient of variation (population sd /
+# mean) of the per-token norms ||x Wq|| over the probe's tokens.
+STAGE_METRICS = ("norm_cv",)
+METRIC_NAMES = (
+    STEP_METRICS
+    + EVAL_METRICS
+    + SPECTRUM_METRICS
+    + AXIS_METRICS
+    + ACTIVATION_METRICS
+    + ATTENTION_METRICS
+    + STAGE_METRICS
+)
 
 # Rows are unique on this key; readers and the sink both rely on it.
 METRICS_KEY = ("trial_id", "step", "name", "layer", "head", "tensor")

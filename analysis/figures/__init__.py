@@ -22,7 +22,9 @@ from pathlib import Path
 import polars as pl
 
 from trainer.safeio import safe_mkdir
+from trainer.schema import STAGES
 
+from ..finals import PRIMARY_STAGE
 from .collapse import collapse_rate_vs_width
 from .forest import forest_plot
 from .lr import loss_vs_pr, lr_sensitivity
@@ -65,11 +67,22 @@ def draw_all(r, folder: Path) -> list[Path]:
     )
     out = [forest_plot(r.cells, folder / "forest.png", partial)]
     curves = r.features.curves
-    out.append(pr_over_training(curves, finals, best, folder / "pr_over_training.png", partial))
-    for t in ("q", "k"):
-        out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{t}.png", t, partial))
-    out.append(spectra(r.results, per_trial, finals, best, folder / "spectra.png", partial))
-    out.append(loss_vs_pr(finals, folder / "loss_vs_pr.png", partial))
+    tensors = rank_tensors(curves)
+    out.append(pr_over_training(curves, finals, best, folder / "pr_over_training.png", partial, tensors))
+    for name, t in zip(("q", "k"), tensors):
+        out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{name}.png", t, partial))
+    out.append(spectra(r.results, per_trial, finals, best, folder / "spectra.png", partial, tensors))
+    out.append(loss_vs_pr(finals, folder / "loss_vs_pr.png", partial, tensors))
     out.append(lr_sensitivity(lr_c, best, folder / "lr_sensitivity.png", partial, finals))
-    out.append(collapse_rate_vs_width(per_arm, best, folder / "collapse_rate_vs_width.png", partial, finals))
+    out.append(
+        collapse_rate_vs_width(per_arm, best, folder / "collapse_rate_vs_width.png", partial, finals, tensors=tensors)
+    )
     return out
+
+
+def rank_tensors(curves: pl.DataFrame) -> tuple[str, str]:
+    """The q and k the figures draw: the primary (sphere) stage when the results record it, else
+    the as-used q and k (results written before the probe recorded the stages)."""
+    sphere = STAGES[PRIMARY_STAGE]
+    present = set(curves.get_column("tensor").unique().to_list()) if curves.height else set()
+    return sphere if set(sphere) <= present else ("q", "k")

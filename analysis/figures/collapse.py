@@ -31,9 +31,15 @@ def _no_fit_reason(r: dict) -> str:
 
 
 def collapse_rate_vs_width(
-    per_arm: pl.DataFrame, best: pl.DataFrame, path: Path, partial=False, finals=None, metric: str = "pr"
+    per_arm: pl.DataFrame,
+    best: pl.DataFrame,
+    path: Path,
+    partial=False,
+    finals=None,
+    metric: str = "pr",
+    tensors=("q", "k"),
 ) -> Path:
-    """Rate per 1k steps against width: rows tensor q, k; one column per LR and one at each
+    """Rate per 1k steps against width: rows `tensors` (the q and k of one stage); one column per LR and one at each
     arm's best LR (`best`, drawn when `finals` is given). Every arm of `finals` is drawn at every
     width."""
     ok = per_arm.height > 0 and "metric" in per_arm.columns and "lr" in per_arm.columns
@@ -48,7 +54,7 @@ def collapse_rate_vs_width(
     widths = sorted({a[2] for a in arms})
     fig, axes = plt.subplots(2, len(columns), figsize=(max(3.3 * len(columns), 8), 7.6), squeeze=False, sharey="row")
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
-    for i, t in enumerate(("q", "k")):
+    for i, t in enumerate(tensors):
         for j, (kind, lr) in enumerate(columns):
             ax = axes[i, j]
             sub = per_arm.filter((pl.col("metric") == metric) & (pl.col("tensor") == t)) if ok else None

@@ -11,9 +11,11 @@ import polars as pl
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
+from ..paradox import DECIDE
 from .common import empty_panel, lr_label, plt, save_png, save_titled
 
-FOREST_METRICS = ("final_val_loss", "final_pr_q", "final_pr_k")
+FOREST_METRICS = DECIDE  # the deciding metrics: loss and the sphere PR of q and k
+AS_USED = ("final_val_loss", "final_pr_q", "final_pr_k")  # results without the sphere stage
 
 
 def _forest_label(r: dict) -> str:
@@ -32,7 +34,10 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
     (rows) and metric (columns); within a panel one line per (width, lr) cell, then the arm's
     best LR per width (diamonds), then the deciding pooled best-LR row (a square). Rows without
     an interval (too few pairs) get a hollow marker and their n."""
-    metrics = [m for m in FOREST_METRICS if cells.height and m in set(cells.get_column("metric").to_list())]
+    found = (
+        cells.filter(pl.col("mean_diff").is_not_null()).get_column("metric").unique().to_list() if cells.height else []
+    )
+    metrics = [m for m in (FOREST_METRICS if set(FOREST_METRICS[1:]) & set(found) else AS_USED) if m in found]
     groups = cells.select("optimizer", "qk_norm").unique().sort("optimizer", "qk_norm").rows() if cells.height else []
     if not metrics or not groups:
         fig, ax = plt.subplots(figsize=(7, 2.5))

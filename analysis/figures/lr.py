@@ -11,13 +11,14 @@ import polars as pl
 from .common import OPT_STYLE, arm_colours, best_lr_map, by_arm, empty_panel, lr_axis, plt, save_titled, sweep_arms
 
 
-def loss_vs_pr(finals: pl.DataFrame, path: Path, partial=False) -> Path:
+def loss_vs_pr(finals: pl.DataFrame, path: Path, partial=False, tensors=("q", "k")) -> Path:
+    """Final val loss against the final PR / d_head of `tensors` (one panel each), one point per trial."""
     done = finals.filter(pl.col("status") == "completed")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), squeeze=False)
     colours = arm_colours(finals)
     widths = sorted(set(done.get_column("width").to_list()))
     size = {w: 22 + 22 * i for i, w in enumerate(widths)}
-    for ax, t in zip(axes[0], ("q", "k")):
+    for ax, t in zip(axes[0], tensors):
         col = f"final_pr_{t}"
         d = done.filter(pl.col(col).is_not_null() & pl.col("final_val_loss").is_not_null())
         if d.height == 0:

@@ -12,13 +12,13 @@ from matplotlib.ticker import NullFormatter
 from .common import arm_colours, best_lr_map, empty_panel, lr_label, plt, save_titled, sweep_arms
 
 
-def _pr_frame(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
-    """q/k PR / d_head per completed trial and step, with the trial's settings."""
+def _pr_frame(curves: pl.DataFrame, finals: pl.DataFrame, tensors=("q", "k")) -> pl.DataFrame:
+    """The PR / d_head of `tensors` per completed trial and step, with the trial's settings."""
     meta = finals.filter(pl.col("status") == "completed").select(
         "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "d_head"
     )
     return (
-        curves.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(["q", "k"]))
+        curves.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(list(tensors)))
         .join(meta, on="trial_id", how="inner")
         .with_columns((pl.col("value") / pl.col("d_head")).alias("v"))
         .select("trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "tensor", "step", "v")
@@ -43,15 +43,17 @@ def _step_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def pr_over_training(curves: pl.DataFrame, finals: pl.DataFrame, best: pl.DataFrame, path: Path, partial=False) -> Path:
+def pr_over_training(
+    curves: pl.DataFrame, finals: pl.DataFrame, best: pl.DataFrame, path: Path, partial=False, tensors=("q", "k")
+) -> Path:
     """PR / d_head over steps at each arm's best LR (`best`, the best-LR table): rows optimizer x
-    tensor, columns width."""
-    df = _pr_frame(curves, finals)
+    tensor (`tensors`: the q and k of one stage), columns width."""
+    df = _pr_frame(curves, finals, tensors)
     best_lr = best_lr_map(best)
     arms = sweep_arms(finals)
     opts = sorted({a[0] for a in arms}) or ["-"]
     widths = sorted({a[2] for a in arms}) or [0]
-    rows = [(o, t) for o in opts for t in ("q", "k")]
+    rows = [(o, t) for o in opts for t in tensors]
     fig, axes = plt.subplots(
         len(rows), len(widths), figsize=(max(3.8 * len(widths), 7.5), 2.7 * len(rows)), squeeze=False
     )
@@ -108,7 +110,7 @@ def pr_by_lr(
 ) -> Path:
     """PR / d_head of one tensor over steps, one panel per (optimizer, width) x LR; a panel's title
     names the arms whose best LR (`best`) it is."""
-    df = _pr_frame(curves, finals).filter(pl.col("tensor") == tensor)
+    df = _pr_frame(curves, finals, (tensor,))
     best_lr = best_lr_map(best)
     arms = sweep_arms(finals)
     cells = sorted({(a[0], a[2]) for a in arms}) or [("-", 0)]

@@ -45,7 +45,13 @@ def _mean_spectra(spec: pl.DataFrame) -> dict[tuple, np.ndarray]:
 
 
 def spectra(
-    results, per_trial: pl.DataFrame, finals: pl.DataFrame, best: pl.DataFrame, path: Path, partial=False
+    results,
+    per_trial: pl.DataFrame,
+    finals: pl.DataFrame,
+    best: pl.DataFrame,
+    path: Path,
+    partial=False,
+    tensors=("q", "k"),
 ) -> Path:
     """Normalised spectra of q and k at init, at the PR minimum and at the end, one trial per arm.
 
@@ -57,7 +63,7 @@ def spectra(
     chosen = _chosen_trials(finals, best_lr_map(best))
     ids = [v[0] for v in chosen.values()]
     spec = (
-        results.spectra.filter(pl.col("trial_id").is_in(ids) & pl.col("tensor").is_in(["q", "k"])).collect()
+        results.spectra.filter(pl.col("trial_id").is_in(ids) & pl.col("tensor").is_in(list(tensors))).collect()
         if ids
         else pl.DataFrame()
     )
@@ -74,7 +80,7 @@ def spectra(
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
     pairs = pairs or [("-", "-")]
     widths = sorted({a[2] for a in arms}) or [0]
-    cols = [(w, t) for w in widths for t in ("q", "k")]
+    cols = [(w, t) for w in widths for t in tensors]
     fig, axes = plt.subplots(
         len(pairs), len(cols), figsize=(max(2.7 * len(cols), 7.5), 2.3 * len(pairs) + 0.4), squeeze=False
     )

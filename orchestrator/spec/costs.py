@@ -27,10 +27,13 @@ from trainer.cadence import eval_steps
 from trainer.config import ConfigError, TrialConfig
 from trainer.schema import (
     ACTIVATION_METRICS,
+    ACTIVATION_TENSORS,
     ATTENTION_METRICS,
     AXIS_METRICS,
     EVAL_METRICS,
     SPECTRUM_METRICS,
+    STAGE_METRICS,
+    STAGES,
     STEP_METRICS,
     TENSORS,
 )
@@ -61,12 +64,14 @@ USABLE_MEMORY = 0.92  # share of a GPU's memory trials may plan on (fragmentatio
 # BYTE_STREAM_SPLIT; trainer.sink.WRITE_OPTIONS): a part file costs about 3 kB of footer and page
 # headers, a metrics row about 4.5 bytes, a spectra row 2 bytes plus 3 per sigma (float32, compressed).
 PART_BYTES, METRIC_ROW_BYTES, SPECTRUM_ROW_OVERHEAD, SIGMA_BYTES = 3000, 4.5, 2, 3
-ACTIVATIONS = tuple(t for t in TENSORS if not t.startswith("w"))  # q, k
+ACTIVATIONS = ACTIVATION_TENSORS  # q, k at every stage
 # Metric rows per (eval, layer, head): every spectrum statistic of every tensor, the activation
-# statistics of q and k, and the attention statistics (trainer.schema's lists).
+# statistics of every activation tensor, norm_cv of the pre-norm stage, and the attention statistics
+# (trainer.schema's lists).
 PER_EVAL_HEAD_METRICS = (
     len(SPECTRUM_METRICS) * len(TENSORS)
     + (len(AXIS_METRICS) + len(ACTIVATION_METRICS)) * len(ACTIVATIONS)
+    + len(STAGE_METRICS) * len(STAGES["pre"])
     + len(ATTENTION_METRICS)
 )
 TUNE_BYTES_PER_TRIAL = 72e3  # result.json, progress.csv, params, events, a share of the experiment state (default.yaml)
@@ -160,7 +165,7 @@ def storage_bytes(cfg: TrialConfig) -> tuple[float, float]:
     heads = cfg.depth * cfg.n_heads
     per_eval = len(EVAL_METRICS) + heads * PER_EVAL_HEAD_METRICS
     metric_rows = math.ceil(cfg.steps / cfg.log_every) * len(STEP_METRICS) + evals * per_eval
-    spectra_rows = evals * heads * 4
+    spectra_rows = evals * heads * len(TENSORS)
     return (
         PART_BYTES + metric_rows * METRIC_ROW_BYTES,
         PART_BYTES + spectra_rows * (SPECTRUM_ROW_OVERHEAD + SIGMA_BYTES * cfg.d_head),

@@ -15,7 +15,8 @@ from scipy import stats
 from analysis.breakdown import cell_table
 from analysis.interaction import did_table
 from analysis.judge import judge
-from analysis.paradox import DECIDE, paradox_table
+from analysis.lr_selection import held_out_lrs
+from analysis.paradox import DECIDE, METRICS, paradox_table
 from analysis.sensitivity import best_lrs, bracketing, lr_curve
 from analysis.stats import bootstrap_ci, mean_ci
 from analysis.verdict import build_verdict, paradox_results
@@ -34,12 +35,18 @@ def finals_of(**kw) -> pl.DataFrame:
 
 def decide(df: pl.DataFrame) -> dict[str, dict]:
     """The deciding judgement per optimizer (variant rms), without the Wilcoxon check."""
-    table = paradox_table(df, "best_lr", wilcoxon=False, best=best_lrs(df))
+    table = paradox_table(df, "best_lr", wilcoxon=False, best=held_out_lrs(df))
     return {o: judge(table, o, "rms") for o in OPTS}
 
 
 def verdict_of(df: pl.DataFrame) -> dict:
-    return build_verdict(paradox_results(df, best_lrs(df)), {"partial": False})
+    return build_verdict(results_of(df), {"partial": False})
+
+
+def results_of(df: pl.DataFrame, layers: pl.DataFrame | None = None):
+    """Every table the verdict reads, as the report builds them."""
+    best = best_lrs(df)
+    return paradox_results(df, best, held_out_lrs(df, best), layers)
 
 
 # ---- (c) intervals that cover -----------------------------------------------------------------
@@ -97,7 +104,7 @@ def null_rates(n_sets: int = 200) -> dict[str, float]:
         js = decide(df)
         claims += any(j["better_loss"] or j["worse_rank"] or j["paradox"] for j in js.values())
         directions += any(d != "no_difference" for j in js.values() for d in j["directions"].values())
-        did = did_table(df, "best_lr", best_lrs(df)).filter(pl.col("metric").is_in(DECIDE))
+        did = did_table(df, "best_lr", held_out_lrs(df)).filter(pl.col("metric").is_in(DECIDE))
         did_claims += bool((did["p_holm"].fill_null(1.0) < 0.05).any())
     return {"claim": claims / n_sets, "direction": directions / n_sets, "did": did_claims / n_sets}
 
@@ -148,7 +155,7 @@ def test_help_only_away_from_the_best_lr_is_not_better_loss():
     text = "\n".join(v["headline"])
     assert "POOLED AND BEST-LR DISAGREE" in text and "val loss pooled lower" in text
     # the per-cell table shows where it helps
-    cells = cell_table(df, best_lrs(df)).filter(
+    cells = cell_table(df, held_out_lrs(df)).filter(
         (pl.col("optimizer") == "adamw") & (pl.col("selection") == "cell") & (pl.col("metric") == "final_val_loss")
     )
     by_lr = dict(cells.group_by("lr").agg(pl.col("mean_diff").mean()).iter_rows())
@@ -190,7 +197,7 @@ def test_a_planted_rank_increase_is_higher_never_worse_rank():
     v = verdict_of(df)
     j = v["comparisons"]["muon"]["rms"]
     assert j["directions"]["final_pr_q"] == j["directions"]["final_pr_k"] == "higher"
-    assert not j["worse_rank"] and j["state"] == "other"
+    assert not j["worse_rank"] and j["state"] == "higher_rank_only"  # what was found, in words
     line = next(s for s in v["headline"] if s.startswith("muon: qk_norm=rms"))
     assert "PR q higher" in line and "PR k higher" in line
     assert "lower rank is not supported" not in line
@@ -209,7 +216,7 @@ def test_rank_increase_over_many_datasets_never_worse_rank():
 def test_did_detects_a_planted_optimizer_by_qk_norm_interaction():
     effects = {("adamw", "rms"): Effect(loss=-0.04, pr=-0.03), ("muon", "rms"): Effect(pr=0.02)}
     df = finals_of(effects=effects, rng_seed=7)
-    did = did_table(df, "best_lr", best_lrs(df))
+    did = did_table(df, "best_lr", held_out_lrs(df))
     rows = {r["metric"]: r for r in did.iter_rows(named=True)}
     assert rows["final_pr_q"]["n_pairs"] == 8  # 2 widths x 4 seeds
     assert rows["final_pr_q"]["mean_diff"] == pytest.approx(0.05, abs=0.01)
@@ -225,7 +232,7 @@ def test_did_power_on_a_planted_interaction():
     hits = 0
     for i in range(40):
         df = finals_of(effects={("muon", "rms"): Effect(pr=0.02)}, rng_seed=50_000 + i)
-        r = did_table(df, "best_lr", best_lrs(df)).filter(pl.col("metric") == "final_pr_q").row(0, named=True)
+        r = did_table(df, "best_lr", held_out_lrs(df)).filter(pl.col("metric") == "final_pr_q").row(0, named=True)
         hits += r["p_holm"] is not None and r["p_holm"] < 0.05
     assert hits / 40 >= 0.8
 
@@ -233,7 +240,7 @@ def test_did_power_on_a_planted_interaction():
 # ---- pairing and robustness ----------------------------------------------------------------
 def test_init_is_part_of_the_arm_and_pairs_never_cross_it():
     df = finals_of(init_stds=(0.02, 0.005), seeds=(0, 1, 2), widths=(64,))
-    table = paradox_table(df, "best_lr", best=best_lrs(df))
+    table = paradox_table(df, "best_lr", best=held_out_lrs(df))
     # 1 width x 3 seeds x 2 inits, each init tuned and paired on its own
     assert (table["n_pairs"] == 6).all()
     best = bracketing(lr_curve(df), best_lrs(df))
@@ -241,7 +248,7 @@ def test_init_is_part_of_the_arm_and_pairs_never_cross_it():
     # a null effect stays null although the inits' losses differ a lot
     assert all(d == "no_difference" for d in judge(table, "adamw", "rms")["directions"].values())
     # per-cell rows never pool inits: one row per (width, lr, init), the init's 3 seeds each
-    cells = cell_table(df, best_lrs(df)).filter(
+    cells = cell_table(df, held_out_lrs(df)).filter(
         (pl.col("selection") == "cell") & (pl.col("metric") == "final_val_loss")
     )
     assert set(cells["init_key"]) == {"normal:0.02", "normal:0.005"}
@@ -250,16 +257,16 @@ def test_init_is_part_of_the_arm_and_pairs_never_cross_it():
 
 
 def test_robustness_says_when_the_correction_changes_the_rank_result():
-    # the uncorrected q/k PR is lower, but only through a larger small-sample bias
+    # the uncorrected sphere PR of q and k is lower, but only through a larger small-sample bias
     eff = Effect(pr=-0.03, pr_bias=0.03, pr_centred=0.03)
     v = verdict_of(finals_of(effects={("adamw", "rms"): eff}, rng_seed=9))
     j = v["comparisons"]["adamw"]["rms"]
-    assert j["directions"]["final_pr_q"] == "lower"
+    assert j["directions"]["final_pr_q_sphere"] == "lower"
     for kind in ("corrected", "centred"):
         r = j["robustness"][kind]
         assert r["available"] and not r["survives"] and not r["worse_rank"]
-        assert r["directions"]["final_pr_q"] == "no_difference"
-    assert any("bias correction (pr - pr_bias): CHANGES PR q lower -> no difference" in s for s in v["headline"])
+        assert r["directions"]["final_pr_q_sphere"] == "no_difference"
+    assert any("bias correction (pr - pr_bias): CHANGES sphere PR q lower -> no difference" in s for s in v["headline"])
 
 
 def test_results_without_the_new_metrics_report_robustness_unavailable():
@@ -288,7 +295,8 @@ def test_cells_have_the_forest_plot_columns():
     ]
     n = dict(cells.group_by("selection").len().iter_rows())
     # 2 optimizers x (2 widths x 5 lrs | 2 widths | 1) x 5 metrics
-    assert n == {"cell": 100, "best_lr": 20, "deciding": 10}
+    m = len(METRICS)  # per (optimizer, variant): loss, the PR of wq, wk and of q, k at three stages
+    assert n == {"cell": 10 * 2 * m, "best_lr": 2 * 2 * m, "deciding": 2 * m}
     assert (cells.filter(pl.col("selection") == "cell")["n_pairs"] == 4).all()
 
 
@@ -319,7 +327,7 @@ def test_end_to_end_report_is_deterministic_and_has_the_new_tables(tmp_path):
     assert (a.paradox_best["n_pairs"] == 6).all()  # 3 seeds x 2 inits, never across inits
     lay = a.layers.filter(pl.col("optimizer") == "adamw")
     assert sorted(lay["layer"].unique()) == [0, 1] and (lay["mean_diff"] < -0.05).all()
-    assert a.cells.filter(pl.col("selection") == "deciding").height == 10
+    assert a.cells.filter(pl.col("selection") == "deciding").height == 2 * len(METRICS)  # 2 optimizers
     assert j["adamw"]["rms"]["robustness"]["corrected"]["survives"]
 
 
@@ -332,7 +340,7 @@ def test_the_verdict_names_each_layer_and_flags_a_layer_that_disagrees_with_the_
         .otherwise(pl.col("final_pr_q"))
         .alias("final_pr_q")
     )
-    v = build_verdict(paradox_results(trials, best_lrs(trials), layers), {"partial": False})
+    v = build_verdict(results_of(trials, layers), {"partial": False})
     j = v["comparisons"]["adamw"]["rms"]
     assert j["layers"]["directions"]["final_pr_q"] == {"0": "no_difference", "1": "higher"}
     assert j["directions"]["final_pr_q"] == "no_difference" and not j["layers"]["agree_with_average"]
@@ -358,7 +366,7 @@ def test_per_layer_pairs_are_the_deciding_pairs_when_the_arms_best_lrs_differ():
     shifted = best.pivot(on="qk_norm", index=["optimizer", "width"], values="best_lr")
     assert (shifted["none"] != shifted["rms"]).all()
     layers = trials.join(pl.DataFrame({"layer": [0, 1]}), how="cross")
-    t = paradox_results(trials, best_lrs(trials), layers)
+    t = results_of(trials, layers)
     deciding = t.best.filter(pl.col("metric") == "final_pr_q").select("optimizer", "n_pairs")
     per_layer = t.layers.filter(pl.col("metric") == "final_pr_q").select("optimizer", "layer", "n_pairs")
     assert per_layer.height == 2 * 2

@@ -13,7 +13,8 @@ from analysis.finals import FINAL_PR, final_values
 from analysis.interaction import did_table
 from analysis.judge import judge
 from analysis.load import load_results
-from analysis.paradox import paradox_table, select
+from analysis.lr_selection import held_out_lrs
+from analysis.paradox import METRICS, paradox_table, select
 from analysis.regression import regress
 from analysis.report import analyse
 from analysis.sensitivity import best_lrs, lr_curve, lr_sensitivity
@@ -77,15 +78,15 @@ def test_interaction_says_muon_changes_the_effect(planted):
 def test_clustered_regression_runs_with_20_seed_clusters():
     df = finals_of(effects=PLANTED, seeds=tuple(range(20)), widths=(64,), lrs=(1e-2,))
     reg = regress(df).filter(pl.col("term") == "qk_norm=rms x optimizer=muon")
-    assert reg.height == 5 and (reg["n_clusters"] == 20).all() and (reg["p_holm"] < 0.05).any()
+    assert reg.height == len(METRICS) and (reg["n_clusters"] == 20).all() and (reg["p_holm"] < 0.05).any()
 
 
 def test_no_interaction_when_both_optimizers_share_the_effect():
     eff = Effect(loss=-0.05, pr=-0.08)
     df = finals_of(effects={("adamw", "rms"): eff, ("muon", "rms"): eff}, seeds=tuple(range(6)))
     for selection in ("all_lrs", "best_lr"):
-        did = did_table(df, selection, best_lrs(df))
-        assert did.height == 5 and (did["p_holm"] >= 0.05).all()
+        did = did_table(df, selection, held_out_lrs(df))
+        assert did.height == len(METRICS) and (did["p_holm"] >= 0.05).all()
 
 
 def test_null_datasets_claim_a_paradox_in_at_most_10_percent():
@@ -134,7 +135,7 @@ def test_best_lr_pairs_each_arm_at_its_own_best_lr():
     best = select(df, "best_lr", best_lrs(df))
     lrs = dict(best.group_by("optimizer").agg(pl.col("lr").unique()).iter_rows())
     assert lrs == {"adamw": [1e-2], "muon": [3e-2]}  # the planted optima of the loss bowl
-    t = paradox_table(df, "best_lr", n_boot=200, best=best_lrs(df))
+    t = paradox_table(df, "best_lr", n_boot=200, best=held_out_lrs(df))
     assert (t["n_pairs"] == 6).all()  # 2 widths x 3 seeds
 
 

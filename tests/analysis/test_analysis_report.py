@@ -87,8 +87,10 @@ def test_paradox_csv_has_the_contract_columns_first(report):
         header = next(csv.reader(f))
     assert header[: len(CONTRACT)] == CONTRACT
     df = pl.read_csv(report["out"] / "paradox.csv")
-    assert set(df["metric"]) == {"final_val_loss", "final_pr_q", "final_pr_k", "final_pr_wq", "final_pr_wk"}
-    assert df.height == 10  # 2 optimizers x 1 variant x 5 metrics
+    contract = {"final_val_loss", "final_pr_q", "final_pr_k", "final_pr_wq", "final_pr_wk"}
+    stages = {"final_pr_q_sphere", "final_pr_k_sphere", "final_pr_q_pre", "final_pr_k_pre"}
+    assert set(df["metric"]) == contract | stages  # the contract's metrics, and the q/k stages added
+    assert df.height == 2 * 9  # 2 optimizers x 1 variant x 9 metrics
 
 
 def test_verdict_json_reads_as_the_data_says(report):

@@ -33,9 +33,9 @@ def test_default_spec_gives_the_report_real_pairs():
     configs = expand(spec)
     found = axes(configs)
     assert found["optimizer"] == ["adamw", "muon"]
-    assert found["qk_norm"] == ["none", "rms"]
-    assert len(found["width"]) >= 2 and len(found["lr"]) >= 3 and len(found["seed"]) >= 2
-    assert len(configs) == 2 * 2 * len(found["width"]) * len(found["lr"]) * len(found["seed"])
+    assert found["qk_norm"] == ["none", "rms", "rms_frozen"]  # rms_frozen: the theory's pure sphere
+    assert len(found["width"]) >= 2 and len(found["lr"]) >= 3 and len(found["seed"]) >= 3  # held-out selection
+    assert len(configs) == 2 * 3 * len(found["width"]) * len(found["lr"]) * len(found["seed"])
     assert all(c.device == "cpu" for c in configs)
 
 

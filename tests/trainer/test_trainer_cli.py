@@ -13,7 +13,17 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from trainer.schema import METRIC_NAMES, METRICS_KEY, METRICS_SCHEMA, SPECTRA_KEY, SPECTRA_SCHEMA, TRIALS_SCHEMA
+from trainer.schema import (
+    ACTIVATION_TENSORS,
+    METRIC_NAMES,
+    METRICS_KEY,
+    METRICS_SCHEMA,
+    SPECTRA_KEY,
+    SPECTRA_SCHEMA,
+    STAGES,
+    TENSORS,
+    TRIALS_SCHEMA,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +79,34 @@ def test_every_metric_is_present_at_first_and_last_eval(smoke):
     probe_steps = sorted(metrics.filter(pl.col("name") == "pr")["step"].unique())
     assert probe_steps[0] == 0 and probe_steps[-1] == 40
     per_step = metrics.filter(pl.col("name") == "pr").group_by("step").len()
-    assert per_step["len"].unique().to_list() == [2 * 2 * 4]  # layers x heads x {wq, wk, q, k}
+    assert per_step["len"].unique().to_list() == [2 * 2 * len(TENSORS)]  # layers x heads x every tensor
+
+
+def test_every_stage_of_q_and_k_and_norm_cv_are_written_at_every_probe(smoke):
+    """The stages (pre-norm, sphere, as used) in metrics and spectra at every probe, early ones included,
+    read back with Polars; the sphere's sum of sigma^2 is the probe's token count."""
+    metrics, spectra, trials = read(smoke[0])
+    config = json.loads(trials["config_json"][0])
+    layers_heads = config["depth"] * (config["width"] // config["d_head"])
+    probe_steps = set(metrics.filter(pl.col("name") == "pr")["step"])
+    assert len(probe_steps) > len(range(0, 41, 10))  # the early log-spaced probes too
+    per_step = spectra.group_by("step", "tensor").len()
+    assert set(per_step["tensor"]) == set(TENSORS) and set(per_step["len"]) == {layers_heads}
+    assert per_step.height == len(probe_steps) * len(TENSORS)
+    for name in ("pr", "pr_cov", "erank", "stable_rank", "axis_share", "pr_centred", "pr_bias", "pr_centred_bias"):
+        rows = metrics.filter(pl.col("name") == name).group_by("step", "tensor").len()
+        want = set(TENSORS) if name in ("pr", "pr_cov", "erank", "stable_rank") else set(ACTIVATION_TENSORS)
+        assert set(rows["tensor"]) == want and set(rows["step"]) == probe_steps, name
+        assert set(rows["len"]) == {layers_heads}, name
+    norm_cv = metrics.filter(pl.col("name") == "norm_cv")
+    assert set(norm_cv["tensor"]) == set(STAGES["pre"]) and set(norm_cv["step"]) == probe_steps
+    assert norm_cv.height == len(probe_steps) * layers_heads * 2
+    assert norm_cv["value"].is_finite().all() and norm_cv["value"].min() > 0
+    tokens = config["probe_seqs"] * config["seq_len"]
+    sphere = spectra.filter(pl.col("tensor").is_in(STAGES["sphere"])).with_columns(
+        energy=pl.col("sigma").list.eval(pl.element().cast(pl.Float64) ** 2).list.sum()
+    )
+    np.testing.assert_allclose(sphere["energy"], tokens, rtol=1e-5)
 
 
 def test_keys_are_unique(smoke):
