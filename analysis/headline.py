@@ -81,11 +81,17 @@ def _matched_words(opt: str, var: str, j: dict) -> str | None:
         f"{NAMES.get(k, k)} at matched LRs {WORDS[d['matched_lr']]}, at the best LR {WORDS[d['best_lr']]}"
         for k, d in dis.items()
     ]
-    return (
-        f"{opt} qk_norm={var}: BEST-LR AND MATCHED-LR DISAGREE: " + "; ".join(parts) + f" (matched LRs {lrs}). "
-        "The two arms' best LRs differ, and PR moves with LR: at the same LR the difference is the "
-        "one QK-Norm itself makes."
-    )
+    if any(len(v) > 1 for v in (m.get("lrs") or {}).values()):
+        why = (
+            "The two arms' best LRs differ, and PR moves with LR: at the same LR the difference is the "
+            "one QK-Norm itself makes."
+        )
+    else:  # one LR per width: the same cells, so the two differ only in LR selection per seed and power
+        why = (
+            "Both arms have the same best LR at every width: the matched comparison uses it for every "
+            "seed, the best-LR one each seed's held-out choice, so the two differ in power, not in LR."
+        )
+    return f"{opt} qk_norm={var}: BEST-LR AND MATCHED-LR DISAGREE: " + "; ".join(parts) + f" (matched LRs {lrs}). " + why
 
 
 def _init_words(opt: str, var: str, j: dict) -> str | None:

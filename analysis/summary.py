@@ -68,8 +68,8 @@ def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
             r.matched.select(MATCHED_VIEW),
             "Every LR from one arm's best LR to the other's where neither diverged; paired differences "
             "averaged over those LRs per (width, seed) unit (n_units), then a t interval over the "
-            "units. Where it disagrees with the best-LR table, the best LRs differ and PR moves "
-            "with LR.",
+            "units. Where it disagrees with the best-LR table at a width with two or more LRs, the "
+            "best LRs differ and PR moves with LR; with one LR per width the two differ in power.",
         ),
         (
             "Change from init: final minus step 0, held-out best LR (tables/paradox_init_relative.csv)",

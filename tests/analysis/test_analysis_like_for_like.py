@@ -284,3 +284,20 @@ def test_judge_reports_the_secondary_stages_beside_the_deciding_metrics():
         "final_pr_k_pre",
     }
     assert j["worse_rank"] and j["directions"]["final_pr_q"] == "lower"
+
+
+@pytest.mark.parametrize(
+    "lrs, why",
+    [({"64": [0.002, 0.008]}, "best LRs differ"), ({"64": [0.032], "128": [0.032]}, "same best LR at every width")],
+)
+def test_the_matched_lr_disagreement_names_its_true_reason(lrs, why):
+    from analysis.headline import _matched_words
+
+    j = {
+        "matched_lr": {
+            "lrs": lrs,
+            "disagreements": {"final_pr_q_sphere": {"matched_lr": "higher", "best_lr": "no_difference"}},
+        }
+    }
+    line = _matched_words("muon", "rms", j)
+    assert "BEST-LR AND MATCHED-LR DISAGREE" in line and why in line
