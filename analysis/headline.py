@@ -91,7 +91,9 @@ def _matched_words(opt: str, var: str, j: dict) -> str | None:
             "Both arms have the same best LR at every width: the matched comparison uses it for every "
             "seed, the best-LR one each seed's held-out choice, so the two differ in power, not in LR."
         )
-    return f"{opt} qk_norm={var}: BEST-LR AND MATCHED-LR DISAGREE: " + "; ".join(parts) + f" (matched LRs {lrs}). " + why
+    return (
+        f"{opt} qk_norm={var}: BEST-LR AND MATCHED-LR DISAGREE: " + "; ".join(parts) + f" (matched LRs {lrs}). " + why
+    )
 
 
 def _init_words(opt: str, var: str, j: dict) -> str | None:
