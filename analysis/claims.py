@@ -138,10 +138,10 @@ def claims(comparisons: dict, interaction: dict) -> list[dict]:
     out = []
     for opt, per in comparisons.items():
         for var, j in per.items():
-            loss_n = (j["effects"].get(LOSS) or {}).get("n_pairs") or 0
-            if j["state"] != "not_enough_data" or loss_n >= MIN_PAIRS:
+            if j["state"] != "not_enough_data" or _loss_judged(j):
                 out.append(lower_loss(opt, var, j))
             else:
+                loss_n = (j["effects"].get(LOSS) or {}).get("n_pairs") or 0
                 out.append(
                     _claim("lower_loss", opt, var, INCONCLUSIVE, f"{var} vs none under {opt}: {loss_n} complete pairs")
                 )

@@ -17,19 +17,30 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from trainer.schema import ACTIVATION_METRICS, ACTIVATION_TENSORS, METRICS_KEY, SPECTRUM_METRICS, STAGE_METRICS, TENSORS
+from trainer.schema import (
+    ACTIVATION_METRICS,
+    ACTIVATION_TENSORS,
+    METRICS_KEY,
+    SPECTRUM_METRICS,
+    STAGE_METRICS,
+    STAGES,
+    TENSORS,
+)
 
 from .contract import METRICS_PL, find_unreadable, overlapping, scan
 from .load import Results
 
 RANK_METRICS = SPECTRUM_METRICS  # pr, pr_cov, erank, stable_rank
+# The q and k read per layer and for robustness: as attention uses them, and on the unit sphere (the
+# primary rank metric, analysis.finals.PRIMARY_STAGE).
+LAYER_TENSORS = ("q", "k", *STAGES["sphere"])
 
 
 @dataclass
 class Features:
     curves: pl.DataFrame  # trial_id, step, name, tensor, value (mean over layers x heads), n
     activation: pl.DataFrame  # the same for pr_centred, pr_bias, pr_centred_bias and norm_cv (q/k stages); may be empty
-    layers: pl.DataFrame  # trial_id, step, layer, tensor (q, k, q_sphere, k_sphere), value: pr, mean over heads
+    layers: pl.DataFrame  # trial_id, step, layer, tensor (LAYER_TENSORS), value: pr, mean over heads
     val_loss: pl.DataFrame  # trial_id, step, value
     ends: pl.DataFrame  # trial_id, name (train_loss | tokens), step_first, first, step_last, last
     duplicate_rows: int  # rows dropped as duplicate keys
@@ -72,7 +83,7 @@ def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
         .agg(pl.col("value").mean(), pl.len().alias("n"))
     )
     layers = (
-        lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(["q", "k", "q_sphere", "k_sphere"]) & per_head)
+        lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS) & per_head)
         .group_by("trial_id", "step", "layer", "tensor")
         .agg(pl.col("value").mean())
     )

@@ -18,7 +18,7 @@ import polars as pl
 from trainer.cadence import eval_steps
 from trainer.schema import STAGES, TENSORS
 
-from .features import Features
+from .features import LAYER_TENSORS, Features
 
 FINAL_PR = tuple(f"final_pr_{t}" for t in ("q", "k", "wq", "wk"))  # pr / d_head, last step
 # The three stages of q and k (trainer.schema.STAGES): stage -> (final PR of q, of k) / d_head.
@@ -45,7 +45,7 @@ ROBUST_COLS = ROBUST_PR["corrected"] + ROBUST_PR["centred"]
 PRIMARY_ROBUST_COLS = PRIMARY_ROBUST_PR["corrected"] + PRIMARY_ROBUST_PR["centred"]
 STAGE_COLS = tuple(c for c in ALL_PR if c not in FINAL_PR)  # the stage PRs beyond FINAL_PR
 # Everything per trial that is left out (null) when its data are incomplete.
-LAYER_PR = ("final_pr_q", "final_pr_k", *PRIMARY_PR)  # per layer: as used, and the primary stage
+LAYER_PR = tuple(f"final_pr_{t}" for t in LAYER_TENSORS)  # per layer: as used, and the primary stage
 FINAL_COLS = (
     "final_val_loss",
     *FINAL_PR,
@@ -227,7 +227,7 @@ def _robust_finals(activation: pl.DataFrame, pr: pl.DataFrame) -> pl.DataFrame:
         .agg(pl.col("value").sort_by("step").last())
         .with_columns(pl.concat_str("name", "tensor", separator="_").alias("col"))
     )
-    tensors = ("q", "k", *STAGES[PRIMARY_STAGE])
+    tensors = LAYER_TENSORS
     wide = pr.select("trial_id", *[f"final_pr_{t}" for t in tensors])
     if last.height:
         wide = wide.join(
@@ -264,7 +264,7 @@ def layer_finals(finals: pl.DataFrame, feats: Features) -> pl.DataFrame:
     """One row per (trial, layer): the final PR of q and k as used and on the sphere (LAYER_PR) of
     that layer (mean over its heads) / d_head at the trial's last step, for trials whose final
     values are complete."""
-    tensors = ("q", "k", *STAGES[PRIMARY_STAGE])
+    tensors = LAYER_TENSORS
     lay = (
         feats.layers.group_by("trial_id", "layer", "tensor")
         .agg(pl.col("value").sort_by("step").last())

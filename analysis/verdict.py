@@ -35,6 +35,8 @@ from .regression import MIN_CLUSTERS, regress
 from .sensitivity import arm_keys, bracketing, lr_curve
 from .tables import fmt
 
+EFFECT_KEYS = ("n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm")  # what verdict.json keeps of a row
+
 
 @dataclass(frozen=True)
 class ParadoxResults:
@@ -124,11 +126,7 @@ def _robustness(robust: pl.DataFrame, opt: str, var: str, directions: dict, alph
             directions=dirs if avail else None,
             worse_rank=bool(avail and all(d == "lower" for d in dirs.values())),
             survives=bool(avail and all(dirs[m] == directions[m] for m in dirs)),
-            effects={
-                m: {k: r.get(k) for k in ("n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm")}
-                for m, r in zip(PRIMARY_PR, found)
-                if r is not None
-            },
+            effects={m: {k: r.get(k) for k in EFFECT_KEYS} for m, r in zip(PRIMARY_PR, found) if r is not None},
         )
     return out
 
@@ -150,7 +148,7 @@ def _layers(layers: pl.DataFrame, opt: str, var: str, directions: dict, alpha: f
 def _interaction(did: pl.DataFrame, alpha: float, regression: pl.DataFrame) -> dict:
     out: dict = {"method": "difference_in_differences", "deciding": "best_lr"}
     for r in did.iter_rows(named=True):
-        e = {k: r[k] for k in ("n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm", "reference")}
+        e = {k: r[k] for k in (*EFFECT_KEYS, "reference")}
         e["coef"] = r["mean_diff"]  # mean_diff under the name of the regression table's column
         e["direction"] = direction(r, alpha)
         e["optimizer_changes_effect"] = e["direction"] in ("lower", "higher")
@@ -177,10 +175,9 @@ def _side(table: pl.DataFrame, opt: str, var: str, alpha: float, n_key: str = "n
         r["metric"]: {**r, "n_pairs": r[n_key]}
         for r in table.filter((pl.col("optimizer") == opt) & (pl.col("qk_norm") == var)).iter_rows(named=True)
     }
-    keep = ("n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm")
     return dict(
         directions={m: direction(r, alpha) for m, r in rows.items()},
-        effects={m: {k: r.get(k) for k in keep} for m, r in rows.items()},
+        effects={m: {k: r.get(k) for k in EFFECT_KEYS} for m, r in rows.items()},
     )
 
 
