@@ -49,12 +49,22 @@ class Features:
     spectra_rows: int
 
 
+def head_mean() -> pl.Expr:
+    """The mean of `value` over a group's layers and heads (nulls left out, as mean() does), summed in
+    (layer, head) order by a running sum. A group's rows can reach the aggregation in a layout that
+    varies run to run (the part files are scanned in parallel), and Polars' own mean() then summed
+    them differently: the same report gave pr_centred and norm_cv means that differed in the last
+    bit. A running sum in a fixed order is the same every time."""
+    v = pl.col("value").sort_by("layer", "head").drop_nulls()
+    return (v.cum_sum().last() / v.len()).alias("value")
+
+
 def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
     per_head = pl.col("layer").is_not_null() & pl.col("head").is_not_null()
     curves = (
         lf.filter(pl.col("name").is_in(RANK_METRICS) & pl.col("tensor").is_in(TENSORS) & per_head)
         .group_by("trial_id", "step", "name", "tensor")
-        .agg(pl.col("value").mean(), pl.len().alias("n"))
+        .agg(head_mean(), pl.len().alias("n"))
     )
     model = pl.col("layer").is_null() & pl.col("head").is_null() & pl.col("tensor").is_null()
     val = (
@@ -80,12 +90,12 @@ def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
             & per_head
         )
         .group_by("trial_id", "step", "name", "tensor")
-        .agg(pl.col("value").mean(), pl.len().alias("n"))
+        .agg(head_mean(), pl.len().alias("n"))
     )
     layers = (
         lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS) & per_head)
         .group_by("trial_id", "step", "layer", "tensor")
-        .agg(pl.col("value").mean())
+        .agg(head_mean())
     )
     return [curves, val, ends, activation, layers]
 
