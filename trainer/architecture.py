@@ -13,11 +13,17 @@ from .schema import QK_NORM_VARIANTS
 
 @dataclass(frozen=True)
 class QKNormKind:
-    """A QK-Norm variant: which normalisation over d_head (None: no norm), and its learned vectors."""
+    """A QK-Norm variant: which normalisation over d_head (None: no norm), its learned vectors, and
+    what bounds the attention logits instead of a norm (None: nothing):
+      "clip"     QK-Clip: after each optimizer step, the W_q and W_k rows of every head whose largest
+                 logit S_max exceeded tau are scaled by sqrt(min(1, tau / S_max)) (trainer.qk_clip);
+                 the forward pass is plain attention
+      "softcap"  logits -> cap * tanh(logits / cap) before the softmax (trainer.model.Attention)"""
 
     norm: str | None  # "rms" or "layer"
     gain: bool
     bias: bool
+    logits: str | None = None  # "clip" or "softcap"
 
 
 # One entry per variant of trainer.schema.QK_NORM_VARIANTS (checked below): trainer.model builds
@@ -27,6 +33,8 @@ QK_NORM_KINDS = {
     "rms": QKNormKind(norm="rms", gain=True, bias=False),
     "rms_frozen": QKNormKind(norm="rms", gain=False, bias=False),  # q, k on a sphere of radius sqrt(d_head)
     "layer": QKNormKind(norm="layer", gain=True, bias=True),
+    "qk_clip": QKNormKind(norm=None, gain=False, bias=False, logits="clip"),  # Kimi K2's MuonClip
+    "softcap": QKNormKind(norm=None, gain=False, bias=False, logits="softcap"),  # Gemma 2's logit cap
 }
 assert tuple(QK_NORM_KINDS) == QK_NORM_VARIANTS, "keep in step with trainer.schema.QK_NORM_VARIANTS"
 
@@ -44,6 +52,7 @@ class ModelConfig:
     seq_len: int
     init: str  # "normal" (GPT-2's) or "torch" (PyTorch's defaults)
     init_std: float
+    logit_softcap: float = 50.0  # the cap of the softcap variant (ignored by the others)
 
     def __post_init__(self):
         if self.qk_norm not in QK_NORM_KINDS:

@@ -23,7 +23,7 @@ from .schema import OPTIMIZERS, QK_NORM_VARIANTS
 
 # Literals so that pydantic names the choices in its errors; the vocabularies live in trainer.schema.
 Optimizer = Literal["adamw", "muon"]
-QKNorm = Literal["none", "rms", "rms_frozen", "layer"]
+QKNorm = Literal["none", "rms", "rms_frozen", "layer", "qk_clip", "softcap"]
 assert get_args(Optimizer) == OPTIMIZERS and get_args(QKNorm) == QK_NORM_VARIANTS, "keep in step with trainer.schema"
 
 
@@ -90,6 +90,17 @@ class TrialConfig(BaseModel):
     beta2: float = Field(0.95, ge=0, lt=1)
     muon_momentum: float = Field(0.95, ge=0, lt=1)
     ns_steps: int = Field(5, ge=1, description="Newton-Schulz iterations in Muon")
+    muon_per_head: bool = Field(
+        False,
+        description="Muon only: Newton-Schulz on each head's d_head x width block of W_q, W_k, W_v (and "
+        "width x d_head block of W_o) instead of on the whole matrix; the same step RMS either way",
+    )
+    qk_clip_tau: float = Field(
+        100.0, gt=0, le=1e6, description="qk_clip only: the largest attention logit a head keeps (Kimi K2: 100)"
+    )
+    logit_softcap: float = Field(
+        50.0, gt=0, le=1e6, description="softcap only: logits -> cap * tanh(logits / cap) (Gemma 2: 50)"
+    )
 
     # --- metrics and bookkeeping
     eval_every: int = Field(50, ge=1, description="probe and val-loss cadence in steps (also step 0 and the last)")
@@ -169,17 +180,35 @@ class TrialConfig(BaseModel):
             seq_len=self.seq_len,
             init=self.init,
             init_std=self.init_std,
+            logit_softcap=self.logit_softcap,
         )
 
     def canonical_json(self) -> str:
         """Sorted JSON of every field that changes training: the identity of a trial (an output
-        switch such as save_final is left out, so turning it on does not rename trials)."""
-        return json.dumps(self.model_dump(exclude=set(NOT_IDENTITY)), sort_keys=True)
+        switch such as save_final is left out, so turning it on does not rename trials). A setting
+        that does not act on this trial is left out too (qk_clip_tau unless qk_norm is qk_clip,
+        logit_softcap unless softcap, muon_per_head unless it is on under Muon): trials that train
+        the same get one identity, and trials of results written before these settings existed
+        keep theirs."""
+        fields = self.model_dump(exclude=set(NOT_IDENTITY))
+        for name, acts in inert_settings(self).items():
+            if not acts:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
     def trial_id(self) -> str:
         """Readable and unique: axes first, then a hash of the whole config."""
         digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
         return f"{self.optimizer}_{self.qk_norm}_w{self.width}_lr{self.lr:.3g}_s{self.seed}_{digest}"
+
+
+def inert_settings(cfg: TrialConfig) -> dict[str, bool]:
+    """The variant-specific settings, each with whether it acts on `cfg`'s training."""
+    return {
+        "qk_clip_tau": cfg.qk_norm == "qk_clip",
+        "logit_softcap": cfg.qk_norm == "softcap",
+        "muon_per_head": cfg.optimizer == "muon" and cfg.muon_per_head,
+    }
 
 
 SMOKE = dict(

@@ -26,6 +26,7 @@ from .config import TrialConfig
 from .metrics import ProbeResult, measure
 from .model import GPT
 from .optim import build_optimizers, lr_factor, set_lr
+from .qk_clip import qk_clip_for
 from .safeio import safe_write_bytes
 from .schema import WEIGHTS_DIR
 from .sink import TrialSink
@@ -124,6 +125,7 @@ class Trial:
         self.model = GPT(cfg.architecture()).to(self.device)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizers = build_optimizers(self.model, cfg, self.device)
+        self.clip = qk_clip_for(self.model, cfg.qk_norm, cfg.qk_clip_tau)  # None unless qk_norm is qk_clip
         self.autocast = autocast_for(cfg, self.device)
         self.sink = TrialSink(results, trial_id)
 
@@ -162,6 +164,8 @@ class Trial:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
+        if self.clip is not None:
+            state["qk_clip"] = self.clip.state_dict()
         return state
 
     def _restore(self) -> int | None:
@@ -177,6 +181,8 @@ class Trial:
         self.step, self.wall_prior = int(state["step"]), float(state["wall_s"])
         self.last_train_loss, self.last_val_loss = state["last_train_loss"], state["last_val_loss"]
         torch.set_rng_state(state["torch_rng"])
+        if self.clip is not None and "qk_clip" in state:
+            self.clip.load_state_dict(state["qk_clip"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.sink.truncate_after(self.step - 1)  # rows of steps >= self.step will be replayed
@@ -202,6 +208,9 @@ class Trial:
             else:
                 val_loss = float(np.mean([self.forward(x, y)[1].item() for x, y in self.val]))
         self.model.train()
+        if self.clip is not None:  # how often and how hard the clip fired since the last probe
+            for name, layer, head, value in self.clip.take():
+                self.sink.scalar(step, name, value, layer=layer, head=head)
         if val_loss is not None:
             self.last_val_loss = val_loss
             self.sink.scalar(step, "val_loss", val_loss)
@@ -263,6 +272,8 @@ class Trial:
             for opt in self.optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            if self.clip is not None:
+                self.clip.apply()  # QK-Clip: after the step, on the step's largest logits
             loss_value = loss.item()
             self.last_train_loss = loss_value
             self.step = step + 1

@@ -14,6 +14,10 @@ QK-Norm variants (trainer.architecture.QK_NORM_KINDS):
   rms         RMSNorm over d_head with a learned gain
   rms_frozen  RMSNorm with the gain fixed at 1 (q, k live on a sphere of radius sqrt(d_head))
   layer       LayerNorm over d_head (centred, learned gain and bias)
+  qk_clip     no norm; after each optimizer step trainer.qk_clip scales W_q, W_k of every head whose
+              largest logit exceeded tau (Kimi K2's MuonClip); the forward keeps each head's largest
+              logit (`max_logit`, training passes only) for it
+  softcap     no norm; logits -> cap * tanh(logits / cap) before the softmax (Gemma 2), explicit attention
 
 RoPE turns each adjacent pair (x_2i, x_2i+1) of a head's dims at position t by the angle
 t * 10000^(-2i/D): the RoFormer / Meta LLaMA convention. (GPT-NeoX pairs dim i with i + D/2; the two
@@ -107,6 +111,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(arch.width, arch.width, bias=False)
         self.q_norm = make_qk_norm(arch.qk_norm, arch.d_head)
         self.k_norm = make_qk_norm(arch.qk_norm, arch.d_head)
+        self.bound = QK_NORM_KINDS[arch.qk_norm].logits  # None, "clip" or "softcap"
+        self.cap = arch.logit_softcap if self.bound == "softcap" else None
+        if self.bound == "clip":  # S_max per head of the last training forward, for trainer.qk_clip
+            self.register_buffer("max_logit", torch.zeros(arch.n_heads), persistent=False)
 
     def forward(self, x, rope: RopeTables, record: list | None = None, record_only: bool = False):
         """x (B, T, C) -> (B, T, C). With `record`, q and k are recorded before and after QK-Norm (see
@@ -125,8 +133,12 @@ class Attention(nn.Module):
                 return None  # q and k are all the probe wants of this layer
         q_rot, k_rot = (kernels.rope(t, rope).transpose(1, 2) for t in (q, k))  # (B, H, T, D)
         v = None if record_only else self.wv(x).view(B, T, H, D).transpose(1, 2)
+        if self.bound == "clip" and self.training:
+            self.max_logit.copy_(causal_max_logit(q_rot, k_rot))
         if explicit:
-            y = self.record_scores(q_rot, k_rot, v, record)
+            y = self.record_scores(q_rot, k_rot, v, record, self.cap)
+        elif self.cap is not None:
+            y = softcapped_attention(q_rot, k_rot, v, self.cap)
         else:
             y = F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
         if record_only:
@@ -134,12 +146,15 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
     @staticmethod
-    def record_scores(q_rot: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor | None, record: list):
+    def record_scores(
+        q_rot: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor | None, record: list, cap: float | None = None
+    ):
         """The probe's explicit attention over rotated q, k (B, H, T, D), record.block sequences at a
         time (see ProbeRecord): each block's masked logits and probabilities (float32) go to the
         record's on_scores with the layer's entry. Returns probs @ v (B, H, T, D), None without v.
         Masked entries hold the dtype's lowest finite value, not -inf, so that p * logit is 0 there
-        (see metrics.attention_stats)."""
+        (see metrics.attention_stats). With a `cap` (softcap) the logits are capped first, so what is
+        recorded (max_logit included) is what enters the softmax."""
         B, H, T, D = q_rot.shape
         block = getattr(record, "block", None) or B
         on_scores = getattr(record, "on_scores", None) or keep_scores
@@ -148,18 +163,50 @@ class Attention(nn.Module):
         for start in range(0, B, block):
             q_b, k_b = q_rot[start : start + block], k_rot[start : start + block]
             n = q_b.shape[0]
-            scores = torch.baddbmm(  # mask + scale * q k^T in one pass
-                mask.expand(n * H, T, T),
-                q_b.reshape(n * H, T, D),
-                k_b.reshape(n * H, T, D).transpose(1, 2),
-                alpha=D**-0.5,
-            )
+            if cap is None:
+                scores = torch.baddbmm(  # mask + scale * q k^T in one pass
+                    mask.expand(n * H, T, T),
+                    q_b.reshape(n * H, T, D),
+                    k_b.reshape(n * H, T, D).transpose(1, 2),
+                    alpha=D**-0.5,
+                )
+            else:
+                raw = torch.bmm(q_b.reshape(n * H, T, D), k_b.reshape(n * H, T, D).transpose(1, 2)) * D**-0.5
+                scores = soft_cap(raw, cap) + mask
             logits = scores.view(n, H, T, T).float()
             probs = logits.softmax(dim=-1)
             on_scores(record[-1], logits, probs)
             if y is not None:
                 torch.matmul(probs.to(v.dtype), v[start : start + block], out=y[start : start + block])
         return y
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's attention-logit soft-cap: cap * tanh(logits / cap), in (-cap, cap), about the identity
+    for |logits| << cap; its gradient is 1 - tanh^2(logits / cap)."""
+    return cap * torch.tanh(logits / cap)
+
+
+def causal_mask(T: int, device: torch.device) -> torch.Tensor:
+    """(T, T) True above the diagonal: the future a query may not see."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).triu_(1)
+
+
+def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float) -> torch.Tensor:
+    """softmax(soft_cap(q k^T / sqrt(D)) + causal mask) v for (B, H, T, D) q, k, v, explicitly: SDPA
+    takes no function of the logits. The softmax runs in float32, as SDPA's does."""
+    logits = soft_cap((q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5, cap)
+    logits = logits.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf"))
+    return logits.softmax(dim=-1).to(v.dtype) @ v
+
+
+@torch.no_grad()
+def causal_max_logit(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """S_max per head: the largest causal logit q_i . k_j / sqrt(D), j <= i, over the batch and every
+    position, of (B, H, T, D) q, k; float32 (H,). QK-Clip's trigger (trainer.qk_clip)."""
+    logits = (q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5
+    logits = logits.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf"))
+    return logits.amax(dim=(0, 2, 3))
 
 
 class MLP(nn.Module):

@@ -25,7 +25,8 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 def newton_schulz(
     G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """G = U S V^T (m x n) -> approximately U S' V^T with S' near 1: Newton-Schulz orthogonalisation.
+    """G = U S V^T (m x n, or a stack (b, m, n) of same-shape matrices, each on its own) -> about
+    U S' V^T with S' near 1: Newton-Schulz orthogonalisation.
 
     X starts as G / ||G||_F, which puts every singular value in [0, 1] (the spectral norm is at most
     the Frobenius norm), transposed so that m <= n and A is the smaller Gram matrix. Each of `steps`
@@ -37,18 +38,75 @@ def newton_schulz(
     converging to 1: after 5 steps (in fp32) every singular value of G / ||G||_F above 3e-3 lands
     in [0.68, 1.20] (muon.py: "S'_ii ~ Uniform(0.5, 1.5), which turns out not to hurt model performance
     at all relative to UV^T"). The result is U S' V^T, not U V^T.
+
+    A stack runs as one chain of batched matmuls (baddbmm), as modded-nanogpt's batched Muon does: one
+    launch per iteration for every matrix of a shape instead of one per matrix, what a GPU needs.
     """
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
-    transposed = G.size(0) > G.size(1)
+    transposed = G.size(-2) > G.size(-1)
     if transposed:
-        X = X.T
-    X = X / X.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
-        A = X @ X.T
-        B = torch.addmm(A, A, A, beta=b, alpha=c)
-        X = torch.addmm(X, B, X, beta=a)
-    return X.T if transposed else X
+        X = X.mT
+    if X.ndim == 2:
+        X = X / X.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+        for _ in range(steps):
+            A = X @ X.T
+            B = torch.addmm(A, A, A, beta=b, alpha=c)
+            X = torch.addmm(X, B, X, beta=a)
+    else:
+        X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+        for _ in range(steps):
+            A = X @ X.mT
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            X = torch.baddbmm(X, B, X, beta=a)
+    return X.mT if transposed else X
+
+
+def head_blocks(U: torch.Tensor, split: str, d_head: int) -> torch.Tensor:
+    """A (C_out, C_in) attention projection as a stack of per-head blocks: split "rows" (W_q, W_k, W_v:
+    head h owns output rows h*d_head ...) gives (H, d_head, C_in); "cols" (W_o: head h's outputs enter
+    through columns h*d_head ...) gives (H, C_out, d_head)."""
+    if split == "rows":
+        return U.view(-1, d_head, U.shape[1])
+    return U.view(U.shape[0], -1, d_head).transpose(0, 1)
+
+
+def from_head_blocks(blocks: torch.Tensor, split: str) -> torch.Tensor:
+    """head_blocks' inverse."""
+    if split == "rows":
+        return blocks.reshape(-1, blocks.shape[-1])
+    return blocks.transpose(0, 1).reshape(blocks.shape[1], -1)
+
+
+def orthogonalise(
+    updates: list[torch.Tensor],
+    steps: int,
+    dtype: torch.dtype,
+    batched: bool = False,
+    split: str | None = None,
+    d_head: int = 0,
+) -> list[torch.Tensor]:
+    """newton_schulz of every update: of each whole matrix (split None), or of each head's block of it
+    (split "rows" or "cols", see head_blocks). `batched` stacks the matrices (blocks) of one shape
+    and runs them as one batched chain (the GPU path); without it each matrix runs on its own through
+    the 2-D path (the CPU path, unchanged), a per-head matrix's blocks as one stack."""
+    mats = [head_blocks(u, split, d_head) if split else u for u in updates]
+    if not batched:
+        out = [newton_schulz(m, steps, dtype=dtype) for m in mats]
+    else:
+        out: list[torch.Tensor | None] = [None] * len(mats)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, m in enumerate(mats):
+            by_shape.setdefault(tuple(m.shape[-2:]), []).append(i)
+        for idx in by_shape.values():
+            stack = torch.cat([mats[i].reshape(-1, *mats[i].shape[-2:]) for i in idx])
+            done = newton_schulz(stack, steps, dtype=dtype)
+            start = 0
+            for i in idx:
+                n = mats[i].numel() // (mats[i].shape[-2] * mats[i].shape[-1])
+                out[i] = done[start : start + n].view(mats[i].shape)
+                start += n
+    return [from_head_blocks(o, split) if split else o for o in out]
 
 
 def match_rms_adamw(lr: float, shape: torch.Size) -> float:
@@ -68,7 +126,14 @@ class Muon(torch.optim.Optimizer):
         U  = momentum M + (1 - momentum) G                       (Nesterov)
         W <- (1 - lr weight_decay) W - match_rms_adamw(lr, W.shape) newton_schulz(U)
     Only for hidden 2-D weights: the embedding, the output head and the gains go to AdamW
-    (split_parameters). Newton-Schulz runs in `ns_dtype`."""
+    (split_parameters). Newton-Schulz runs in `ns_dtype`; `batched` runs the matrices of one shape
+    as one batched chain (see orthogonalise).
+
+    A param group with `split` ("rows" or "cols") and `d_head` orthogonalises each head's block of its
+    matrices on its own (muon_per_head). The step scale stays match_rms_adamw(lr, W.shape): a
+    d_head x C block's orthogonal update has RMS 1/sqrt(C) = 1/sqrt(max(d_head, C)), like the whole
+    C x C matrix's, so 0.2 sqrt(C) gives every block, and so the matrix, the same RMS 0.2 as the
+    whole-matrix Muon, and one LR axis still serves every arm."""
 
     def __init__(
         self,
@@ -78,9 +143,11 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         ns_steps: int = 5,
         ns_dtype: torch.dtype = torch.float32,
+        batched: bool = False,
     ):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
-        self.ns_dtype = ns_dtype
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps, split=None, d_head=0)
+        super().__init__(params, defaults)
+        self.ns_dtype, self.batched = ns_dtype, batched
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -90,18 +157,21 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            updates = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum)  # Nesterov
-                update = newton_schulz(update, group["ns_steps"], dtype=self.ns_dtype).to(p.dtype)
+                updates.append(p.grad.lerp(buf, momentum))  # Nesterov
+            ortho = orthogonalise(
+                updates, group["ns_steps"], self.ns_dtype, self.batched, group["split"], group["d_head"]
+            )
+            for p, update in zip(params, ortho):
                 p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-match_rms_adamw(lr, p.shape))
+                p.add_(update.to(p.dtype), alpha=-match_rms_adamw(lr, p.shape))
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -122,6 +192,25 @@ def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+def muon_groups(model: nn.Module, hidden: list[nn.Parameter], per_head: bool) -> list[dict]:
+    """Muon's param groups: every hidden matrix whole, or (per_head) each block's W_q, W_k, W_v split
+    by rows and W_o by columns into heads (see Muon), the MLP whole."""
+    if not per_head:
+        return [{"params": hidden}]
+    rows, cols = [], []
+    for block in model.blocks:
+        attn = block.attn
+        rows += [attn.wq.weight, attn.wk.weight, attn.wv.weight]
+        cols.append(attn.wo.weight)
+    split = {id(p) for p in rows + cols}
+    d_head = model.blocks[0].attn.d_head
+    return [
+        {"params": rows, "split": "rows", "d_head": d_head},
+        {"params": cols, "split": "cols", "d_head": d_head},
+        {"params": [p for p in hidden if id(p) not in split]},
+    ]
+
+
 def build_optimizers(model: nn.Module, cfg: TrialConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """The optimizers for one trial; every group carries `peak_lr` for the schedule."""
     groups = split_parameters(model)
@@ -135,12 +224,13 @@ def build_optimizers(model: nn.Module, cfg: TrialConfig, device: torch.device) -
     else:
         ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         muon = Muon(
-            groups["hidden"],
+            muon_groups(model, groups["hidden"], cfg.muon_per_head),
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             momentum=cfg.muon_momentum,
             ns_steps=cfg.ns_steps,
             ns_dtype=ns_dtype,
+            batched=device.type == "cuda",
         )
         optimizers = [muon, torch.optim.AdamW([decay, no_decay], **adam_kw)]
     for opt in optimizers:

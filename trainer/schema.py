@@ -29,8 +29,10 @@ STATUSES = ("running", "completed", "diverged", "pruned", "failed")
 # A finished trial is never run again (a sweep skips it; the report treats it as final).
 FINISHED_STATUSES = ("completed", "diverged")
 OPTIMIZERS = ("adamw", "muon")
-# QK-Norm variants, in report order: "none" is the baseline every variant is compared with.
-QK_NORM_VARIANTS = ("none", "rms", "rms_frozen", "layer")
+# QK-Norm variants, in report order: "none" is the baseline every variant is compared with. The last
+# two are what practitioners use instead of a norm (trainer.architecture.QK_NORM_KINDS): qk_clip
+# rescales W_q, W_k after each optimizer step (Kimi K2's MuonClip), softcap bounds the logits (Gemma 2).
+QK_NORM_VARIANTS = ("none", "rms", "rms_frozen", "layer", "qk_clip", "softcap")
 # One arm of the grid: trials that differ only in lr and seed.
 ARM = ("optimizer", "qk_norm", "width")
 # What a probe measures, per layer and head (the `tensor` column of metrics and spectra). The rows of
@@ -62,6 +64,10 @@ ATTENTION_METRICS = ("attn_entropy", "max_logit")
 # Per layer, head and pre-norm tensor (STAGES["pre"]): the coefficient of variation (population sd /
 # mean) of the per-token norms ||x Wq|| over the probe's tokens.
 STAGE_METRICS = ("norm_cv",)
+# Per layer and head (tensor null), qk_clip trials only, at each probe after step 0, over the optimizer
+# steps since the previous probe: clip_fraction, the share of steps on which the head was clipped;
+# clip_gamma_min, the smallest factor gamma = min(1, tau / S_max) applied (1: never clipped).
+CLIP_METRICS = ("clip_fraction", "clip_gamma_min")
 METRIC_NAMES = (
     STEP_METRICS
     + EVAL_METRICS
@@ -70,6 +76,7 @@ METRIC_NAMES = (
     + ACTIVATION_METRICS
     + ATTENTION_METRICS
     + STAGE_METRICS
+    + CLIP_METRICS
 )
 
 # Rows are unique on this key; readers and the sink both rely on it.

@@ -51,6 +51,9 @@ class Grid(BaseModel):
     seed: list[int] | None = None
     init: list[str] | None = None
     init_std: list[float] | None = None
+    muon_per_head: list[bool] | None = None
+    qk_clip_tau: list[float] | None = None
+    logit_softcap: list[float] | None = None
 
     @field_validator(*AXES, *EXTRA_AXES, mode="before")
     @classmethod
