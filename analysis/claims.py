@@ -22,10 +22,19 @@ effect the data still allow). Per optimizer o and QK-Norm variant v against none
   QK-Norm raises Muon's loss, or does not lower it while it lowers Muon's sphere rank (it costs
   rank and buys no loss); contradicted: QK-Norm lowers Muon's loss (dropping it would cost loss);
   else inconclusive.
+- alternative_loss_without_rank_effect (o, v for v an alternative to a norm: qk_clip, softcap,
+  analysis.arms.ALTERNATIVES): the alternative gives QK-Norm's loss benefit without its rank effect.
+  supported: the val loss direction is "lower" and neither sphere-PR direction (q, k) is "lower";
+  contradicted: the val loss direction is "higher", or both sphere-PR directions are "lower" (it
+  costs the rank as QK-Norm is said to); else inconclusive (among them: a lower loss with one of q, k
+  lower, and no loss change). The because names the three effects with their intervals and, when
+  the sweep has rms under o, rms's effect on the loss for reference; for qk_clip it adds when the
+  clip never fired in the compared trials (then qk_clip trained as none).
 """
 
 from __future__ import annotations
 
+from .arms import ALTERNATIVES
 from .finals import PRIMARY_PR
 from .paradox import MIN_PAIRS
 
@@ -132,9 +141,40 @@ def advice_muon(j: dict | None, var: str) -> dict:
     return _claim("advice_muon_drop_qk_norm", "muon", var, verdict, because)
 
 
-def claims(comparisons: dict, interaction: dict) -> list[dict]:
-    """verdict.json's `claims`: lower_loss and lower_rank per (optimizer, variant), then the
-    three claims about the main QK-Norm variant (rms when the sweep has it)."""
+def alternative_verdict(loss: str, q: str, k: str) -> str:
+    """alternative_loss_without_rank_effect from the deciding directions of the val loss and the
+    sphere PR of q and k (the module's docstring)."""
+    if loss == "higher" or q == k == "lower":
+        return CONTRADICTED
+    if loss == "lower" and "lower" not in (q, k):
+        return SUPPORTED
+    return INCONCLUSIVE
+
+
+def alternative_claim(opt: str, var: str, j: dict, rms: dict | None = None, clip: dict | None = None) -> dict:
+    """Does the alternative `var` give QK-Norm's loss benefit without its rank effect under `opt`?
+    `rms`: the rms comparison under `opt` (its loss effect is named for reference); `clip`:
+    verdict.json's clip_activity (qk_clip only: says when the clip never fired)."""
+    claim_id = "alternative_loss_without_rank_effect"
+    if j["state"] == "not_enough_data":
+        n = min((j["effects"].get(m) or {}).get("n_pairs") or 0 for m in (LOSS, *PRIMARY_PR))
+        why = f"{var} vs none under {opt}: {n} complete pairs with the val loss and the sphere PR"
+        return _claim(claim_id, opt, var, INCONCLUSIVE, why)
+    verdict = alternative_verdict(*(j["directions"][m] for m in (LOSS, *PRIMARY_PR)))
+    effects = "; ".join(effect_text(j["effects"].get(m), NAMES[m]) for m in (LOSS, *PRIMARY_PR))
+    because = f"{var} vs none under {opt}: {effects} ({_pairs_text(j)})"
+    if rms is not None and _loss_judged(rms):
+        because += f"; for reference rms vs none under {opt}: {effect_text(rms['effects'].get(LOSS), NAMES[LOSS])}"
+    share = ((clip or {}).get("deciding_share") or {}).get(opt) if var == "qk_clip" else None
+    if share == 0:
+        because += f"; the clip never fired in the compared trials under {opt}, so qk_clip trained as none there"
+    return _claim(claim_id, opt, var, verdict, because)
+
+
+def claims(comparisons: dict, interaction: dict, clip: dict | None = None) -> list[dict]:
+    """verdict.json's `claims`: lower_loss and lower_rank per (optimizer, variant) (and
+    alternative_loss_without_rank_effect for the alternatives to a norm), then the three claims
+    about the main QK-Norm variant (rms when the sweep has it). `clip`: verdict.json's clip_activity."""
     out = []
     for opt, per in comparisons.items():
         for var, j in per.items():
@@ -151,6 +191,8 @@ def claims(comparisons: dict, interaction: dict) -> list[dict]:
                 n = min((j["effects"].get(m) or {}).get("n_pairs") or 0 for m in PRIMARY_PR)
                 why = f"{var} vs none under {opt}: {n} complete pairs with the sphere PR"
                 out.append(_claim("lower_rank", opt, var, INCONCLUSIVE, why))
+            if var in ALTERNATIVES:
+                out.append(alternative_claim(opt, var, j, per.get("rms"), clip))
     variants = list(dict.fromkeys(v for per in comparisons.values() for v in per))
     main = "rms" if "rms" in variants else (variants[0] if variants else None)
     if main is None:

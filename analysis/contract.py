@@ -3,7 +3,13 @@
 - `trials.parquet` and every part's footer must match the contract: a mismatch is a
   `ResultsError` naming the file, the column, the type found and the type expected;
 - a part whose footer cannot be read (truncated, not Parquet) is skipped and reported by name;
+- a part whose trial_id disagrees with its folder (`trial_id=<id>`: a part copied or moved from
+  another trial) is skipped and reported by name; the check reads the trial_id column's min and
+  max from the footer, or the column alone when a writer left the statistics out;
 - `scan` reads the parts that passed, lazily, in the order given (the order written).
+
+Every path is read literally (`glob=False`): a results folder named `res[2]` or `a*` is that folder,
+never a pattern over its neighbours.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import polars as pl
 import pyarrow as pa
@@ -49,34 +56,83 @@ class Part:
     step_max: int | None
 
 
-def _read_footer(path: Path) -> tuple[pl.Schema, int, int | None, int | None] | str:
-    """(schema as Polars sees it, rows, step min, step max), or why the file cannot be read."""
+def _min_max(md: pq.FileMetaData, column: int) -> tuple | None:
+    """(min, max) of a column over every row group from the footer's statistics; None when any row
+    group lacks them."""
+    stats = [md.row_group(i).column(column).statistics for i in range(md.num_row_groups)]
+    if not stats or not all(s is not None and s.has_min_max for s in stats):
+        return None
+    return min(s.min for s in stats), max(s.max for s in stats)
+
+
+def _trial_ids(path: Path, md: pq.FileMetaData, schema: pa.Schema) -> set[str] | None:
+    """The trial ids a part's rows hold: from the footer's min and max of trial_id (one id when they
+    agree), else from the trial_id column alone (a writer that left the statistics out); None
+    when the part has no trial_id column (the contract check names that)."""
+    j = schema.get_field_index("trial_id")
+    if j < 0:
+        return None
+    if md.num_rows == 0:
+        return set()
+    bounds = _min_max(md, j)
+    if bounds is not None:
+        return {str(b) for b in bounds}
+    f = pq.ParquetFile(path.fs.open_input_file(path.key)) if isinstance(path, UriPath) else pq.ParquetFile(path)
+    with f:
+        column = f.read(columns=["trial_id"]).column("trial_id").combine_chunks()
+    if isinstance(column, pa.DictionaryArray):
+        column = column.dictionary_decode()
+    return {v for v in column.unique().to_pylist() if v is not None}
+
+
+def _read_footer(path: Path) -> tuple[pl.Schema, int, int | None, int | None, set[str] | None] | str:
+    """(schema as Polars sees it, rows, step min, step max, the trial ids its rows hold), or why the
+    file cannot be read."""
     try:
         md = pq.read_metadata(path.key, filesystem=path.fs) if isinstance(path, UriPath) else pq.read_metadata(path)
         schema = md.schema.to_arrow_schema()
         lo = hi = None
         j = schema.get_field_index("step")
         if j >= 0 and md.num_row_groups:
-            stats = [md.row_group(i).column(j).statistics for i in range(md.num_row_groups)]
-            if all(s is not None and s.has_min_max for s in stats):
-                lo, hi = min(s.min for s in stats), max(s.max for s in stats)
-        return polars_schema(schema), md.num_rows, lo, hi
+            lo, hi = _min_max(md, j) or (None, None)
+        return polars_schema(schema), md.num_rows, lo, hi, _trial_ids(path, md, schema)
     except (OSError, pa.ArrowException, ValueError) as e:
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
 
 
+def misplaced(folder: str, ids: set[str] | None) -> str | None:
+    """Why a part's rows do not belong in its folder `trial_id=<id>`, or None when they do."""
+    if ids is None:
+        return None
+    if not folder.startswith("trial_id="):
+        return f"not in a trial_id=<id> folder ({folder!r}); its rows hold trial_id {', '.join(sorted(ids))}"
+    own = folder.removeprefix("trial_id=")
+    if ids <= {own, unquote(own)}:
+        return None
+    found = ", ".join(repr(i) for i in sorted(ids))
+    return (
+        f"its rows hold trial_id {found}, but its folder is {folder}: a part copied or moved from another"
+        " trial; move it back (or delete it)"
+    )
+
+
 def check_parts(files: list[Path], expected: pl.Schema) -> tuple[list[Part], list[tuple[str, str]]]:
-    """Footers of every part: schema errors raise, unreadable parts are returned as skipped."""
+    """Footers of every part: schema errors raise; unreadable parts, and parts whose trial_id
+    disagrees with their folder, are returned as skipped (path, reason)."""
     good, skipped = [], []
     for f in files:
         footer = _read_footer(f)
         if isinstance(footer, str):
             skipped.append((str(f), footer))
             continue
-        schema, rows, lo, hi = footer
+        schema, rows, lo, hi, ids = footer
         check_columns(f, schema, expected, expected.names())
         if lo is not None and lo < 0:  # steps count from 0: a part with step -5 was not written by the trainer
             skipped.append((str(f), f"negative step numbers (down to {lo}); not written by the trainer"))
+            continue
+        wrong = misplaced(f.parent.name, ids)
+        if wrong is not None:  # read as is, its rows would count twice or under another trial
+            skipped.append((str(f), wrong))
             continue
         good.append(Part(f, f.parent.name, rows, lo, hi))
     return good, skipped
@@ -114,8 +170,8 @@ def find_unreadable(parts: list[Part], schema: pl.Schema) -> list[tuple[Path, st
     bad = []
     for p in parts:
         try:
-            pl.read_parquet(str(p.path), hive_partitioning=False, columns=schema.names())
-        except Exception as e:  # noqa: BLE001 - any failure to read means: skip it, say why
+            pl.read_parquet(str(p.path), hive_partitioning=False, columns=schema.names(), glob=False)
+        except (Exception, pl.exceptions.PanicException) as e:  # noqa: BLE001 - any failure to read: skip it, say why
             bad.append((p.path, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"))
     return bad
 
@@ -129,6 +185,7 @@ def scan(parts: list[Part], schema: pl.Schema) -> pl.LazyFrame:
     return pl.scan_parquet(
         [str(p.path) for p in parts],
         hive_partitioning=False,
+        glob=False,  # the paths are literal: a folder named res[2] or a* is not a pattern
         schema=schema,
         extra_columns="ignore",
         cast_options=pl.ScanCastOptions(categorical_to_string="allow"),
@@ -150,9 +207,12 @@ def read_trials_frame(path: Path) -> tuple[pl.DataFrame, int]:
     repeated trial_id rows were dropped (the last row of an id is kept). Not to be confused with
     `trainer.trials.read_trials` (rows as dicts, for the sweep's own bookkeeping)."""
     try:
-        df = pl.read_parquet(str(path), hive_partitioning=False)
+        df = pl.read_parquet(str(path), hive_partitioning=False, glob=False)
     except Exception as e:  # noqa: BLE001
         raise ResultsError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+    # trial_id is dictionary-encoded on disk (Categorical here) since trainer.schema.TRIALS_FILE_SCHEMA,
+    # a plain string before: the analysis sees a String either way.
+    df = df.with_columns(pl.col(c).cast(pl.String) for c, t in df.schema.items() if isinstance(t, pl.Categorical))
     check_columns(path, df.schema, TRIALS_PL, TRIALS_REQUIRED)
     missing = [c for c in TRIALS_PL.names() if c not in df.columns]
     df = df.with_columns(pl.lit(None, TRIALS_PL[c]).alias(c) for c in missing)

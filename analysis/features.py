@@ -20,15 +20,18 @@ import polars as pl
 from trainer.schema import (
     ACTIVATION_METRICS,
     ACTIVATION_TENSORS,
+    CLIP_METRICS,
+    METRICS_DIR,
     METRICS_KEY,
+    SPECTRA_DIR,
     SPECTRUM_METRICS,
     STAGE_METRICS,
     STAGES,
     TENSORS,
 )
 
-from .contract import METRICS_PL, find_unreadable, overlapping, scan
-from .load import Results
+from .contract import METRICS_PL, overlapping, scan
+from .loading import Results
 
 RANK_METRICS = SPECTRUM_METRICS  # pr, pr_cov, erank, stable_rank
 # The q and k read per layer and for robustness: as attention uses them, and on the unit sphere (the
@@ -43,6 +46,10 @@ class Features:
     layers: pl.DataFrame  # trial_id, step, layer, tensor (LAYER_TENSORS), value: pr, mean over heads
     val_loss: pl.DataFrame  # trial_id, step, value
     ends: pl.DataFrame  # trial_id, name (train_loss | tokens), step_first, first, step_last, last
+    # trial_id, step, value: max_logit, the largest over layers and heads (regular probes): what QK-Clip's
+    # tau and the soft-cap bound, head by head
+    logits: pl.DataFrame
+    clip: pl.DataFrame  # trial_id, step, name (CLIP_METRICS), layer, head, value: per head, qk_clip trials only
     duplicate_rows: int  # rows dropped as duplicate keys
     deduplicated_trials: list[str]  # trial folders read through the deduplicating path
     metric_rows: int  # rows in the part files read (from their footers)
@@ -97,7 +104,15 @@ def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
         .group_by("trial_id", "step", "layer", "tensor")
         .agg(head_mean())
     )
-    return [curves, val, ends, activation, layers]
+    logits = (
+        lf.filter((pl.col("name") == "max_logit") & pl.col("tensor").is_null() & per_head)
+        .group_by("trial_id", "step")
+        .agg(pl.col("value").max())
+    )
+    clip = lf.filter(pl.col("name").is_in(CLIP_METRICS) & pl.col("tensor").is_null() & per_head).select(
+        "trial_id", "step", "name", "layer", "head", "value"
+    )
+    return [curves, val, ends, activation, layers, logits, clip]
 
 
 def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -144,27 +159,43 @@ def _collect(res: Results, suspects: set[str]) -> tuple[list[pl.DataFrame], int,
 
 
 def build_features(res: Results) -> Features:
-    """Collect curves and losses; a part that fails to read is skipped, named, and the rest kept."""
+    """Collect curves and losses through `Results.read`: a part that fails to read (a corrupt page,
+    a part removed since the listing) is skipped, named and counted, and the rest kept."""
     suspects = overlapping(res.metric_parts)
-    for attempt in range(2):
-        try:
-            frames, dup, suspects = _collect(res, suspects)
-            break
-        except (pl.exceptions.PolarsError, OSError):
-            bad = find_unreadable(res.metric_parts, METRICS_PL)
-            if attempt or not bad:
-                raise
-            for path, reason in bad:
-                res.skip(path, reason)
-    curves, val, ends, activation, layers = frames
+    frames, dup, suspects = res.read(METRICS_DIR, lambda: _collect(res, suspects))
+    curves, val, ends, activation, layers, logits, clip = frames
     return Features(
         curves=curves.sort("trial_id", "name", "tensor", "step"),
         activation=activation.sort("trial_id", "name", "tensor", "step"),
         layers=layers.sort("trial_id", "layer", "tensor", "step"),
         val_loss=val.select("trial_id", "step", "value").sort("trial_id", "step"),
         ends=ends.sort("trial_id", "name"),
+        logits=logits.sort("trial_id", "step"),
+        clip=clip.sort("trial_id", "name", "layer", "head", "step"),
         duplicate_rows=dup,
         deduplicated_trials=sorted(suspects),
         metric_rows=sum(p.rows for p in res.metric_parts),
         spectra_rows=sum(p.rows for p in res.spectra_parts),
     )
+
+
+def check_drawn_spectra(res: Results, finals: pl.DataFrame, best: pl.DataFrame) -> int:
+    """Read, through `Results.read`, the spectra parts of the trials the spectra figure draws (each
+    arm's lowest completed seed at its best LR: analysis.figures.spectra) before the verdict is
+    built: a part that fails to read (a corrupt page, a part removed by a compaction since the
+    listing) is skipped and named here, so the report says partial, and the figure reads the parts
+    that are left. Returns the rows read."""
+    if not res.spectra_parts or best.height == 0:
+        return 0
+    keys = [k for k in ("optimizer", "qk_norm", "width", "init_key") if k in best.columns and k in finals.columns]
+    chosen = (
+        finals.filter(pl.col("status") == "completed")
+        .join(best.select(*keys, pl.col("best_lr").alias("lr")), on=[*keys, "lr"], how="semi", nulls_equal=True)
+        .sort("seed")
+        .group_by(keys, maintain_order=True)
+        .first()
+    )
+    ids = chosen.get_column("trial_id").to_list()
+    if not ids:
+        return 0
+    return res.collect(SPECTRA_DIR, trials=ids).height

@@ -200,6 +200,9 @@ def headline(verdict: dict) -> list[str]:
                 )
     if not verdict["comparisons"]:
         lines.append("NOT ENOUGH DATA: no optimizer has both qk_norm=none and a QK-Norm variant.")
+    clip = verdict.get("clip_activity")  # only for sweeps with qk_clip trials (analysis.alternatives)
+    if clip and clip.get("sentence"):
+        lines.append(clip["sentence"])
     for opt, per in verdict["interaction"].get("best_lr", {}).items():
         for var, ms in per.items():
             e = ms.get("final_val_loss", {})

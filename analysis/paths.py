@@ -144,7 +144,11 @@ def _list_local_parts(folder: Path) -> list[Path]:
                     if p.name.startswith(".") or p.name.endswith(".tmp"):
                         continue
                     if p.name.endswith(".parquet") and p.is_file():
-                        found.append((p.stat().st_mtime_ns, p.path))
+                        try:
+                            mtime = p.stat().st_mtime_ns
+                        except FileNotFoundError:  # removed since the listing (a compaction): the
+                            mtime = 0  # footer check then skips and names it, not a failed report
+                        found.append((mtime, p.path))
     return [Path(p) for _, p in sorted(found)]
 
 

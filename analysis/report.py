@@ -1,14 +1,17 @@
-"""`python -m analysis.report RESULTS_DIR [--out DIR]`: the report a researcher reads.
+"""`python -m analysis.report RESULTS_DIR [RESULTS_DIR ...] [--out DIR]`: the report a researcher reads.
 
 RESULTS_DIR is one sweep folder (trials.parquet, sweep.json, metrics/, spectra/), or a folder
 holding exactly one, on a local disk or behind a pyarrow filesystem URI (s3://bucket/prefix/<sweep>).
+Several folders of one study (`RESULTS_DIR RESULTS_DIR ...`: the chunks of a sweep run with --chunk
+I/N) are read as one dataset (analysis.loading.combine) and need --out.
 Writes into --out (default RESULTS_DIR/report, which for a URI is in the bucket too):
 
     summary.md  paradox.csv  collapse.csv  verdict.json
-    tables/*.csv, tables/*.tex   figures/*.png
+    tables/*.csv, tables/*.tex   figures/*.png (--figure-format svg or pdf: *.svg, *.pdf)
 
-and prints the key tables. Bad input (no such folder, no trials.parquet, a file that breaks the
-schema contract) ends with one message and exit status 2, before anything is written.
+and prints five lines (the question, the answer, the scope, what to do, where the details are: all
+that --brief prints), then the key tables. Bad input (no such folder, no trials.parquet, a file
+that breaks the schema contract) ends with one message and exit status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from trainer.safeio import EXIT_ENVIRONMENT, check_out_dir, environment_problem,
 from trainer.schema import ARM, STATUSES
 
 from . import figures
+from .alternatives import clip_activity, clip_heads, clip_summary, variant_ranking, variant_settings
+from .brief import terminal_lines
 from .collapse import collapse_per_arm, collapse_per_trial
-from .features import Features, build_features
+from .features import Features, build_features, check_drawn_spectra
 from .finals import final_values, layer_finals
-from .load import Results, load_results
+from .loading import Results, load_results
 from .lr_selection import held_out_lrs
-from .paradox import ALPHA
+from .paradox import ALPHA, select
 from .paths import ResultsError, UriPath, as_path, find_sweep_dir
 from .scaling import width_scaling
 from .scope import sweep_scope
@@ -72,15 +77,46 @@ class Report:
     sensitivity: pl.DataFrame  # LR sensitivity per arm
     status: pl.DataFrame  # trials per arm and status
     verdict: dict  # verdict.json, JSON-safe
+    # every variant at its held-out best LR: loss and sphere PR with intervals, effects vs none, ranks
+    variant_ranking: pl.DataFrame  # (tables/variant_ranking.csv; analysis.alternatives)
+    clip_activity: pl.DataFrame  # QK-Clip per (optimizer, width, lr, tau): how often it fired (empty without qk_clip)
 
     @property
     def partial(self) -> bool:
         """True while the sweep has not finished (running trials, no finished_at, ...)."""
         return self.verdict["partial"]
 
-    def tables(self) -> dict[str, pl.DataFrame]:
-        """Every table of the report by field name (finals, paradox, collapse_arm, ...): Polars DataFrames."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), pl.DataFrame)}
+    def tables(self) -> Tables:
+        """Every table of the report by the name of the file it is written to: tables/<name>.csv
+        (status, paradox_best_lr, paradox_cells, collapse_by_arm, loss_vs_lr, finals, ...) and
+        collapse (collapse.csv); Polars DataFrames. The Report's field names (cells, collapse_arm,
+        lr_curve, ...: the keys before) still work as keys, but are not listed."""
+        frames = {name: df for name, df, _ in table_files(self)}
+        frames["finals"] = self.finals  # tables/finals.csv
+        frames["collapse"] = collapse_csv(self.collapse_trial, self.collapse_arm)  # collapse.csv
+        aliases = {
+            f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), pl.DataFrame)
+        }
+        return Tables(frames, aliases)
+
+
+class Tables(dict):
+    """`Report.tables()`: the frames by file name; a Report field name is an alias (not listed)."""
+
+    def __init__(self, frames: dict[str, pl.DataFrame], aliases: dict[str, pl.DataFrame]):
+        super().__init__(frames)
+        self.aliases = aliases
+
+    def __missing__(self, key: str) -> pl.DataFrame:
+        if key in self.aliases:
+            return self.aliases[key]
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(key) or key in self.aliases
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
 def status_table(trials: pl.DataFrame) -> pl.DataFrame:
@@ -99,7 +135,8 @@ def status_table(trials: pl.DataFrame) -> pl.DataFrame:
 
 
 def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA) -> Report:
-    """Load a sweep folder and compute every table of the report (nothing written)."""
+    """Load a sweep folder (or a list of folders of one study: analysis.loading.combine) and compute
+    every table of the report (nothing written)."""
     res = load_results(results_dir)
     feats = build_features(res)
     finals = final_values(res.trials, feats)
@@ -109,6 +146,10 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     per_trial = collapse_per_trial(feats.curves, finals)
     per_arm = collapse_per_arm(per_trial, n_boot=min(n_boot, 1000), seed=seed)
     px = paradox_results(finals, best, held_out, layer_finals(finals, feats))
+    check_drawn_spectra(res, finals, best)  # before the verdict: a spectra part that fails is skipped, partial
+    heads = clip_heads(feats.clip, finals, variant_settings(res.trials))
+    deciding = select(finals, "best_lr", held_out).filter(pl.col("status") == "completed")
+    clip = clip_summary(heads, deciding.get_column("trial_id").to_list())
     by_status = {s: int(n) for s, n in res.trials.group_by("status").len().sort("status").iter_rows()}
     reasons = res.partial_reasons()
     gaps = finals.filter(~pl.col("data_complete")).height
@@ -120,7 +161,7 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     }
     context = {
         "sweep": res.name,
-        "results_dir": str(res.sweep_dir),
+        "results_dir": res.location,  # the folder, or the folders read as one joined by ', '
         "partial": bool(reasons),
         "partial_reasons": reasons,
         "design": design,
@@ -137,6 +178,8 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
             "skipped_files": [list(s) for s in res.skipped],
         },
     }
+    if clip is not None:  # only a sweep with qk_clip trials has the key
+        context["clip_activity"] = clip
     verdict = build_verdict(px, context, alpha)
     return Report(
         results=res,
@@ -161,6 +204,8 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
         sensitivity=lr_sensitivity(curve, best),
         status=status_table(res.trials),
         verdict=verdict,
+        variant_ranking=variant_ranking(finals, held_out, px.best, px.cells),
+        clip_activity=clip_activity(heads, best),
     )
 
 
@@ -191,15 +236,10 @@ def collapse_csv(per_trial: pl.DataFrame, per_arm: pl.DataFrame) -> pl.DataFrame
     return df.select(first + [c for c in df.columns if c not in first])
 
 
-def write_report(r: Report, out: Path) -> None:
-    """Every report file, each written whole (temporary name, then rename) and never through a
-    symlink: a crafted results folder cannot redirect a write outside `out` (trainer.safeio)."""
-    out = safe_mkdir(out)
-    tables, figs = safe_mkdir(out / "tables"), safe_mkdir(out / "figures")
-    safe_write_text(out / "paradox.csv", r.paradox.write_csv())
-    safe_write_text(out / "collapse.csv", collapse_csv(r.collapse_trial, r.collapse_arm).write_csv())
-    safe_write_text(out / "verdict.json", json.dumps(r.verdict, indent=2, allow_nan=False) + "\n")
-    for name, df, caption in [
+def table_files(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
+    """(file name, frame, caption) of every tables/<name>.csv and .tex that write_report writes;
+    Report.tables() is keyed by these names."""
+    return [
         ("status", r.status, "Trials per arm and status"),
         ("paradox", r.paradox, "Paired differences (variant minus none), all LRs"),
         ("paradox_best_lr", r.paradox_best, "Paired differences at each arm's held-out best LR per width"),
@@ -221,22 +261,41 @@ def write_report(r: Report, out: Path) -> None:
         ("width_scaling", r.scaling, "Log-log slopes over width at a fixed LR and at the best LR"),
         ("lr_sensitivity", r.sensitivity, "LR sensitivity per arm (Wortsman et al. 2023)"),
         ("loss_vs_lr", r.lr_curve, "Final val loss per arm and LR"),
-    ]:
+        (
+            "variant_ranking",
+            r.variant_ranking,
+            "Every variant at its held-out best LR: loss and sphere PR (95% t intervals over seeds), "
+            "paired effects vs none, ranks on loss and on sphere PR",
+        ),
+        ("clip_activity", r.clip_activity, "QK-Clip: share of head-steps clipped, smallest factor, heads ever clipped"),
+    ]
+
+
+def write_report(r: Report, out: Path, figure_format: str = "png") -> None:
+    """Every report file, each written whole (temporary name, then rename) and never through a
+    symlink: a crafted results folder cannot redirect a write outside `out` (trainer.safeio).
+    `figure_format`: png (the default), svg or pdf (analysis.figures.FORMATS)."""
+    out = safe_mkdir(out)
+    tables, figs = safe_mkdir(out / "tables"), safe_mkdir(out / "figures")
+    safe_write_text(out / "paradox.csv", r.paradox.write_csv())
+    safe_write_text(out / "collapse.csv", collapse_csv(r.collapse_trial, r.collapse_arm).write_csv())
+    safe_write_text(out / "verdict.json", json.dumps(r.verdict, indent=2, allow_nan=False) + "\n")
+    for name, df, caption in table_files(r):
         write_table(df, tables, name, caption)
     safe_write_text(tables / "finals.csv", r.finals.write_csv())  # one row per trial: CSV only
-    figures.draw_all(r, figs)  # every figure: forest, PR at best LR and per LR, spectra, ...
-    safe_write_text(out / "summary.md", markdown(r))
+    figures.draw_all(r, figs, figure_format)  # every figure: forest, PR at best LR and per LR, spectra, ...
+    safe_write_text(out / "summary.md", markdown(r, figure_format))
 
 
-def publish_report(r: Report, out) -> Path | UriPath:
+def publish_report(r: Report, out, figure_format: str = "png") -> Path | UriPath:
     """write_report into a local folder, or, for a URI (s3://...), into a temporary local folder
     that is then uploaded with pyarrow (each object one PUT); returns where the report is."""
     target = as_path(out)
     if not isinstance(target, UriPath):
-        write_report(r, target)
+        write_report(r, target, figure_format)
         return target
     with tempfile.TemporaryDirectory(prefix="qk-report-") as tmp:
-        write_report(r, Path(tmp))
+        write_report(r, Path(tmp), figure_format)
         target.fs.create_dir(target.key, recursive=True)
         pafs.copy_files(tmp, target.key, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
     return target
@@ -246,7 +305,11 @@ def check_out(results_dir, out) -> None:
     """The local report folder (--out, or <sweep>/report): not a symlink, not a file, not under a
     file. A URI (s3://...) is checked when it is written."""
     target = out
+    if target is None and isinstance(results_dir, (list, tuple)) and len(results_dir) > 1:
+        raise ResultsError(f"{len(results_dir)} results folders are read as one study: --out DIR is required")
     if target is None:
+        if isinstance(results_dir, (list, tuple)):
+            results_dir = results_dir[0]
         found = find_sweep_dir(results_dir)
         if not isinstance(found, Path):
             return
@@ -258,12 +321,29 @@ def check_out(results_dir, out) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
-    ap.add_argument("results_dir", help="a sweep folder (holding trials.parquet), or its parent")
+    ap.add_argument(
+        "results_dir",
+        nargs="+",
+        help="a sweep folder (holding trials.parquet), or its parent; several folders of one study "
+        "(its --chunk I/N chunks) are read as one, and then --out is required",
+    )
     ap.add_argument("--out", help="report folder or URI (default: RESULTS_DIR/report, in the bucket for a URI)")
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     ap.add_argument("--alpha", type=float, default=ALPHA, help="significance level (default 0.05)")
-    ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    ap.add_argument(
+        "--figure-format",
+        choices=figures.FORMATS,
+        default="png",
+        help=f"the figures' file format (default png, at {figures.PNG_DPI} dpi; svg and pdf are vector)",
+    )
+    said = ap.add_mutually_exclusive_group()
+    said.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    said.add_argument(
+        "--brief",
+        action="store_true",
+        help="print only the five lines: the question, the answer, the scope, what to do, where the details are",
+    )
     args = ap.parse_args(argv)
     if args.n_boot < 100:
         print(f"error: --n-boot must be at least 100, got {args.n_boot}", file=sys.stderr)
@@ -272,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --alpha must be in (0, 1), got {args.alpha}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    if len(args.results_dir) == 1:  # one folder: as it always was; several: one study (loading.combine)
+        args.results_dir = args.results_dir[0]
     try:
         check_out(args.results_dir, args.out)  # before the analysis: a bad --out fails in milliseconds
         report = analyse(args.results_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha)
@@ -279,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        out = publish_report(report, args.out or report.results.sweep_dir / "report")
+        out = publish_report(report, args.out or report.results.sweep_dir / "report", args.figure_format)
     except ConfigError as e:  # a symlink planted while the analysis ran
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -292,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ENVIRONMENT
-    if not args.quiet:
-        sys.stdout.write(terminal(report, out))
+    if args.brief:
+        print("\n".join(terminal_lines(report.verdict, out, args.figure_format)))
+    elif not args.quiet:
+        sys.stdout.write(terminal(report, out, args.figure_format))
         print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from .alternatives import ranking_view
 from .answers import claim_lines, opening
+from .brief import markdown_lines, terminal_lines
 from .interaction import DID_COLUMNS
 from .matched import MATCHED_COLUMNS
 from .paradox import COLUMNS, DECIDE
@@ -64,6 +66,15 @@ def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
             "verdict rests on the decision rows.",
         ),
         (
+            "Every variant ranked at its held-out best LR, all widths (tables/variant_ranking.csv)",
+            ranking_view(r.variant_ranking),
+            "Mean over seeds [95% t interval] of the final val loss and the sphere PR / d_head of q and k "
+            "(each seed's values averaged over the widths; per width in the CSV); effects vs none from the "
+            "deciding table. rank_loss 1 = lowest loss; rank_pr 1 = highest sphere PR (mean of q and k). "
+            "not_worse_loss: the loss interval overlaps the best variant's (a reading aid, not a test); "
+            "pick: not worse on loss and the highest sphere rank among those.",
+        ),
+        (
             "Matched LRs: both arms at the same LRs, between their optima (tables/paradox_matched_lr.csv)",
             r.matched.select(MATCHED_VIEW),
             "Every LR from one arm's best LR to the other's where neither diverged; paired differences "
@@ -104,6 +115,16 @@ def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
             "paired t, Holm within each selection's decision metrics.",
         ),
     ]
+    if r.clip_activity.height:
+        tables.append(
+            (
+                "QK-Clip activity per optimizer, width and LR (tables/clip_activity.csv)",
+                r.clip_activity,
+                "clip_fraction: share of head-steps on which the clip fired (each probe's clip_fraction "
+                "weighted by the steps it covers); clip_gamma_min: smallest factor min(1, tau / S_max); "
+                "heads_ever_clipped: share of (seed, layer, head) clipped at least once.",
+            )
+        )
     if inter.height:
         tables.append(
             (
@@ -155,12 +176,24 @@ def _view(df: pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-def markdown(r: Report) -> str:
+FIGURES_SHOWN = (  # (file stem, alt text) of the figures summary.md shows at its end
+    ("pr_over_training", "PR over training"),
+    ("loss_vs_pr", "Loss vs PR"),
+    ("lr_sensitivity", "Loss vs LR"),
+    ("collapse_rate_vs_width", "Collapse rate vs width"),
+    ("max_logit_over_training", "Max logit over training"),
+)
+
+
+def markdown(r: Report, figure_format: str = "png") -> str:
+    """summary.md: the five lines (analysis.brief), the title, the question, answers, scope and advice
+    judged, the deciding comparison drawn (forest), then the data, verdict, tables and figures.
+    `figure_format`: the extension the figures were written with (png, svg, pdf)."""
     v = r.verdict
     title = f"# QK-Norm collapse report: {v['sweep']}"
     if v["partial"]:
         title += " (PARTIAL)"
-    lines = [title, ""]
+    lines = markdown_lines(v, figure_format) + ["", title, ""]
     if v["partial"]:
         lines += [
             "> **Partial results.** "
@@ -169,6 +202,15 @@ def markdown(r: Report) -> str:
             "",
         ]
     lines += opening(v)
+    lines += [
+        "## The deciding comparison, drawn",
+        "",
+        "Paired effects, variant minus none, with 95% t intervals: per (width, LR) cell, at each arm's "
+        "best LR per width, and the deciding row (each arm at its held-out best LR, all widths).",
+        "",
+        f"![The deciding comparison: paired effects, variant minus none](figures/forest.{figure_format})",
+        "",
+    ]
     c = v["counts"]
     lines += [
         "## Data",
@@ -208,31 +250,26 @@ def markdown(r: Report) -> str:
         if note:
             lines += [note, ""]
         lines += [to_markdown(_view(df), max_rows=60), ""]
+    lines += ["## Figures", ""]
+    for stem, alt in FIGURES_SHOWN:
+        lines += [f"![{alt}](figures/{stem}.{figure_format})", ""]
     lines += [
-        "## Figures",
-        "",
-        "![PR over training](figures/pr_over_training.png)",
-        "",
-        "![Loss vs PR](figures/loss_vs_pr.png)",
-        "",
-        "![Loss vs LR](figures/lr_sensitivity.png)",
-        "",
-        "![Collapse rate vs width](figures/collapse_rate_vs_width.png)",
-        "",
         "## Files",
         "",
         "- `paradox.csv`, `verdict.json`, `collapse.csv` (level=trial and level=arm rows)",
-        "- `tables/*.csv` and `tables/*.tex`; `figures/*.png`",
+        f"- `tables/*.csv` and `tables/*.tex`; `figures/*.{figure_format}`",
         "- Methods: docs/analysis.md in the project.",
         "",
     ]
     return "\n".join(lines)
 
 
-def terminal(r: Report, out: Path) -> str:
-    """The digest printed after the report was written to `out`."""
+def terminal(r: Report, out: Path, figure_format: str = "png") -> str:
+    """The digest printed after the report was written to `out`: the five lines first
+    (analysis.brief; `--brief` prints only them), then the key tables, the verdict and the claims."""
     v = r.verdict
-    lines = [f"== QK-Norm collapse report: {v['sweep']}" + (" (PARTIAL)" if v["partial"] else "")]
+    lines = terminal_lines(v, out, figure_format) + [""]
+    lines.append(f"== QK-Norm collapse report: {v['sweep']}" + (" (PARTIAL)" if v["partial"] else ""))
     if v["partial"]:
         lines.append("PARTIAL: " + "; ".join(v["partial_reasons"]))
     c = v["counts"]

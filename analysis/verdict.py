@@ -259,7 +259,7 @@ def build_verdict(t: ParadoxResults, context: dict, alpha: float = ALPHA) -> dic
         "rules": RULES,
         "comparisons": comps,
         "interaction": interaction,
-        "claims": claims(comps, interaction),
+        "claims": claims(comps, interaction, context.get("clip_activity")),
         "warnings": warnings,
     }
     verdict["headline"] = headline(verdict)
@@ -320,7 +320,12 @@ RULES = {
     "selection's decision metrics; optimizer_changes_effect = p_holm < alpha. "
     f"The clustered OLS runs only with >= {MIN_CLUSTERS} seed clusters",
     "claims": "analysis.claims: lower_loss, lower_rank (per optimizer and variant), "
+    "alternative_loss_without_rank_effect (per optimizer and alternative: qk_clip, softcap), "
     "adamw_collapses_more, advice_adamw_keep_qk_norm, advice_muon_drop_qk_norm; each supported | "
     "contradicted | inconclusive from the deciding directions and the difference in differences",
+    "alternative_loss_without_rank_effect": "supported: val loss 'lower' and neither sphere PR (q, k) "
+    "'lower'; contradicted: val loss 'higher', or both sphere PRs 'lower'; else inconclusive",
+    "optimizer_label": "a Muon trial with muon_per_head true in config_json is the optimizer "
+    "'muon_per_head': its own arm, never paired or pooled with plain Muon",
     "scope": "what was run; the answers hold for that scope only",
 }

@@ -38,6 +38,18 @@ flatter or sharper, its minimum unchanged; 0: flat, the best LR set by noise alo
 
 Every effect, the LR slope included, enters through `SyntheticSpec.ramp` (0 at step 0, 1 at the
 last step), so each tensor's init value is the same in every arm and at every LR.
+
+The alternatives to a norm (issue 20): `qk_norms` may hold "qk_clip" and "softcap". Every trial's
+largest attention logit before any bound is `SyntheticSpec.raw_logit` per head (5 + 10 (1 - q share)
++ (`logit_growth` + `Effect.logit`) x ramp, times the head factors); `max_logit` records it as it
+is, for qk_clip trials min(raw, `qk_clip_tau`) and for softcap trials cap tanh(raw / cap)
+(`logit_softcap`). qk_clip trials also get the clip metrics (trainer.schema.CLIP_METRICS) at each
+probe after step 0, per head, over the steps since the previous probe: clip_fraction, the share of
+those steps whose raw logit exceeded tau, and clip_gamma_min = min(1, tau / largest raw logit).
+config_json records `qk_clip_tau` / `logit_softcap` for those trials. An optimizer "muon_per_head" in
+`optimizers` is written as trials.parquet optimizer "muon" with `muon_per_head: true` in config_json
+(what the trainer writes); `trial_finals` calls it "muon_per_head", as the analysis labels it
+(analysis.arms). With none of these, every value written is what it was before.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ from trainer.schema import (
     ACTIVATION_TENSORS,
     ATTENTION_METRICS,
     AXIS_METRICS,
+    CLIP_METRICS,
     EVAL_METRICS,
     METRIC_NAMES,
     METRICS_DIR,
@@ -72,13 +85,14 @@ from trainer.schema import (
     SWEEP_JSON,
     TENSORS,
     TRIALS_FILE,
-    TRIALS_SCHEMA,
+    TRIALS_FILE_SCHEMA,
     WEIGHT_TENSORS,
 )
 
 # Each rank metric as a share of d_head is the PR share raised to this power (pr itself: 1).
 SPEC_POWERS = {"pr": 1.0, "pr_cov": 1.5, "erank": 0.8, "stable_rank": 2.0}
 LOSS_INIT = float(np.log(256.0))  # byte-level model at init
+MUON_PER_HEAD = "muon_per_head"  # an optimizer of the spec: Muon with per-head orthogonalisation
 # What results written before the stages existed hold (stages=False): wq, wk and the as-used q, k.
 LEGACY_TENSORS = WEIGHT_TENSORS + STAGES["as_used"]
 # The activation tensors the stages added (q_pre, k_pre, q_sphere, k_sphere), in schema order.
@@ -122,6 +136,7 @@ class Effect:
     pr_stage: dict = field(default_factory=dict)
     norm_cv: float = 0.0  # final norm_cv of q_pre and k_pre
     curvature_mult: float = 1.0  # multiplies lr_curvature for this arm (0: flat loss over LR)
+    logit: float = 0.0  # added to SyntheticSpec.logit_growth: the raw max logit's rise by the last step
 
     def cell(self, table: dict, key: TrialKey) -> float:
         return float(table.get((key.width, key.lr), table.get(key.lr, 0.0)))
@@ -153,7 +168,7 @@ class SyntheticSpec:
     lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     seeds: tuple[int, ...] = (0, 1, 2)
     init_stds: tuple[float | None, ...] = (None,)  # an init axis (None: not recorded)
-    best_lr: dict[str, float] = field(default_factory=lambda: {"adamw": 1e-2, "muon": 3e-2})
+    best_lr: dict[str, float] = field(default_factory=lambda: {"adamw": 1e-2, "muon": 3e-2, MUON_PER_HEAD: 3e-2})
     lr_curvature: float = 0.15  # loss rises by this per decade^2 away from the best LR
     init_loss_slope: float = 0.1  # loss changes by this per e-fold of init_std / 0.02
     activation_metrics: bool = True  # write pr_centred, pr_bias, pr_centred_bias
@@ -168,6 +183,11 @@ class SyntheticSpec:
     # every stage's final PR share changes by this per decade of lr relative to 1e-2 (through the
     # ramp: init values do not depend on the LR)
     pr_lr_slope: float = 0.0
+    # the alternatives to a norm: the raw max logit rises by logit_growth (+ Effect.logit) through the
+    # ramp; qk_clip trials record min(raw, qk_clip_tau) and clip metrics, softcap trials cap tanh(raw / cap)
+    logit_growth: float = 0.0
+    qk_clip_tau: float = 100.0
+    logit_softcap: float = 50.0
     depth: int = 2
     d_head: int = 32
     steps: int = 300  # last step; steps 0..steps are recorded
@@ -279,6 +299,21 @@ class SyntheticSpec:
             "pre": base + self.pre_offset + (common + shift["pre"]) * ramp,
         }
 
+    def raw_logit(self, key: TrialKey, q_share, ramp) -> np.ndarray:
+        """The largest attention logit before any clip or cap (head mean; per head times the head
+        factors), given the as-used q PR share and the ramp at some steps."""
+        eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
+        return 5 + 10 * (1 - q_share) + (self.logit_growth + eff.logit) * ramp
+
+    def recorded_logit(self, key: TrialKey, raw) -> np.ndarray:
+        """What max_logit records from the raw logit: the logit entering the softmax (after the cap for
+        softcap, at most tau for qk_clip, raw otherwise)."""
+        if key.qk_norm == "qk_clip":
+            return np.minimum(raw, self.qk_clip_tau)
+        if key.qk_norm == "softcap":
+            return self.logit_softcap * np.tanh(raw / self.logit_softcap)
+        return raw
+
     def norm_cv(self, key: TrialKey, ramp) -> np.ndarray:
         """Planted norm_cv of q_pre (k_pre: + NORM_CV_K_ABOVE_Q) at the steps of `ramp`."""
         eff = self.effects.get((key.optimizer, key.qk_norm), Effect())
@@ -288,11 +323,17 @@ class SyntheticSpec:
         return self.norm_cv_init + (self.norm_cv_rise + shift) * ramp
 
 
+def written_optimizer(optimizer: str) -> str:
+    """trials.parquet's optimizer: "muon" for the spec's "muon_per_head" (config_json says per head)."""
+    return "muon" if optimizer == MUON_PER_HEAD else optimizer
+
+
 def trial_id(key: TrialKey) -> str:
-    tag = f"{key.optimizer}_{key.qk_norm}_w{key.width}_lr{key.lr:.0e}_s{key.seed}"
+    tag = f"{written_optimizer(key.optimizer)}_{key.qk_norm}_w{key.width}_lr{key.lr:.0e}_s{key.seed}"
     if key.init_std is not None:
         tag += f"_i{key.init_std:g}"
-    return f"{tag}_{zlib.crc32(tag.encode()):08x}"
+    hashed = tag + ("_per_head" if key.optimizer == MUON_PER_HEAD else "")  # the config differs: so does the hash
+    return f"{tag}_{zlib.crc32(hashed.encode()):08x}"
 
 
 # ---- per-trial values ---------------------------------------------------------------------
@@ -529,9 +570,11 @@ def _decay(t: np.ndarray, steps: int) -> np.ndarray:
     return (np.exp(-t / tau) - np.exp(-steps / tau)) / (1 - np.exp(-steps / tau))
 
 
-def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng, rng_stage=None) -> np.ndarray:
-    """The value column, in the template's row order. The stages' point noise is drawn from
-    `rng_stage`, so the legacy rows are the same with and without stages."""
+def _values(
+    spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng, rng_stage=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The value column, in the template's row order, and the (L, H) head factors. The stages' point
+    noise is drawn from `rng_stage`, so the legacy rows are the same with and without stages."""
     k, L, D = tr.key, spec.depth, spec.d_head
     eff = spec.effects.get((k.optimizer, k.qk_norm), Effect())
     # step block (S, 5): train_loss, lr, grad_norm, tokens, wall_s
@@ -565,7 +608,8 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng, rng_st
     if spec.point_noise:
         spec_vals = spec_vals + D * spec.point_noise * rng.standard_normal(spec_vals.shape)
     axis = (1 / D + 0.3 * (1 - base[:, 2:]))[..., None, None] * fac  # (E, 2, L, H)
-    attn = np.stack([np.full(E, 2.0), 5 + 10 * (1 - q)], axis=1)[..., None, None] * fac
+    raw = spec.raw_logit(k, q, ramp)[:, None, None] * fac  # (E, L, H): the largest logit before any bound
+    attn = np.stack([np.broadcast_to(2.0 * fac, raw.shape), spec.recorded_logit(k, raw)], axis=1)
     blocks = [val[:, None], spec_vals.reshape(E, -1), axis.reshape(E, -1)]
     if spec.activation_metrics:
         # (E, 3 metrics, 2 tensors) in ACTIVATION_METRICS x (q, k) order, in units of PR
@@ -583,7 +627,52 @@ def _values(spec: SyntheticSpec, tr: _Trial, tpl: _Template, H: int, rng, rng_st
     if tr.status == "diverged":  # the loss blows up at the last recorded step
         last = (tpl.step == tr.last_step) & (tpl.name.to_numpy(zero_copy_only=False) == "train_loss")
         out[last] = np.nan
-    return out
+    return out, fac
+
+
+def _clip_table(spec: SyntheticSpec, tr: _Trial, fac: np.ndarray) -> pa.Table | None:
+    """A qk_clip trial's clip metrics (CLIP_METRICS) per layer and head at each probe after step 0 up
+    to its last step, over the optimizer steps since the previous probe (None for other trials):
+    clip_fraction = the share of those steps t (previous probe < t <= probe) whose raw logit exceeded
+    tau, clip_gamma_min = min(1, tau / their largest raw logit)."""
+    k = tr.key
+    if k.qk_norm != "qk_clip":
+        return None
+    ev = eval_steps(spec)
+    ev = ev[(ev > 0) & (ev <= tr.last_step)]
+    if ev.size == 0:
+        return None
+    t = np.arange(0, int(ev[-1]) + 1, dtype=float)
+    q = spec.stage_shares(k, spec.share(t, tr.rate), spec.ramp(t, tr.rate), tr.pr_off)["as_used"]
+    raw = spec.raw_logit(k, q, spec.ramp(t, tr.rate))[:, None, None] * fac  # (T, L, H)
+    tau = spec.qk_clip_tau
+    rows = {"step": [], "name": [], "layer": [], "head": [], "value": []}
+    L, H = fac.shape
+    prev = 0
+    for s in ev.astype(int):
+        span = raw[prev + 1 : s + 1]  # the steps since the previous probe
+        frac = (span > tau).mean(axis=0)
+        gamma = np.minimum(1.0, tau / span.max(axis=0))
+        for name, v in zip(CLIP_METRICS, (frac, gamma)):
+            rows["step"] += [int(s)] * (L * H)
+            rows["name"] += [name] * (L * H)
+            rows["layer"] += list(np.repeat(np.arange(L), H))
+            rows["head"] += list(np.tile(np.arange(H), L))
+            rows["value"] += list(v.ravel())
+        prev = int(s)
+    n = len(rows["step"])
+    return pa.table(
+        {
+            "trial_id": pa.repeat(pa.scalar(tr.trial_id), n),
+            "step": pa.array(rows["step"], pa.int64()),
+            "name": pa.array(rows["name"], pa.string()),
+            "layer": pa.array(rows["layer"], pa.int16()),
+            "head": pa.array(rows["head"], pa.int16()),
+            "tensor": pa.nulls(n, pa.string()),
+            "value": pa.array(rows["value"], pa.float64()),
+        },
+        schema=METRICS_SCHEMA,
+    )
 
 
 def _stage_block(spec: SyntheticSpec, key: TrialKey, eff: Effect, shares: dict, ramp, fac, rng) -> np.ndarray:
@@ -664,7 +753,7 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
     for n, tr in enumerate(trials):
         H = tr.key.width // spec.d_head
         tpl = templates.setdefault(H, _template(spec, H))
-        values = _values(spec, tr, tpl, H, rng, rng_stage)
+        values, fac = _values(spec, tr, tpl, H, rng, rng_stage)
         table = pa.Table.from_arrays(
             [
                 pa.repeat(pa.scalar(tr.trial_id), len(values)),
@@ -677,7 +766,10 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
             ],
             schema=METRICS_SCHEMA,
         )
-        step = tpl.step
+        clip = _clip_table(spec, tr, fac)
+        if clip is not None:  # qk_clip trials: the clip metrics after the template's rows
+            table = pa.concat_tables([table, clip])
+        step = table.column("step").to_numpy()
         bounds = np.linspace(0, tr.last_step, spec.parts + 1).round().astype(int)
         folder = out / METRICS_DIR / f"trial_id={tr.trial_id}"
         mtime = t0 + n
@@ -727,7 +819,7 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
             "started_at": "2025-01-01T00:00:00+00:00",
             "finished_at": "2025-01-01T01:00:00+00:00" if spec.finished else None,
             "grid": {
-                "optimizer": list(spec.optimizers),
+                "optimizer": list(dict.fromkeys(written_optimizer(o) for o in spec.optimizers)),
                 "qk_norm": list(spec.qk_norms),
                 "width": list(spec.widths),
                 "lr": list(spec.lrs),
@@ -749,7 +841,7 @@ def _write_trials(spec: SyntheticSpec, trials: list[_Trial], out: Path) -> None:
         rows.append(
             dict(
                 trial_id=tr.trial_id,
-                optimizer=k.optimizer,
+                optimizer=written_optimizer(k.optimizer),
                 qk_norm=k.qk_norm,
                 width=k.width,
                 depth=spec.depth,
@@ -765,16 +857,25 @@ def _write_trials(spec: SyntheticSpec, trials: list[_Trial], out: Path) -> None:
                 final_val_loss=final if done else None,
                 wall_s=tr.last_step * 0.08,
                 corpus_hash="synthetic",
-                config_json=_config_json(k),
+                config_json=_config_json(spec, k),
                 diverged_step=tr.diverged_step,
                 error="loss is not finite" if tr.status == "diverged" else None,
             )
         )
-    pq.write_table(pa.Table.from_pylist(rows, schema=TRIALS_SCHEMA), out / TRIALS_FILE)
+    pq.write_table(pa.Table.from_pylist(rows, schema=TRIALS_FILE_SCHEMA), out / TRIALS_FILE)
 
 
-def _config_json(k: TrialKey) -> str:
+def _config_json(spec: SyntheticSpec, k: TrialKey) -> str:
+    """The trial's settings as the trainer's config_json has them: a variant's own setting only for that
+    variant (qk_clip_tau, logit_softcap), muon_per_head only when on (optimizer muon)."""
     cfg = {n: v for n, v in asdict(k).items() if n != "init_std"}
+    cfg["optimizer"] = written_optimizer(k.optimizer)
+    if k.optimizer == MUON_PER_HEAD:
+        cfg["muon_per_head"] = True
+    if k.qk_norm == "qk_clip":
+        cfg["qk_clip_tau"] = spec.qk_clip_tau
+    if k.qk_norm == "softcap":
+        cfg["logit_softcap"] = spec.logit_softcap
     if k.init_std is not None:
         cfg.update(init="normal", init_std=k.init_std)
     return json.dumps(cfg, sort_keys=True)

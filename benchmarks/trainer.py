@@ -2,6 +2,11 @@
 
     python -m benchmarks.trainer [--widths 128 256] [--steps 300] [--threads 1] [--batch 16]
                                  [--only reference|probe|kernels] [--compile]
+    python -m benchmarks.trainer --calibrate [--widths 64 128 256] [--steps 60] [--jobs N] [--out FILE]
+
+`--calibrate` measures the CPU rows of `--dry-run`'s calibration table instead (benchmarks/calibrate.py:
+real training steps, probes and start-up of the trainer per width x optimizer x qk_norm, one thread per
+trial, as many at once as a CPU sweep runs) and writes them to orchestrator/spec/calibration.json.
 
 Model: depth 2, d_head 32, seq_len 128, byte tokens from the stdlib corpus.
 First, the project's model against a plain nanoGPT-style reference with the same shapes (fused qkv
@@ -34,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks import calibrate
 from trainer import kernels
 from trainer.cadence import eval_steps, regular_steps
 from trainer.config import TrialConfig
@@ -222,8 +228,8 @@ def plain_val_loss(trial: Trial) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--widths", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--widths", type=int, nargs="+", help="default 128 256 (--calibrate: 64 128 256)")
+    p.add_argument("--steps", type=int, help="default 300 (--calibrate: 60 per case)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (a CPU sweep gives each trial 1)")
     p.add_argument("--batch", type=int, default=16, help="train batch of the probe table (the trainer's default)")
     p.add_argument(
@@ -238,7 +244,16 @@ def main(argv=None) -> int:
         help="interleaved rounds of the reference comparison (3 steps each); --only kernels runs 3x as many of 1 step",
     )
     p.add_argument("--compile", action="store_true", help="also time the project's model under torch.compile")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the CPU rows of --dry-run's calibration table (default widths 64 128 256, 60 steps)",
+    )
+    calibrate.add_arguments(p)
     args = p.parse_args(argv)
+    if args.calibrate:
+        return calibrate.run(args.widths or [64, 128, 256], args.steps or 60, args)
+    args.widths, args.steps = args.widths or [128, 256], args.steps or 300
     torch.set_num_threads(args.threads)
     base = dict(
         depth=2,

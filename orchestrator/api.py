@@ -28,6 +28,7 @@ def run_sweep(
     local: bool = False,
     num_cpus: int | None = None,
     quiet: bool = True,
+    chunk: str | None = None,
 ) -> SweepResult:
     """Run a sweep as `python -m orchestrator.sweep` would, and return where its results are.
 
@@ -39,6 +40,7 @@ def run_sweep(
     resume: continue an interrupted sweep from its trials' checkpoints (as --resume).
     overrides: `--set` items (["train.steps=50", "grid.seed=[0,1]"]) or a dict {"train.steps": 50}.
     local, num_cpus: as --local and --num-cpus. quiet: no per-trial lines (progress lines stay).
+    chunk: "I/N", as --chunk: only the I-th of N parts of the grid, into <results>/<name>-chunkIofN.
 
     Bad input raises `trainer.config.ConfigError` before Ray starts and before anything is written.
     Finished trials are never run again, so calling it twice is cheap. `SweepResult.grid` is Ray
@@ -58,6 +60,7 @@ def run_sweep(
         num_cpus=num_cpus,
         quiet=quiet,
         resume=resume,
+        chunk=chunk,
         again="orchestrator.run_sweep(..., resume=True) with the same arguments",
     )
     return sweep(options)

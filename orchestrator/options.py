@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .spec.costs import DEFAULT_GPU, DEFAULT_MFU
+from .spec.costs import DEFAULT_GPU
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,14 @@ class RunOptions:
     num_cpus: int | None = None  # CPUs of that private Ray; None: all
     quiet: bool = False  # no per-trial lines
     verbose_ray: bool = False  # Ray's and Tune's own logs too
-    gpu: str = DEFAULT_GPU  # --dry-run: the GPU type the plan packs onto
-    mfu: float = DEFAULT_MFU  # --dry-run: the MFU assumed for GPU-hours
+    gpu: str = DEFAULT_GPU  # --dry-run: the GPU type the plan packs onto (and costs on, for a GPU sweep)
+    mfu: float | None = None  # --dry-run: also GPU-hours at this assumed MFU (the plan's own are measured)
+    device_kind: str | None = (
+        None  # --dry-run: cpu, h200, h100, ...: the calibration rows used; None: from the trials and --gpu
+    )
+    num_gpus: int | None = None  # --dry-run: GPUs the wall time assumes; None: 1
+    calibration: str | None = None  # --dry-run: another calibration table (JSON); None: the package's
+    json: bool = False  # --dry-run: print the plan as one JSON object
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class SweepOptions(RunOptions):
     overrides: tuple[str, ...] = ()  # --set items, applied in order over the spec file
     spec: Any = None  # a SweepSpec or the mapping of a sweep file, given directly (Python API)
     resume: bool = False  # continue an interrupted sweep from its trials' checkpoints
+    chunk: str | None = None  # "I/N": run only the I-th of N parts of the grid, into <results>/<name>-chunkIofN
+    chunks_for: float | None = None  # --dry-run: the fewest chunks each predicted to take at most this many minutes
     progress_every: float = 30.0  # seconds between progress lines
     inject_failure_at: int | None = None  # tests: fail each trial once after its checkpoint at this step
     again: str = "python -m orchestrator.sweep --resume"  # what continues this run (the hint after an interrupt)
@@ -49,6 +57,10 @@ class StudyOptions(RunOptions):
     """`python -m orchestrator.lr_study`."""
 
     trials: int | None = None  # trials to add to each arm's study; None: search.trials_per_arm
+    overrides: tuple[str, ...] = ()  # --set items, applied in order over the LR-study file
+    resume: bool = False  # run only the trials the interrupted run left of its budget per arm
+    progress_every: float = 30.0  # seconds between progress lines
+    again: str = "python -m orchestrator.lr_study --resume"  # what continues this run (the hint after an interrupt)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -57,9 +58,13 @@ def python():
 
 
 @pytest.fixture
-def ray_tmp(tmp_path_factory):
-    """An empty folder for RAY_TMPDIR: a refusal test checks that Ray left nothing in it (never started)."""
-    return tmp_path_factory.mktemp("rb", numbered=True)
+def ray_tmp():
+    """An empty folder for RAY_TMPDIR: a refusal test checks that Ray left nothing in it (never started).
+    Short, under /tmp: Ray's sockets (107 characters) must fit under <it>/qkc-<uid>/r????????, or the
+    command would put its Ray under /tmp instead."""
+    folder = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp" if os.path.isdir("/tmp") else None))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -19,7 +19,15 @@ import yaml
 from orchestrator.spec.files import SWEEPS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())
+BUNDLED_SMOKE = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())  # 60 trials: its report decides
+# The tests' smoke sweep: the bundled one's arms and trial settings at one LR and two seeds (8 trials).
+# Tests build their sweeps from it (write_spec, sweep_with); a test that runs the bundled file by name
+# adds SMOKE_SET (the command line) or SMOKE_OVERRIDES (orchestrator.run_sweep) to run these 8 trials.
+# Only tests/orchestrator/test_orchestrator_sweep.py runs all of sweeps/smoke.yaml, with its report.
+SMOKE_OVERRIDES = ["grid.lr=[0.01]", "grid.seed=[0,1]"]
+SMOKE_SET = [arg for item in SMOKE_OVERRIDES for arg in ("--set", item)]
+SMOKE = copy.deepcopy(BUNDLED_SMOKE)
+SMOKE["grid"].update(lr=[0.01], seed=[0, 1])
 SMOKE_SWEEP = SMOKE  # the name tests/reliability uses
 SECONDS = 15  # a refusal: validation is milliseconds; the rest is Python importing ray/torch
 

@@ -73,7 +73,9 @@ class TrialConfig(BaseModel):
 
     # --- data
     corpus: str = Field(
-        "stdlib", description="stdlib | synthetic | path to a text file, a folder of text, or .bin shards"
+        "stdlib",
+        description="stdlib | python (the whole Python installation's text and source files, site-packages "
+        "included) | synthetic | path to a text file, a folder of text, or .bin shards",
     )
     seq_len: int = Field(128, gt=1, le=2**20, description="tokens per sequence")
     batch_size: int = Field(16, gt=0, le=2**20, description="sequences per step")
@@ -139,7 +141,7 @@ class TrialConfig(BaseModel):
     @field_validator("corpus")
     @classmethod
     def _corpus_exists(cls, value: str) -> str:
-        if value in ("stdlib", "synthetic"):
+        if value in ("stdlib", "python", "synthetic"):
             return value
         path = Path(value).expanduser()
         try:

@@ -1,7 +1,9 @@
 """Token corpora, materialised once and shared by every trial of a sweep.
 
 Corpora (the `corpus` field): `stdlib` (the running Python's standard-library .py files: real text on
-every machine, nothing downloaded), a text file or folder (bytes), uint16 `.bin` token shards (nanoGPT
+every machine, nothing downloaded), `python` (every text and source file of the whole Python
+installation, site-packages included: a bigger local corpus, e.g. for GPU studies on machines with no
+network), a text file or folder (bytes), uint16 `.bin` token shards (nanoGPT
 raw, or modded-nanogpt with its 256-int32 header), and `synthetic` (a seeded Markov chain, for fast
 tests). Batches are drawn from an RNG keyed by (seed, step), so the data position of a restored trial
 is its step and nothing else.
@@ -68,6 +70,8 @@ def load_tokens(cfg: TrialConfig) -> TokenData:
         docs, source = _blocks([("synthetic", _synthetic(cfg.vocab_size))], cfg.seq_len), "synthetic"
     elif cfg.corpus == "stdlib":
         docs, source = _read_text_files(_stdlib_files(), cfg.max_corpus_bytes), "stdlib"
+    elif cfg.corpus == "python":
+        docs, source = _read_text_files(python_files(), cfg.max_corpus_bytes), "python"
     else:
         path = Path(cfg.corpus).expanduser()
         bins = sorted(path.glob("*.bin")) if path.is_dir() else ([path] if path.suffix == ".bin" else [])
@@ -222,6 +226,59 @@ def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+# The `python` corpus: source and text files. Compiled modules, data and pickles are left out.
+PYTHON_SUFFIXES = (
+    ".py",
+    ".pyi",
+    ".pyx",
+    ".pxd",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".cu",
+    ".cuh",
+    ".txt",
+    ".rst",
+    ".md",
+)
+
+
+def python_roots() -> list[Path]:
+    """The Python installation's library folders: the standard library and the system-wide
+    site-packages (never the user's ~/.local one, nor PYTHONPATH folders: what a machine's Python
+    ships, not what a session added)."""
+    import site
+
+    paths = sysconfig.get_paths()
+    roots = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)]
+    roots += site.getsitepackages() if hasattr(site, "getsitepackages") else []
+    return sorted({Path(r) for r in roots if os.path.isdir(r)})
+
+
+def python_files() -> list[Path]:
+    """Every regular PYTHON_SUFFIXES file under python_roots(), each once (a file in a folder inside
+    another root, or reached through a link, is read once), __pycache__ skipped, links to folders not
+    followed; sorted by path."""
+    seen: set[tuple[int, int]] = set()
+    files = []
+    for root in python_roots():
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(names):  # a file met twice keeps the first path in a fixed order
+                if name.endswith(PYTHON_SUFFIXES):
+                    path = os.path.join(folder, name)
+                    try:
+                        info = os.stat(path)
+                    except OSError:  # a dangling link
+                        continue
+                    if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                        seen.add((info.st_dev, info.st_ino))
+                        files.append(Path(path))
+    return sorted(files, key=lambda p: p.as_posix())
 
 
 def _sample_order(files: list[Path]) -> list[Path]:

@@ -107,12 +107,16 @@ SPECTRA_SCHEMA = pa.schema(
     ]
 )
 
-# On disk the trial_id column of metrics and spectra parts is dictionary-encoded. In the Parquet
-# file it is the same UTF8 column either way (only the embedded Arrow schema differs), but pyarrow,
-# and so pandas, infer the hive folder key `trial_id=<id>` as dictionary<int32, string> and refuse
-# to merge it with a plain string column. With both the same type, `pd.read_parquet(".../metrics")`
-# and `pyarrow.parquet.read_table(...)` need no options. Readers see trial_id as a string
-# (pandas: category, Polars: Categorical, DuckDB: VARCHAR); METRICS_SCHEMA stays the logical schema.
+# On disk the trial_id column of metrics and spectra parts, and of trials.parquet, is
+# dictionary-encoded. In the Parquet file it is the same UTF8 column either way (only the embedded
+# Arrow schema differs), but pyarrow, and so pandas, infer the hive folder key `trial_id=<id>` as
+# dictionary<int32, string> and refuse to merge it with a plain string column. With both the same
+# type, `pd.read_parquet(".../metrics")` and `pyarrow.parquet.read_table(...)` need no options.
+# trials.parquet stores it the same way, so that the folders join with it on trial_id as each
+# library reads them, without a cast: Polars would refuse to join its Categorical with a String
+# (pandas: category with category, Polars: Categorical with Categorical, DuckDB: VARCHAR with
+# VARCHAR). METRICS_SCHEMA, SPECTRA_SCHEMA and TRIALS_SCHEMA stay the logical schemas (a string);
+# the analysis reads either type (results written before trials.parquet's change hold plain strings).
 TRIAL_ID_FILE_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 
@@ -150,6 +154,8 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
+# trials.parquet as written: trial_id dictionary-encoded like the parts' (TRIAL_ID_FILE_TYPE above).
+TRIALS_FILE_SCHEMA = file_schema(TRIALS_SCHEMA)
 
 
 # One row per attempt of a trial: which node ran it, where it resumed, how it ended.

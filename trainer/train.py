@@ -8,11 +8,11 @@ Re-running with the same --out and config resumes from the trial's last checkpoi
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from .budget import check_device
+from .cli import ArgumentParser
 from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml, short_repr
 from .console import format_duration
 from .data import load_tokens
@@ -76,10 +76,14 @@ def merged_rows(results: ResultsDir, row: dict) -> list[dict]:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m trainer.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m trainer.train", description=__doc__)  # suggests mistyped flags
+    p.add_argument(
+        "--config", metavar="FILE", help="trial YAML (fields of TrialConfig) (default: TrialConfig's defaults)"
     )
-    p.add_argument("--config", help="trial YAML (fields of TrialConfig)")
     p.add_argument("--out", required=True, help="results folder (local path or pyarrow filesystem URI)")
     p.add_argument(
         "--set",
@@ -87,11 +91,15 @@ def parse_args(argv):
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one field; repeatable; applied after the YAML",
+        help="override one field (repeatable; values are YAML): steps=50, optimizer=muon; applied after the YAML",
     )
     p.add_argument("--smoke", action="store_true", help="built-in tiny CPU trial (under a minute)")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore an existing checkpoint and start over (default: resume from the trial's last checkpoint)",
+    )
+    return p
 
 
 def resolve_config(args) -> TrialConfig:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from .schema import TRIALS_FILE, TRIALS_SCHEMA, empty_trial_row
+from .schema import TRIALS_FILE, TRIALS_FILE_SCHEMA, TRIALS_SCHEMA, empty_trial_row
 from .storage import ResultsDir
 
 if TYPE_CHECKING:  # the config pulls in pydantic and yaml; a row builder only reads its fields
@@ -59,14 +59,16 @@ def _finite(value: float | None) -> float | None:
 
 
 def write_trials(results: ResultsDir, rows: list[dict]) -> None:
-    """Rows sorted by trial_id; missing columns are null, unknown keys are an error."""
+    """Rows sorted by trial_id; missing columns are null, unknown keys are an error. trial_id is
+    written dictionary-encoded, as the metrics and spectra parts hold it (schema.TRIAL_ID_FILE_TYPE),
+    so that the folders join with this file in Polars, pandas and DuckDB without a cast."""
     for row in rows:
         extra = set(row) - set(TRIALS_SCHEMA.names)
         if extra:
             raise KeyError(f"trials row has columns outside the schema: {sorted(extra)}")
     ordered = sorted(rows, key=lambda r: r["trial_id"])
     columns = {name: [row.get(name) for row in ordered] for name in TRIALS_SCHEMA.names}
-    results.write_table(pa.table(columns, schema=TRIALS_SCHEMA), TRIALS_FILE)
+    results.write_table(pa.table(columns, schema=TRIALS_FILE_SCHEMA), TRIALS_FILE)
 
 
 def read_trials(results: ResultsDir) -> list[dict]:

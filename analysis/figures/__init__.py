@@ -11,8 +11,13 @@ initialisations in the sweep, each is its own arm (its key joins the qk_norm lab
 - loss_vs_pr.png, lr_sensitivity.png (lr.py): final loss against final PR, and against LR.
 - collapse_rate_vs_width.png (collapse.py): the fitted collapse rate against width per LR and at
   the best LR.
+- max_logit_over_training.png (logits.py): the largest attention logit over training per variant
+  at its best LR, with QK-Clip's tau and the soft-cap drawn as dashed lines.
 
-Every figure at "the best LR" reads the report's one best-LR table (`Report.best_lrs`).
+Every figure at "the best LR" reads the report's one best-LR table (`Report.best_lrs`). Each QK
+variant has one colour in every panel and figure (common.VARIANT_COLOURS), each optimizer one line
+style and marker; axes and titles are in words with units (analysis.labels). Files are PNG at
+common.PNG_DPI dpi, or SVG or PDF (`draw_all(..., fmt)`, `python -m analysis.report --figure-format`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import polars as pl
 from trainer.safeio import safe_mkdir
 from trainer.schema import STAGES
 
+from ..alternatives import variant_settings
 from ..finals import PRIMARY_STAGE
 from .collapse import collapse_rate_vs_width
+from .common import FORMATS, PNG_DPI, VARIANT_COLOURS, arm_colours, variant_colour
 from .forest import forest_plot
+from .logits import max_logit_over_training
 from .lr import loss_vs_pr, lr_sensitivity
 from .pr import pr_by_lr, pr_over_training
 from .spectra import spectra
@@ -40,6 +48,7 @@ FIGURES = (
     "loss_vs_pr",
     "lr_sensitivity",
     "collapse_rate_vs_width",
+    "max_logit_over_training",
 )
 
 
@@ -58,24 +67,38 @@ def _label_inits(df: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def draw_all(r, folder: Path) -> list[Path]:
-    """Every figure of a `Report` (analysis.report.Report) into `folder`, in FIGURES order."""
+__all__ = ["FIGURES", "FORMATS", "PNG_DPI", "VARIANT_COLOURS", "arm_colours", "draw_all", "variant_colour"]
+
+
+def draw_all(r, folder: Path, fmt: str = "png") -> list[Path]:
+    """Every figure of a `Report` (analysis.report.Report) into `folder`, in FIGURES order, as
+    <name>.<fmt> (fmt one of FORMATS)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"figure format {fmt!r}: one of {', '.join(FORMATS)}")
     folder = safe_mkdir(folder)
     partial = r.partial
     finals, lr_c, best, per_arm, per_trial = (
         _label_inits(df, r.finals) for df in (r.finals, r.lr_curve, r.best_lrs, r.collapse_arm, r.collapse_trial)
     )
-    out = [forest_plot(r.cells, folder / "forest.png", partial)]
+    out = [forest_plot(r.cells, folder / f"forest.{fmt}", partial)]
     curves = r.features.curves
     tensors = rank_tensors(curves)
-    out.append(pr_over_training(curves, finals, best, folder / "pr_over_training.png", partial, tensors))
+    out.append(pr_over_training(curves, finals, best, folder / f"pr_over_training.{fmt}", partial, tensors))
     for name, t in zip(("q", "k"), tensors):
-        out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{name}.png", t, partial))
-    out.append(spectra(r.results, per_trial, finals, best, folder / "spectra.png", partial, tensors))
-    out.append(loss_vs_pr(finals, folder / "loss_vs_pr.png", partial, tensors))
-    out.append(lr_sensitivity(lr_c, best, folder / "lr_sensitivity.png", partial, finals))
+        out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{name}.{fmt}", t, partial))
+    out.append(spectra(r.results, per_trial, finals, best, folder / f"spectra.{fmt}", partial, tensors))
+    out.append(loss_vs_pr(finals, folder / f"loss_vs_pr.{fmt}", partial, tensors))
+    out.append(lr_sensitivity(lr_c, best, folder / f"lr_sensitivity.{fmt}", partial, finals))
     out.append(
-        collapse_rate_vs_width(per_arm, best, folder / "collapse_rate_vs_width.png", partial, finals, tensors=tensors)
+        collapse_rate_vs_width(
+            per_arm, best, folder / f"collapse_rate_vs_width.{fmt}", partial, finals, tensors=tensors
+        )
+    )
+    settings = variant_settings(r.results.trials)
+    out.append(
+        max_logit_over_training(
+            r.features.logits, finals, best, settings, folder / f"max_logit_over_training.{fmt}", partial
+        )
     )
     return out
 

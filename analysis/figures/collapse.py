@@ -1,8 +1,10 @@
 """collapse_rate_vs_width.png: the fitted collapse rate of q and k PR per 1k steps against width,
-one column per LR and one at each arm's best LR (never pooled over LRs). Filled markers: the
-geometric mean of fitted seeds with a 95% t interval; hollow triangles: no fit, all falls too
-fast (censored), drawn at their rate lower bound; hollow circles on the axis: no fit for another
-reason. Labels give "censored k/n"."""
+one column per LR and one at each arm's best LR (never pooled over LRs). Filled markers (the
+optimizer's: circle AdamW, square Muon): the geometric mean of fitted seeds with a 95% t interval.
+An arm with no fitted seed is drawn hollow, its marker saying why (the legend lists exactly the
+markers drawn): an upward triangle, falls too fast to fit (censored fast), at the rate lower bound or
+on the axis without one; a downward triangle on the axis, falls too slow to fit (censored slow); a
+circle on the axis, no fall, failed fits or no completed trials. Labels give "censored k/n"."""
 
 from __future__ import annotations
 
@@ -14,20 +16,40 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
+from ..labels import mathtext, tensor_label
 from ..paradox import BASELINE
-from .common import OPT_STYLE, arm_colours, best_lr_map, empty_panel, lr_label, plt, save_png, sweep_arms
+from .common import (
+    arm_colours,
+    best_lr_map,
+    empty_panel,
+    lr_label,
+    opt_linestyle,
+    opt_marker,
+    plt,
+    save_figure,
+    sweep_arms,
+)
+
+# Why an arm has no fitted rate -> its hollow marker and the legend's words for it.
+NO_FIT_MARKERS = {"fast": "^", "slow": "v", "other": "o"}
+NO_FIT_LEGEND = {
+    "fast": "no fit, falls too fast (censored): at the rate lower bound, or on the axis without one",
+    "slow": "no fit, falls too slow to fit (censored slow): on the axis",
+    "other": "no fit (no fall, failed fits, no completed trials): on the axis",
+}
 
 
-def _no_fit_reason(r: dict) -> str:
+def no_fit(r: dict | None) -> tuple[str, str]:
+    """(kind, label) of an arm-and-LR row without a fitted rate: kind one of NO_FIT_MARKERS."""
+    if not r:
+        return "other", "no completed trials"
     n = r.get("n_trials") or 0
     if r.get("n_censored"):
-        return f"no fit (censored {r['n_censored']}/{n})"
-    parts = [
-        f"{k.removeprefix('n_').replace('_', ' ')} {r[k]}"
-        for k in ("n_censored_slow", "n_no_fall", "n_failed")
-        if r.get(k)
-    ]
-    return "no fit (" + (", ".join(parts) or f"0/{n} fitted") + ")"
+        return "fast", f"no fit (censored fast {r['n_censored']}/{n})"
+    if r.get("n_censored_slow"):
+        return "slow", f"no fit (censored slow {r['n_censored_slow']}/{n})"
+    parts = [f"{k.removeprefix('n_').replace('_', ' ')} {r[k]}" for k in ("n_no_fall", "n_failed") if r.get(k)]
+    return "other", "no fit (" + (", ".join(parts) or f"0/{n} fitted") + ")"
 
 
 def collapse_rate_vs_width(
@@ -46,7 +68,6 @@ def collapse_rate_vs_width(
     ref = finals if finals is not None else (per_arm if ok else pl.DataFrame())
     arms = sweep_arms(ref) if ref.height else []
     colours = arm_colours(ref) if ref.height else {}
-    opts = sorted({a[0] for a in arms})
     best_lr = best_lr_map(best) if finals is not None and finals.height else {}
     lrs = sorted(ref.get_column("lr").drop_nulls().unique().to_list()) if ref.height and "lr" in ref.columns else []
     columns = [("lr", x) for x in lrs] + ([("best", None)] if best_lr else [])
@@ -54,11 +75,15 @@ def collapse_rate_vs_width(
     widths = sorted({a[2] for a in arms})
     fig, axes = plt.subplots(2, len(columns), figsize=(max(3.3 * len(columns), 8), 7.6), squeeze=False, sharey="row")
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
+    kinds_drawn: set[str] = set()
     for i, t in enumerate(tensors):
         for j, (kind, lr) in enumerate(columns):
             ax = axes[i, j]
             sub = per_arm.filter((pl.col("metric") == metric) & (pl.col("tensor") == t)) if ok else None
-            title = f"{t}, lr {lr_label(lr)}" if kind == "lr" and lr is not None else f"{t}, each arm at its best LR"
+            name = tensor_label(t)
+            title = (
+                f"{name}, LR {lr_label(lr)}" if kind == "lr" and lr is not None else f"{name}, each arm at its best LR"
+            )
             if not arms:
                 empty_panel(ax, "no trials")
                 ax.set_title(title, fontsize=8)
@@ -67,7 +92,7 @@ def collapse_rate_vs_width(
             has_y = False  # anything in data coordinates on y (else the log axis has no range)
             for k, (o, q) in enumerate(pairs):
                 colour = colours.get((o, q), "k")
-                ls = OPT_STYLE.get(opts.index(o) % 4, "-")
+                ls = opt_linestyle(o)
                 xs, ys, los, his = [], [], [], []
                 for w in widths:
                     if (o, q, w) not in arms:
@@ -99,11 +124,12 @@ def collapse_rate_vs_width(
                                 textcoords="offset points",
                             )
                         continue
-                    # no fit here: draw the arm anyway
-                    label = _no_fit_reason(row) if row else "no completed trials"
+                    # no fit here: draw the arm anyway, its hollow marker saying why
+                    why, label = no_fit(row)
+                    kinds_drawn.add(why)
                     bound = row.get("rate_lower_bound_per_1k") if row else None
-                    if bound is not None and np.isfinite(bound) and bound > 0:
-                        ax.plot([w], [bound], marker="^", mfc="white", mec=colour, ms=7, ls="none")
+                    if why == "fast" and bound is not None and np.isfinite(bound) and bound > 0:
+                        ax.plot([w], [bound], marker=NO_FIT_MARKERS[why], mfc="white", mec=colour, ms=7, ls="none")
                         has_y = True
                         ax.annotate(
                             label.replace("no fit (", "no fit\n("),
@@ -121,7 +147,7 @@ def collapse_rate_vs_width(
                         ax.plot(
                             [w],
                             [yax],
-                            marker="o",
+                            marker=NO_FIT_MARKERS[why],
                             mfc="white",
                             mec=colour,
                             ms=6,
@@ -133,7 +159,9 @@ def collapse_rate_vs_width(
                         notes += 1
                 if xs:
                     has_y = True
-                    ax.errorbar(xs, ys, yerr=np.vstack([los, his]), color=colour, ls=ls, marker="o", ms=4, capsize=3)
+                    ax.errorbar(
+                        xs, ys, yerr=np.vstack([los, his]), color=colour, ls=ls, marker=opt_marker(o), ms=4, capsize=3
+                    )
             ax.set_xscale("log", base=2)
             ax.xaxis.set_minor_formatter(NullFormatter())
             if widths:
@@ -147,31 +175,29 @@ def collapse_rate_vs_width(
             ax.set_title(title, fontsize=8.5)
             ax.grid(alpha=0.3, which="both")
             if i == 1:
-                ax.set_xlabel("width (d_model)")
+                ax.set_xlabel(mathtext("model width d_model"))
             if j == 0:
-                ax.set_ylabel(f"collapse rate of {t} PR (per 1k steps)")
+                ax.set_ylabel(f"collapse rate of the PR of {name}\n(per 1k steps)", fontsize=8)
     handles = [
         Line2D(
-            [],
-            [],
-            color=colours.get(p, "k"),
-            ls=OPT_STYLE.get(opts.index(p[0]) % 4, "-"),
-            marker="o",
-            label=f"{p[0]} / {p[1]}",
+            [], [], color=colours.get(p, "k"), ls=opt_linestyle(p[0]), marker=opt_marker(p[0]), label=f"{p[0]} / {p[1]}"
         )
         for p in pairs
     ]
     handles += [
-        Line2D([], [], color="grey", marker="^", mfc="white", ls="none", label="no fit, censored: rate lower bound"),
-        Line2D([], [], color="grey", marker="o", mfc="white", ls="none", label="no fit (other reason), at the axis"),
+        Line2D([], [], color="grey", marker=NO_FIT_MARKERS[k], mfc="white", ls="none", label=NO_FIT_LEGEND[k])
+        for k in NO_FIT_MARKERS
+        if k in kinds_drawn
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=7, frameon=False)
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=7, frameon=False)
     fig.suptitle(
         "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)"
         + ("  [PARTIAL: sweep not finished]" if partial else ""),
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    save_png(fig, path)
+    rows = -(-len(handles) // 3)
+    fig.tight_layout(rect=(0, 0.025 * rows + 0.02, 1, 1))
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -1,6 +1,8 @@
 """forest.png: paired effects (variant minus none) with 95% intervals per (width, lr) cell, at each
 arm's best LR per width and the deciding (pooled best-LR) row; one panel per optimizer x variant
-(rows) and metric (columns), from the per-cell table (`Report.cells`)."""
+(rows) and metric (columns), from the per-cell table (`Report.cells`). Each variant in its colour of
+every figure; the marker says the selection (circle: cell, diamond: best LR per width, square with
+a black edge: the deciding row)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import polars as pl
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 
+from ..labels import mathtext, metric_label
 from ..paradox import DECIDE
-from .common import empty_panel, lr_label, plt, save_png, save_titled
+from .common import arm_colours, empty_panel, lr_label, plt, save_figure, save_titled
 
 FOREST_METRICS = DECIDE  # the deciding metrics: loss and the sphere PR of q and k
 AS_USED = ("final_val_loss", "final_pr_q", "final_pr_k")  # results without the sphere stage
@@ -21,12 +24,12 @@ AS_USED = ("final_val_loss", "final_pr_q", "final_pr_k")  # results without the 
 def _forest_label(r: dict) -> str:
     if r["selection"] == "deciding":
         return "deciding: best LR, all widths"
-    w = f"w{r['width']}" if r.get("width") is not None else "all w"
+    w = f"width {r['width']}" if r.get("width") is not None else "all widths"
     init = f" [{r['init_key']}]" if r.get("init_key") else ""
     if r["selection"] == "best_lr":
         lr = f" ({lr_label(r['lr'])})" if r.get("lr") is not None else ""
-        return f"{w} best LR{lr}{init}"
-    return (f"{w} lr {lr_label(r['lr'])}" if r.get("lr") is not None else f"{w} lr ?") + init
+        return f"{w}, best LR{lr}{init}"
+    return (f"{w}, LR {lr_label(r['lr'])}" if r.get("lr") is not None else f"{w}, LR ?") + init
 
 
 def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
@@ -66,7 +69,8 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
         figsize=(3.6 * len(metrics) + 1.6, sum(heights) + 0.6),
         gridspec_kw={"height_ratios": heights},
     )
-    styles = {"cell": ("o", "tab:blue", 4), "best_lr": ("D", "tab:red", 5), "deciding": ("s", "black", 6)}
+    styles = {"cell": ("o", 4, 0.9), "best_lr": ("D", 5, 1.2), "deciding": ("s", 7, 2.0)}  # marker, size, line width
+    colours = arm_colours(cells)
     for i, (o, q) in enumerate(groups):
         keys = entries[(o, q)]
         ypos = {k: len(keys) - 1 - n for n, k in enumerate(keys)}
@@ -75,7 +79,9 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
             g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & (pl.col("metric") == metric))
             for r in g.iter_rows(named=True):
                 y = ypos[(r["selection"], r.get("width"), r.get("lr"), r.get("init_key"))]
-                marker, colour, ms = styles.get(r["selection"], ("o", "grey", 4))
+                marker, ms, lw = styles.get(r["selection"], ("o", 4, 0.9))
+                colour = colours.get((o, q), "grey")
+                edge = "black" if r["selection"] == "deciding" else colour
                 x, lo, hi = r.get("mean_diff"), r.get("ci_low"), r.get("ci_high")
                 if x is None or not np.isfinite(x):
                     ax.text(
@@ -90,10 +96,10 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
                     )
                     continue
                 if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-                    ax.plot([lo, hi], [y, y], color=colour, lw=1.2)
-                    ax.plot([x], [y], marker=marker, color=colour, ms=ms, ls="none")
+                    ax.plot([lo, hi], [y, y], color=colour, lw=lw)
+                    ax.plot([x], [y], marker=marker, color=colour, mec=edge, ms=ms, ls="none")
                 else:
-                    ax.plot([x], [y], marker=marker, mfc="white", mec=colour, ms=ms, ls="none")
+                    ax.plot([x], [y], marker=marker, mfc="white", mec=edge, ms=ms, ls="none")
                     ax.text(x, y + 0.3, f"n={r.get('n_pairs', 0)}, no CI", fontsize=5.5, color="grey", ha="center")
             ax.axvline(0, color="grey", lw=0.8, ls=":")
             ax.set_ylim(-0.7, len(keys) - 0.3)
@@ -106,12 +112,16 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
             )
             ax.grid(alpha=0.3, axis="x")
             ax.tick_params(axis="x", labelsize=7)
-            ax.set_title(f"{o}: {q} - none, {metric}", fontsize=8)
+            ax.set_title(mathtext(f"{o}: {q} minus none\n{metric_label(metric)}"), fontsize=8)
             if i == len(groups) - 1:
-                ax.set_xlabel("mean paired difference, 95% CI", fontsize=7.5)
+                ax.set_xlabel("mean paired difference, variant minus none (95% t CI)", fontsize=7.5)
     handles = [
-        Line2D([], [], marker=m, color=c, ls="-", ms=s, label=lab)
-        for (m, c, s), lab in zip(styles.values(), ("per (width, lr) cell", "best LR per width", "deciding (pooled)"))
+        Line2D(
+            [], [], marker=m, color="grey", mec="black" if sel == "deciding" else "grey", ls="-", lw=w, ms=s, label=lab
+        )
+        for (sel, (m, s, w)), lab in zip(
+            styles.items(), ("per (width, LR) cell", "best LR per width", "deciding: held-out best LR, all widths")
+        )
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(
@@ -120,6 +130,6 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    save_png(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -8,11 +8,24 @@ from pathlib import Path
 
 import polars as pl
 
-from .common import OPT_STYLE, arm_colours, best_lr_map, by_arm, empty_panel, lr_axis, plt, save_titled, sweep_arms
+from .common import (
+    arm_colours,
+    best_lr_map,
+    by_arm,
+    empty_panel,
+    label,
+    lr_axis,
+    opt_linestyle,
+    opt_marker,
+    plt,
+    save_titled,
+    sweep_arms,
+)
 
 
 def loss_vs_pr(finals: pl.DataFrame, path: Path, partial=False, tensors=("q", "k")) -> Path:
-    """Final val loss against the final PR / d_head of `tensors` (one panel each), one point per trial."""
+    """Final val loss against the final PR / d_head of `tensors` (one panel each), one point per
+    trial: colour the QK variant, marker the optimizer, size the width."""
     done = finals.filter(pl.col("status") == "completed")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), squeeze=False)
     colours = arm_colours(finals)
@@ -30,18 +43,19 @@ def loss_vs_pr(finals: pl.DataFrame, path: Path, partial=False, tensors=("q", "k
                 g.get_column("final_val_loss").to_numpy(),
                 s=[size[w] for w in g.get_column("width").to_list()],
                 color=colours.get((o, q), "k"),
+                marker=opt_marker(o),
                 alpha=0.75,
                 label=f"{o} / {q}",
                 edgecolors="none",
             )
-        ax.set_xlabel(f"final PR of {t} / d_head")
-        ax.set_ylabel("final val loss")
+        ax.set_xlabel(label(col))
+        ax.set_ylabel(label("final_val_loss"))
         ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     by = dict(zip(labels, handles))
     if by:
-        axes[0, 1].legend(by.values(), by.keys(), fontsize=8, title="optimizer / qk_norm")
-    return save_titled(fig, path, "Final loss vs final PR per trial (marker size: width)", partial)
+        axes[0, 1].legend(by.values(), by.keys(), fontsize=8, title="optimizer / QK variant")
+    return save_titled(fig, path, "Final loss vs final PR, one point per trial (marker size: width)", partial)
 
 
 def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame, path: Path, partial=False, finals=None) -> Path:
@@ -52,7 +66,6 @@ def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame, path: Path, partial=
     widths = sorted({a[2] for a in arms}) or [0]
     fig, axes = plt.subplots(1, len(widths), figsize=(max(4.4 * len(widths), 8), 4.0), squeeze=False)
     colours = arm_colours(ref) if ref.height else {}
-    opts = sorted({a[0] for a in arms})
     grid = sorted(ref.get_column("lr").drop_nulls().unique().to_list()) if ref.height else []
     best_lr = best_lr_map(best) if ref.height else {}
     for ax, w in zip(axes[0], widths):
@@ -62,7 +75,7 @@ def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame, path: Path, partial=
             if aw != w:
                 continue
             c = colours.get((o, q), "k")
-            ls = OPT_STYLE.get(opts.index(o) % 4, "-")
+            ls = opt_linestyle(o)
             g = (
                 sub.filter(
                     (pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & pl.col("mean_loss").is_not_null()
@@ -79,7 +92,7 @@ def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame, path: Path, partial=
                 g.get_column("mean_loss").to_numpy(),
                 ls,
                 color=c,
-                marker="o",
+                marker=opt_marker(o),
                 ms=3,
                 label=f"{o} / {q}",
             )
@@ -127,8 +140,8 @@ def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame, path: Path, partial=
             ax.text(0.5, 0.5, "no finished trials", transform=ax.transAxes, ha="center", color="grey")
         lr_axis(ax, grid)
         ax.set_title(f"width {w}", fontsize=9)
-        ax.set_xlabel("peak LR")
-        ax.set_ylabel("final val loss (mean over seeds)")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel(label("mean_loss"))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6.5)

@@ -7,9 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from matplotlib.ticker import NullFormatter
 
-from .common import arm_colours, best_lr_map, empty_panel, lr_label, plt, save_titled, sweep_arms
+from ..labels import mathtext, tensor_label
+from .common import (
+    arm_colours,
+    best_lr_map,
+    empty_panel,
+    lr_label,
+    opt_linestyle,
+    plt,
+    pr_label,
+    save_titled,
+    seeds_and_mean,
+    step_axis,
+    sweep_arms,
+)
+
+STEP_LABEL = "training step (symlog axis)"
 
 
 def _pr_frame(curves: pl.DataFrame, finals: pl.DataFrame, tensors=("q", "k")) -> pl.DataFrame:
@@ -26,20 +40,8 @@ def _pr_frame(curves: pl.DataFrame, finals: pl.DataFrame, tensors=("q", "k")) ->
     )
 
 
-def _seeds_and_mean(ax, g: pl.DataFrame, colour, label: str) -> None:
-    """Each seed a thin line, the mean over seeds (per step) a thick one."""
-    for _, s in g.group_by("trial_id", maintain_order=True):
-        ax.plot(s.get_column("step").to_numpy(), s.get_column("v").to_numpy(), color=colour, lw=0.6, alpha=0.35)
-    m = g.group_by("step").agg(pl.col("v").mean(), pl.len().alias("n")).sort("step")
-    n = g.get_column("trial_id").n_unique()
-    ax.plot(
-        m.get_column("step").to_numpy(), m.get_column("v").to_numpy(), color=colour, lw=1.8, label=f"{label} (n={n})"
-    )
-
-
-def _step_axis(ax) -> None:
-    ax.set_xscale("symlog", linthresh=10, linscale=0.6)
-    ax.xaxis.set_minor_formatter(NullFormatter())
+def _step_axis(ax, df: pl.DataFrame) -> None:
+    step_axis(ax, df.get_column("step").max() if df.height else 1)
     ax.grid(alpha=0.3)
 
 
@@ -81,7 +83,7 @@ def pr_over_training(
                 if g.height == 0:
                     missing.append(q)
                     continue
-                _seeds_and_mean(ax, g, colours.get((o, q), "k"), f"{q} @ lr {lr_label(lr)}")
+                seeds_and_mean(ax, g, colours.get((o, q), "k"), f"{q} at LR {lr_label(lr)}", opt_linestyle(o))
                 drawn = True
             if not drawn:
                 empty_panel(ax, f"{o}, width {w}: no completed trials")
@@ -95,14 +97,15 @@ def pr_over_training(
                     fontsize=7,
                     color="grey",
                 )
-            ax.set_title(f"{o}, {t}, width {w} (each arm at its best LR)", fontsize=8)
-            _step_axis(ax)
+            ax.set_title(f"{o}, {tensor_label(t)}, width {w} (each arm at its best LR)", fontsize=8)
+            _step_axis(ax, df)
             if j == 0:
-                ax.set_ylabel(f"PR({t}) / d_head")
+                ax.set_ylabel(pr_label(t), fontsize=8)
             if i == len(rows) - 1:
-                ax.set_xlabel("step (symlog)")
-            ax.legend(fontsize=6.5, title="qk_norm (thin: seeds)", title_fontsize=6.5)
-    return save_titled(fig, path, "PR over training at each arm's best LR (thin: seeds, thick: mean)", partial)
+                ax.set_xlabel(STEP_LABEL)
+            ax.legend(fontsize=6.5, title="QK variant (thin: each seed)", title_fontsize=6.5)
+    title = mathtext("PR / d_head of q and k over training, each arm at its best LR (thin: seeds; thick: their mean)")
+    return save_titled(fig, path, title, partial)
 
 
 def pr_by_lr(
@@ -138,9 +141,9 @@ def pr_by_lr(
                 if g.height == 0:
                     missing.append(q)
                     continue
-                _seeds_and_mean(ax, g, colours.get((o, q), "k"), q)
+                seeds_and_mean(ax, g, colours.get((o, q), "k"), q, opt_linestyle(o))
                 drawn = True
-            title = f"{o}, w{w}, lr {lr_label(lr) if lr is not None else '-'}"
+            title = f"{o}, width {w}, LR {lr_label(lr) if lr is not None else '-'}"
             if best_here:
                 title += "\nbest LR of: " + ", ".join(best_here)
             if not drawn:
@@ -152,11 +155,12 @@ def pr_by_lr(
                     0.02, 0.02, "no data: " + ", ".join(missing), transform=ax.transAxes, fontsize=6.5, color="grey"
                 )
             ax.set_title(title, fontsize=7.5)
-            _step_axis(ax)
+            _step_axis(ax, df)
             if j == 0:
-                ax.set_ylabel(f"PR({tensor}) / d_head", fontsize=8)
+                ax.set_ylabel(pr_label(tensor), fontsize=7)
             if i == len(cells) - 1:
-                ax.set_xlabel("step (symlog)", fontsize=8)
+                ax.set_xlabel(STEP_LABEL, fontsize=8)
             if j == 0:
-                ax.legend(fontsize=6, title="thin: seeds", title_fontsize=6)
-    return save_titled(fig, path, f"PR of {tensor} over training per LR (thin: seeds, thick: mean)", partial)
+                ax.legend(fontsize=6, title="QK variant (thin: each seed)", title_fontsize=6)
+    title = f"{pr_label(tensor)} over training at every LR (thin: seeds; thick: their mean)"
+    return save_titled(fig, path, title, partial)

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..labels import tensor_label
 from ..paradox import BASELINE
 from .common import best_lr_map, empty_panel, lr_label, plt, save_titled, sweep_arms
 
@@ -55,15 +56,16 @@ def spectra(
 ) -> Path:
     """Normalised spectra of q and k at init, at the PR minimum and at the end, one trial per arm.
 
-    `results` is an `analysis.load.Results` (its lazy `spectra` scan is read for the chosen trials
-    only); an arm's trial is its lowest completed seed at the arm's best LR (`best`). The minimum
-    is the step of the trial's q (k) PR minimum from the collapse fits; the nearest step with a
-    recorded spectrum is drawn and its step named in the legend."""
+    `results` is an `analysis.loading.Results` (its spectra are read for the chosen trials only,
+    through `Results.collect`: a part that fails to read is skipped and named); an arm's trial is
+    its lowest completed seed at the arm's best LR (`best`). The minimum is the step of the trial's
+    q (k) PR minimum from the collapse fits; the nearest step with a recorded spectrum is drawn and
+    its step named in the legend."""
     arms = sweep_arms(finals)
     chosen = _chosen_trials(finals, best_lr_map(best))
     ids = [v[0] for v in chosen.values()]
     spec = (
-        results.spectra.filter(pl.col("trial_id").is_in(ids) & pl.col("tensor").is_in(list(tensors))).collect()
+        results.collect("spectra", lambda lf: lf.filter(pl.col("tensor").is_in(list(tensors))), trials=ids)
         if ids
         else pl.DataFrame()
     )
@@ -87,7 +89,7 @@ def spectra(
     for i, (o, q) in enumerate(pairs):
         for j, (w, t) in enumerate(cols):
             ax = axes[i, j]
-            title = f"{o}/{q}, w{w}, {t}"
+            title = f"{o} / {q}, width {w}, {tensor_label(t)}"
             c = chosen.get((o, q, w))
             if c is None:
                 empty_panel(ax, "no completed trial at the best LR")
@@ -101,9 +103,9 @@ def spectra(
                 continue
             m = mins.get((tid, t))
             s_min = min(steps, key=lambda s: abs(s - m)) if m is not None else None
-            picks = [
-                ("init", steps[0], "0.55", "--"),
-                ("PR min", s_min, "tab:red", "-"),
+            picks = [  # greys, not the variants' colours (common.VARIANT_COLOURS)
+                ("init", steps[0], "0.6", "--"),
+                ("PR min", s_min, "0.35", ":"),
                 ("final", steps[-1], "black", "-"),
             ]
             for name, s, colour, ls in picks:
@@ -115,12 +117,12 @@ def spectra(
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.grid(alpha=0.3, which="both")
-            ax.set_title(f"{title}, seed {seed}, lr {lr_label(lr)}", fontsize=7.5)
+            ax.set_title(f"{title}\nseed {seed}, LR {lr_label(lr)}", fontsize=7)
             ax.tick_params(labelsize=7)
             if j == 0:
-                ax.set_ylabel("s_i / sum s", fontsize=8)
+                ax.set_ylabel(r"share of the spectrum $s_i / \sum_j s_j$", fontsize=7)
             if i == len(pairs) - 1:
-                ax.set_xlabel("index i", fontsize=8)
+                ax.set_xlabel("singular value index i", fontsize=8)
             ax.legend(fontsize=6)
     return save_titled(
         fig, path, "Normalised singular values of q, k (mean over layers and heads): init, PR minimum, final", partial

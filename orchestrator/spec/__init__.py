@@ -8,6 +8,7 @@ sweep_file.py  the grid, and its expansion into validated TrialConfigs
 study_file.py  the arms and the Optuna search of an LR-study file
 lr_best.py     lr_best.parquet, which an LR study writes and a sweep's `lr: {from_study: ...}` reads
 prepare.py     every check a command makes before it writes anything or starts Ray
+chunks.py      --chunk I/N: the I-th of N deterministic, cost-balanced parts of a grid
 costs.py       parameters, tokens, FLOPs, memory and storage of one trial, by arithmetic
 plan.py        --dry-run: the plan as text
 

@@ -1,16 +1,22 @@
 """What one trial costs, by arithmetic on its TrialConfig: parameters, tokens, FLOPs, memory, storage.
 
 No Ray, no torch, no CUDA, so a laptop can size a GPU grid; plan.py prints these figures for
-`--dry-run` and benchmarks/gpu.py compares `flops_per_token` with measured throughput. Per trial it counts
+`--dry-run` (its seconds come from measured throughput: calibration.py) and benchmarks/gpu.py
+compares `flops_per_token` with measured throughput. Per trial it counts
 
 - parameters: trainer.architecture.parameter_count, exact (the device check uses the same count);
 - tokens (steps x batch_size x seq_len) and FLOPs: 6 N + 12 L T d per trained token (N the
   parameters that take part in matrix products, L depth, T seq_len, d width: the PaLM convention
   that MFU is quoted in), plus the forward passes of the probe and val batches at every eval;
+  qk_clip adds one causal QK^T per layer to the training forward (its max logit, no backward:
+  2 L T d per token at full T x T, the convention above), softcap computes the same FLOPs as
+  SDPA (explicitly), muon_per_head the Newton-Schulz of smaller blocks (not counted: optimizer
+  FLOPs never are);
 - memory on the device: fp32 weights and gradients, optimizer state (AdamW 8 B per parameter; Muon
   4 B per hidden-matrix parameter, AdamW on the rest), activations kept for backward at the batch
-  size (bf16 under autocast, fp32 otherwise; SDPA keeps no T x T scores), the logits and their
-  gradient, and the CUDA context;
+  size (bf16 under autocast, fp32 otherwise; SDPA keeps no T x T scores, softcap's explicit
+  attention keeps three per layer, qk_clip's max-logit pass makes one at a time), the logits and
+  their gradient, and the CUDA context;
 - results storage: metrics and spectra Parquet (one part per trial and dataset once the trial has
   ended; row and part sizes measured on sweeps/default.yaml),
   Tune checkpoints (weights + optimizer state; the two latest per running trial, and after the
@@ -22,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from trainer.architecture import hidden_params, parameter_count
+from trainer.architecture import QK_NORM_KINDS, hidden_params, parameter_count
 from trainer.cadence import eval_steps
 from trainer.config import ConfigError, TrialConfig
 from trainer.schema import (
@@ -56,7 +62,6 @@ GPUS = (
     GPU("L40S-48GB", 48, 362),
 )
 DEFAULT_GPU = "H100-80GB"
-DEFAULT_MFU = 0.3  # assumed for --dry-run's GPU-hours (--mfu); measured MFU is far lower at small widths
 CUDA_CONTEXT_BYTES = 0.6e9  # per trial process: CUDA context, cuBLAS workspaces, allocator slack
 USABLE_MEMORY = 0.92  # share of a GPU's memory trials may plan on (fragmentation, other processes)
 
@@ -92,10 +97,14 @@ def find_gpu(name: str) -> GPU:
 
 # ---- one trial -------------------------------------------------------------------------------
 def flops_per_token(cfg: TrialConfig, training: bool = True) -> float:
-    """6 N + 12 L T d (training) or 2 N + 4 L T d (a forward pass), N = hidden matrices + head."""
+    """6 N + 12 L T d (training) or 2 N + 4 L T d (a forward pass), N = hidden matrices + head;
+    qk_clip's training forward computes QK^T once more (its max logit): + 2 L T d."""
     n = hidden_params(cfg.architecture()) + cfg.vocab_size * cfg.width
-    attention = 2 * cfg.depth * cfg.seq_len * cfg.width  # QK^T and AV, per token, forward
-    return 3 * (2 * n + 2 * attention) if training else 2 * n + 2 * attention
+    attention = 2 * cfg.depth * cfg.seq_len * cfg.width  # QK^T (or AV), per token, forward: 2 T d per layer
+    if not training:
+        return 2 * n + 2 * attention
+    clip = attention if cfg.qk_norm == "qk_clip" else 0  # one more QK^T, forward only
+    return 3 * (2 * n + 2 * attention) + clip
 
 
 def eval_tokens(cfg: TrialConfig) -> int:
@@ -151,9 +160,16 @@ def memory(cfg: TrialConfig) -> Memory:
     w, m = cfg.width, cfg.mlp_ratio
     # Per token and block: two fp32 residual-stream inputs (8w bytes) and, at dtype size, the norm
     # outputs, q, k, v, roped q and k, the attention output and the wo input (9w), up and GELU
-    # outputs (2 m w), and the QK-Norm inputs when there is one (2w).
-    per_block = 8 * w + a * (9 * w + 2 * m * w + (2 * w if cfg.qk_norm != "none" else 0))
+    # outputs (2 m w), and the QK-Norm inputs when there is a norm (2w).
+    per_block = 8 * w + a * (9 * w + 2 * m * w + (2 * w if QK_NORM_KINDS[cfg.qk_norm].norm else 0))
     logits = tokens * cfg.vocab_size * (a + 4 + 4)  # logits, fp32 softmax for the loss, their gradient
+    scores = cfg.batch_size * cfg.n_heads * cfg.seq_len**2  # one layer's T x T attention scores
+    if (
+        cfg.qk_norm == "softcap"
+    ):  # explicit attention keeps, per layer, tanh's and softmax's fp32 outputs and the probabilities
+        logits += cfg.depth * scores * (4 + 4 + a)
+    elif cfg.qk_norm == "qk_clip":  # the max-logit pass: one layer's fp32 scores at a time, not kept
+        logits += scores * 4
     return Memory(
         weights=4 * n, gradients=4 * n, optimizer=optimizer, activations=tokens * cfg.depth * per_block + logits
     )

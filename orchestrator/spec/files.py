@@ -1,4 +1,5 @@
-"""Finding a spec file: `--config FILE`, a bundled sweep's name (`smoke`, `lr`, ...) or the default.
+"""Finding a spec file: `--config FILE`, a bundled sweep's name (`smoke`, `lr`, ...) or the default;
+and telling a sweep file from an LR-study file, so that the wrong command names the right one.
 
 The sweep files in sweeps/ ship inside the wheel as the package data `orchestrator.sweeps` (see
 pyproject.toml), so `--config smoke` and the no-flag default work from an installed wheel too.
@@ -6,6 +7,7 @@ pyproject.toml), so `--config smoke` and the no-flag default work from an instal
 
 from __future__ import annotations
 
+import shlex
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from .validation import did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
+MAX_SPEC_BYTES = 1_000_000  # the bundled files are ~2 KB; YAML is parsed whole, so a huge file takes minutes
 
 
 def bundled_sweeps() -> dict[str, Path]:
@@ -44,7 +47,22 @@ def default_config_path(name: str = "default.yaml") -> Path:
 
 
 def resolve_config(value: str | Path | None, default: str = "default.yaml") -> Path:
-    """--config: a file, or the name of a bundled sweep (`smoke`, `default`, `paradox`, `cpu_study`, ...)."""
+    """--config: a file, or the name of a bundled sweep (`smoke`, `default`, `paradox`, `cpu_study`, ...);
+    a file larger than MAX_SPEC_BYTES is refused before it is parsed."""
+    return check_size(_resolve(value, default))
+
+
+def check_size(path: Path) -> Path:
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise ConfigError(
+            f"config: {str(path)!r} is {size / 1e6:.1f} MB; a sweep file may be at most "
+            f"{MAX_SPEC_BYTES / 1e6:g} MB (got {size} bytes)"
+        )
+    return path
+
+
+def _resolve(value: str | Path | None, default: str) -> Path:
     if value is None:
         return default_config_path(default)
     path = Path(value)
@@ -57,3 +75,24 @@ def resolve_config(value: str | Path | None, default: str = "default.yaml") -> P
     names = ", ".join(bundled) or "none found"
     hint = did_you_mean(name, bundled) if "/" not in str(value) else ""
     raise ConfigError(f"config: no file {str(value)!r} and no bundled sweep of that name{hint} (bundled: {names})")
+
+
+COMMANDS = {"sweep": "python -m orchestrator.sweep", "lr_study": "python -m orchestrator.lr_study"}
+_MARKS = {"sweep": ("grid",), "lr_study": ("arms", "search")}  # the sections only that kind of file has
+_KIND_NAMES = {"sweep": "a sweep file", "lr_study": "an LR-study file"}
+
+
+def check_kind(data, kind: str, shown: str) -> None:
+    """A one-line ConfigError naming the command that runs `data` when it is the other kind of spec
+    file than `kind` ("sweep" or "lr_study"): an LR-study file has `arms:`/`search:` and no `grid:`, a
+    sweep file `grid:` and neither of those. `shown` is the file as the user gave it (--config)."""
+    if not isinstance(data, dict):
+        return
+    other = "lr_study" if kind == "sweep" else "sweep"
+    found = [key for key in _MARKS[other] if key in data]
+    if not found or any(key in data for key in _MARKS[kind]):
+        return
+    has = "/".join(f"`{key}:`" for key in found)
+    raise ConfigError(
+        f"{shown} is {_KIND_NAMES[other]} (it has {has}); run it with {COMMANDS[other]} --config {shlex.quote(shown)}"
+    )

@@ -9,13 +9,14 @@ once and shared by every trial. Nothing here imports Ray.
 from __future__ import annotations
 
 from trainer.budget import check_device
-from trainer.config import ConfigError, TrialConfig, short_repr
+from trainer.config import NOT_IDENTITY, ConfigError, TrialConfig, short_repr
 from trainer.data import TokenData, corpus_key, load_tokens
 from trainer.safeio import inside, read_record
 from trainer.schema import SWEEP_JSON
 from trainer.storage import ResultsDir, check_writable
 from trainer.trials import read_trials
 
+from ..exits import StorageUnreachable, network_problem
 from .overrides import apply_overrides
 from .run_spec import RunSpec
 from .sweep_file import SweepSpec, load_spec
@@ -65,8 +66,19 @@ def check_previous(results: ResultsDir, kind: str, *, resume: bool) -> dict | No
     """What an earlier run left in the results folder: sweep.json and trials.parquet readable,
     written by the same kind of run ("sweep" or "lr_study"), and (for --resume) its Tune experiments
     inside <results>/<name>/tune (Tune unpickles what it restores). Returns sweep.json or None."""
-    previous = read_record(results)
-    read_trials(results)  # a corrupt trials.parquet is one line here, not a traceback later
+    try:
+        previous = read_record(results)
+        read_trials(results)  # a corrupt trials.parquet is one line here, not a traceback later
+    except OSError as exc:  # the first read of an object store: one line, not a traceback
+        if results.is_local:
+            raise
+        problem = network_problem(exc)
+        if problem is not None:
+            raise StorageUnreachable(results.uri, problem) from None
+        raise ConfigError(
+            f"results: cannot read {results.uri}: {' '.join(str(exc).split())[:300]}; check the bucket and "
+            "the credentials"
+        ) from None
     if previous is None:
         return None
     for key, ok in (
@@ -107,6 +119,57 @@ def check_resume(previous: dict | None, spec: SweepSpec, configs: list[TrialConf
             f"--resume: the trials in {source} are not those of the interrupted sweep in "
             f"{results.uri}{what}; run without --resume (finished trials are kept and not run again)"
         )
+
+
+def check_same_sweep(
+    previous: dict | None, spec: SweepSpec, configs: list[TrialConfig], tokens: dict, results: ResultsDir
+) -> None:
+    """A results folder holds one configuration, so that its report never mixes two. A run into a
+    folder whose sweep.json records other settings is refused: every `train:` setting (with its
+    default filled in; save_final, an output switch, aside) and the corpus must be the folder's. The
+    grid may grow (new points are new trials of the same settings: the study grows), but may not
+    leave out a trial the folder planned (sweep.json then describes every trial there)."""
+    before = (previous or {}).get("config")
+    if not isinstance(before, dict):
+        return
+    after = spec.model_dump(mode="json")
+    changed = []
+    old_train, new_train = before.get("train") or {}, after.get("train") or {}
+    for key in sorted(set(old_train) | set(new_train), key=str):
+        field = TrialConfig.model_fields.get(key)
+        default = field.default if field is not None else None
+        old, new = old_train.get(key, default), new_train.get(key, default)
+        if key not in NOT_IDENTITY and old != new:
+            changed.append((f"train.{key}", old, new))
+    old_hash, new_hash = previous.get("corpus_hash"), next(iter(tokens.values())).corpus_hash if tokens else None
+    if isinstance(old_hash, str) and new_hash and old_hash != new_hash:
+        changed.append(("corpus_hash", old_hash[:12], new_hash[:12]))
+    kept = {c.trial_id() for c in configs}
+    dropped = [t for t in previous.get("trial_ids") or [] if t not in kept]
+    grid_only = dropped and not changed
+    if grid_only:
+        old_grid, new_grid = before.get("grid") or {}, after.get("grid") or {}
+        changed = [(f"grid.{k}", old_grid.get(k), new_grid.get(k)) for k in sorted(set(old_grid) | set(new_grid))]
+        changed = [c for c in changed if c[1] != c[2]]
+        if not changed:  # the same grid resolves to other points (an LR from a study, a changed default)
+            raise ConfigError(
+                f"{results.uri} already holds sweep {short_repr(spec.name, 100)} with {len(dropped)} trial(s) "
+                f"this run leaves out (such as {dropped[0]}): {NEW_NAME}"
+            )
+    if not changed:
+        return
+    shown = changed[:4]
+    more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+    was = ", ".join(f"{k}={short_repr(old, 60)}" for k, old, _ in shown)
+    now = ", ".join(f"{k}={short_repr(new, 60)}" for k, _, new in shown)
+    why = " (a rerun may add grid points to a sweep, not leave its trials out)" if grid_only else ""
+    raise ConfigError(
+        f"{results.uri} already holds sweep {short_repr(spec.name, 100)} with {was}{more}; this run has "
+        f"{now}{why}: {NEW_NAME}"
+    )
+
+
+NEW_NAME = "give the sweep a new name (name: in its file) or another --results"
 
 
 def check_same_train(previous: dict | None, spec: RunSpec, results: ResultsDir) -> None:

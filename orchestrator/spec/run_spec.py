@@ -7,6 +7,7 @@ strict, floats finite, so a bad value fails in milliseconds with one message nam
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -100,7 +101,7 @@ class RunSpec(BaseModel):
     name: str = Field(
         pattern=NAME_PATTERN,
         max_length=NAME_MAX,
-        description="becomes <results>/<name>; letters, digits, - and _ (at most 100)",
+        description="becomes <results>/<name>; letters, digits, - and _, starting with a letter or digit (at most 100)",
     )
     train: dict[str, Any] = Field(default_factory=dict, description="TrialConfig fields shared by every trial")
     resources: Resources = Field(default_factory=Resources)
@@ -113,6 +114,13 @@ class RunSpec(BaseModel):
         "(always written): tensorboard (event files in each trial's Tune folder), wandb, mlflow (optional extras; "
         "configured by their usual environment variables: WANDB_PROJECT, WANDB_MODE, MLFLOW_TRACKING_URI, ...)",
     )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_starts_with_letter_or_digit(cls, value: Any) -> Any:
+        if isinstance(value, str) and value and not re.match(r"[A-Za-z0-9]", value):
+            raise ValueError("must start with a letter or digit (then letters, digits, - and _)")
+        return value
 
     @field_validator("train")
     @classmethod

@@ -14,8 +14,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from trainer.config import ConfigError, TrialConfig, build_config, load_yaml
 
-from .files import resolve_config
+from .files import check_kind, resolve_config
 from .lr_best import arm_name
+from .overrides import apply_overrides
 from .run_spec import RunSpec
 from .sweep_file import point_text
 from .validation import STRICT, as_list, check_train_keys, parse_model
@@ -76,10 +77,15 @@ class LRStudySpec(RunSpec):
         return value
 
 
-def load_lr_spec(path: str | Path | None) -> tuple[LRStudySpec, str]:
-    """An lr_study file, or a bundled one's name (`lr`, `lr_smoke`); default: the bundled lr.yaml."""
-    path = resolve_config(path, default="lr.yaml")
-    return parse_model(LRStudySpec, load_yaml(path), str(path)), str(path)
+def load_lr_spec(path: str | Path | None, overrides: list[str] | None = None) -> tuple[LRStudySpec, str]:
+    """An lr_study file, or a bundled one's name (`lr`, `lr_smoke`); default: the bundled lr.yaml;
+    with `--set` overrides applied (search.trials_per_arm=4, arms.width=[64], train.steps=100)."""
+    given, path = path, resolve_config(path, default="lr.yaml")
+    data = load_yaml(path)
+    check_kind(data, "lr_study", str(given if given is not None else path))  # a sweep file names its command
+    source = f"{path} (with --set)" if overrides else str(path)
+    data = apply_overrides(data, list(overrides or []), kind="lr_study")
+    return parse_model(LRStudySpec, data, source), str(path)
 
 
 def expand_arms(spec: LRStudySpec) -> dict[str, TrialConfig]:

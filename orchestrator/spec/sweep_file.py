@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from trainer.config import ConfigError, TrialConfig, build_config, load_yaml, short_repr
 
-from .files import resolve_config
+from .files import check_kind, resolve_config
 from .lr_best import arm_name, read_lr_best
 from .overrides import apply_overrides
 from .run_spec import RunSpec
@@ -37,7 +37,7 @@ class FromStudy(BaseModel):
         for m in value:
             if not m > 0 or not math.isfinite(m):
                 raise ValueError(f"every multiplier must be > 0, got {m!r}")
-        return value
+        return no_duplicates(value)
 
 
 class Grid(BaseModel):
@@ -65,7 +65,17 @@ class Grid(BaseModel):
     def _not_empty(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("empty list: the grid would have no trials")
-        return value
+        return no_duplicates(value) if isinstance(value, list) else value
+
+
+def no_duplicates(values: list) -> list:
+    """Each value of an axis once: `seed: [0, 0]` is a typo, not two trials (they would be merged
+    silently). Points that differ only in a setting that does not act on them (muon_per_head under
+    AdamW) are still merged by `expand`, on purpose."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise ValueError(f"duplicate value {short_repr(value, 40)}: each value of an axis may appear once")
+    return values
 
 
 class SweepSpec(RunSpec):
@@ -84,9 +94,11 @@ class SweepSpec(RunSpec):
 def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> tuple[SweepSpec, str]:
     """The spec from a YAML file or a bundled sweep's name (default: the bundled default.yaml), with
     `--set` overrides applied, and the path it came from."""
-    path = resolve_config(path)
+    given, path = path, resolve_config(path)
+    data = load_yaml(path)
+    check_kind(data, "sweep", str(given if given is not None else path))  # an LR-study file names its command
     source = f"{path} (with --set)" if overrides else str(path)
-    return parse_model(SweepSpec, apply_overrides(load_yaml(path), overrides), source), str(path)
+    return parse_model(SweepSpec, apply_overrides(data, overrides), source), str(path)
 
 
 def _round_lr(value: float) -> float:

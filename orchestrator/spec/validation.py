@@ -17,7 +17,7 @@ from trainer.config import ConfigError, TrialConfig, describe_error, short_repr
 AXES = ("optimizer", "qk_norm", "width", "lr", "seed")
 # Optional axes: trial settings a grid may also sweep (initialisation changes loss and PR a lot).
 EXTRA_AXES = ("init", "init_std", "muon_per_head", "qk_clip_tau", "logit_softcap")
-NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # starts with a letter or digit: never an option (-rf)
 NAME_MAX = 100  # a folder name; file systems refuse 255 bytes and more
 # Spec sections: unknown keys rejected, strict types (a quoted '0.01' or true is not a number), finite floats.
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)

@@ -4,24 +4,34 @@ trials.parquet has one row per trial, rewritten atomically as trials change stat
 between is throttled to one write every WRITE_EVERY_S). attempts.parquet has one row per attempt
 of a trial: which node ran it, where it resumed, how it ended. Trials report through Tune (see
 reports.py) and never write these files themselves, so there is one writer and no race.
+
+When the disk fills up, the driver's last write (the trials it leaves unfinished marked `failed`)
+would fail too and leave them `running`. So on a local disk the ledger keeps a hidden reserve file
+(`.ledger-reserve`, RESERVE_BYTES or twice the size of its files) that `finish` deletes to make room
+for that write when the disk is full; it is deleted at every finish.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pyarrow as pa
 
 from trainer.config import TrialConfig
 from trainer.provenance import now_iso
-from trainer.schema import ATTEMPTS_FILE, ATTEMPTS_SCHEMA, empty_trial_row
+from trainer.safeio import environment_problem
+from trainer.schema import ATTEMPTS_FILE, ATTEMPTS_SCHEMA, TRIALS_FILE, empty_trial_row
 from trainer.storage import ResultsDir
 from trainer.trials import read_trials, trial_row, write_trials
 
+from .lock import check_held
 from .reports import TrialReport, final_row, is_final
 
 WRITE_EVERY_S = 5.0
+RESERVE_FILE = ".ledger-reserve"  # hidden: no *.parquet glob or report lists it
+RESERVE_BYTES = 256 * 1024  # trials.parquet of 480 trials is ~24 KB
 
 
 def _finite(value):
@@ -48,6 +58,44 @@ class Ledger:
                 attempt.update(outcome="interrupted", ended_at=attempt.get("ended_at") or now_iso())
                 self.dirty = True
         self.flush(force=True)
+        self.reserve = self._reserve()
+
+    def _reserve(self) -> str | None:
+        """Set aside room on a local disk for the last write (see the module's docstring); None when
+        there is no room even for that, or the results are not on a local disk."""
+        if not self.results.is_local:
+            return None
+        path = self.results.local_path(RESERVE_FILE)
+        size = RESERVE_BYTES
+        for name in (TRIALS_FILE, ATTEMPTS_FILE):
+            try:
+                size = max(size, 2 * os.stat(self.results.local_path(name)).st_size)
+            except OSError:
+                pass
+        try:
+            self.results.makedirs()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return None
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:  # no room even for that: no reserve
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return None
+        os.close(fd)
+        return str(path)
+
+    def _free_reserve(self) -> bool:
+        """Delete the reserve; whether there was one."""
+        path, self.reserve = self.reserve, None
+        if path is None:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _read_attempts(self) -> list[dict]:
         if not self.results.exists(ATTEMPTS_FILE):
@@ -62,6 +110,7 @@ class Ledger:
         now = time.monotonic()
         if not self.dirty or (not force and now - self.last_write < WRITE_EVERY_S):
             return
+        check_held(self.results)  # a driver whose lock was taken over (it was paused) writes nothing more
         write_trials(self.results, list(self.rows.values()))
         columns = {name: [a.get(name) for a in self.attempts] for name in ATTEMPTS_SCHEMA.names}
         self.results.write_table(pa.table(columns, schema=ATTEMPTS_SCHEMA), ATTEMPTS_FILE)
@@ -142,7 +191,13 @@ class Ledger:
                 row.update(status="failed", error="interrupted before it finished; run again with --resume")
                 self._close_attempt(tid, "interrupted")
                 self.dirty = True
-        self.flush(force=True)
+        try:
+            self.flush(force=True)
+        except Exception as exc:
+            if environment_problem(exc) is None or not self._free_reserve():
+                raise
+            self.flush(force=True)  # the disk is full: the reserve makes room for how the trials ended
+        self._free_reserve()
 
     # ---- attempts --------------------------------------------------------------------------
     def _attempt(self, tid: str, tune_trial_id: str, report: TrialReport) -> tuple[dict, int | None]:

@@ -6,6 +6,13 @@ timestamp that a thread refreshes every HEARTBEAT_S); a second driver finds it a
 naming the holder. A lock whose holder is gone is taken over with a message: a dead pid on this
 host, or (for a holder on another host) a heartbeat older than STALE_S.
 
+A driver paused for longer than that (SIGSTOP, a suspended laptop, a VM frozen) may find its lock
+taken over when it wakes. It must not go on: both drivers would run the remaining trials and
+overwrite each other's trials.parquet. Its heartbeat thread notices (the next beat reads another
+token) and so does its next ledger write (`check_held`, which re-reads the lock when no beat has
+confirmed it lately); either calls `on_lost`, which for a command prints one line and ends the
+process at once (exit 3), so its trials stop with it and it writes nothing more.
+
 On a local disk the lock is created with an atomic hard link (it exists whole or not at all);
 on an object store (s3://, gs://) there is no atomic create, so two drivers started within the
 same second may both proceed (documented in docs/reliability.md).
@@ -33,6 +40,21 @@ class LockHeld(ConfigError):
     """Another live driver holds the results folder: exit 2."""
 
 
+class LockLost(RuntimeError):
+    """This driver's lock was taken over (and `on_lost` returned): it must not write."""
+
+
+_HELD: dict[str, DriverLock] = {}  # results URI -> the lock this process holds there
+
+
+def check_held(results: ResultsDir) -> None:
+    """Before a driver writes a shared file in `results`: if it holds a lock there that another
+    driver took over, `on_lost` runs (and, for a command, the process ends)."""
+    lock = _HELD.get(results.uri)
+    if lock is not None:
+        lock.verify()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -54,9 +76,16 @@ class DriverLock:
         heartbeat_s: float = HEARTBEAT_S,
         stale_s: float = STALE_S,
         stream=sys.stdout,
+        on_lost=None,
     ):
+        """`on_lost(lock, holder)` runs when this driver finds that another one took the lock over
+        (None: a warning; a write checked with `check_held` then raises LockLost)."""
         self.results, self.command = results, command
         self.heartbeat_s, self.stale_s, self.stream = heartbeat_s, stale_s, stream
+        self.on_lost = on_lost
+        self.lost: dict | None = None  # the record of the driver that took the lock over
+        self.confirmed_at = time.monotonic()  # when the lock was last seen to be ours
+        self._losing = threading.Lock()
         self.token = uuid.uuid4().hex
         self.record = {
             "pid": os.getpid(),
@@ -164,6 +193,8 @@ class DriverLock:
             raise LockHeld(f"{self.results.uri} is in use by another driver: {self.describe(holder)}")
         if (self.read() or {}).get("token") != self.token:
             raise LockHeld(f"{self.results.uri} is in use by another driver: {self.describe(self.read() or {})}")
+        self.confirmed_at = time.monotonic()
+        _HELD.setdefault(self.results.uri, self)  # (a test may hold two: the first is the driver)
         self._thread = threading.Thread(target=self._beat, name="driver-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -175,20 +206,56 @@ class DriverLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if (self.read() or {}).get("token") != self.token:
-                    print(
-                        f"  warning: the lock in {self.results.uri} was taken by another driver",
-                        file=self.stream,
-                        flush=True,
-                    )
+                held = self.confirm()
+                if held is False:
                     return
-                self._write()
+                if held:  # (unreadable now: neither refreshed nor given up)
+                    self._write()
             except Exception:  # noqa: BLE001 - a missed heartbeat (a full disk) must not kill the driver
                 pass
 
+    def verify(self) -> None:
+        """Before a write: when no heartbeat has confirmed the lock for two periods (the process was
+        paused, or the heartbeat thread starved), read it again; `on_lost` runs if it is not ours."""
+        if self.lost is not None or time.monotonic() - self.confirmed_at > 2 * self.heartbeat_s:
+            if self.confirm() is False:
+                raise LockLost(f"{self.results.uri}: another driver took over the lock: {self.describe(self.lost)}")
+
+    def confirm(self) -> bool | None:
+        """True when the lock file still holds this driver's token; False when it holds another
+        driver's or is gone (then `on_lost` has run); None when it cannot be read now, after a few
+        tries (an object store that does not answer): not taken as lost, nor as confirmed."""
+        if self.lost is not None:
+            self._lose(self.lost)
+            return False
+        for attempt in range(3):
+            holder = self.read()
+            if holder is None or holder.get("token") not in (None, self.token):
+                self._lose(holder or {})  # gone, or another driver's
+                return False
+            if holder.get("token") == self.token:
+                self.confirmed_at = time.monotonic()
+                return True
+            time.sleep(0.2 * (attempt + 1))
+        return None
+
+    def _lose(self, holder: dict) -> None:
+        with self._losing:
+            first = self.lost is None
+            if first:
+                self.lost = holder
+        if self.on_lost is not None:  # each time it is noticed: a command's ends the process the first time
+            self.on_lost(self, self.lost)
+        elif first:
+            print(
+                f"  warning: the lock in {self.results.uri} was taken by another driver", file=self.stream, flush=True
+            )
+
     def release(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if _HELD.get(self.results.uri) is self:
+            del _HELD[self.results.uri]
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.heartbeat_s + 1)
         try:
             if (self.read() or {}).get("token") == self.token:

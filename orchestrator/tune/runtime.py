@@ -5,15 +5,28 @@ authentication on (Ray 2.60 enables it for a local `ray.init()` and keeps the to
 ~/.ray/auth_token; RAY_AUTH_MODE is left alone, so a user's setting is respected). It lives in a
 short temporary folder: Ray's unix sockets must fit in 107 characters, which a long results path
 or pytest's tmp_path would break.
+
+That folder is private: Ray makes its temp folder world-readable and writable (0777, again each
+time one of its processes starts), and its logs can hold what a runtime environment carried, so
+each run's folder `r????????` lies in a per-user folder `qkc-<uid>` of mode 0700 (under
+$RAY_TMPDIR or /tmp), which no other user can enter. A run
+holds an flock on `r????????.lock` beside its folder while Ray runs there; the kernel drops it when
+the process dies, so the next start removes the folders of killed runs (SIGKILL, OOM) and nothing
+else: only in that private folder, only names of that pattern, only when no live process holds
+their lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import shutil
 import socket
+import stat
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 # Quiet Ray before it is imported: no dedup banner, no per-trial boxes, no deprecation nags.
@@ -43,6 +56,7 @@ class RayHandle:
     address: str | None = None
     temp_dir: str | None = None
     notes: list[str] = field(default_factory=list)
+    temp: TempDir | None = None  # the private folder of a local Ray, with its lock
 
     def describe(self) -> str:
         resources = ray.cluster_resources()
@@ -61,7 +75,9 @@ class RayHandle:
         ray.shutdown()
         if self.mode == "local":
             _loopback_only(False)
-        if self.temp_dir:
+        if self.temp is not None:
+            release_temp_dir(self.temp)
+        elif self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -69,16 +85,113 @@ class RayHandle:
 # paths stop at 107 bytes: 62 for the session part (+2 for a 7-digit pid) leaves 43 for <temp>.
 SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_1234567/sockets/plasma_store")
 MAX_SOCKET_PATH = 107
+RUN_FOLDER = re.compile(r"^r[a-z0-9_]{8}$")  # tempfile's names: "r" + 8 of [a-z0-9_]
+LOCK_SUFFIX = ".lock"
+FRESH_S = 10.0  # a lock file younger than this may not be locked yet: never judged
 
 
-def short_temp_dir(root: str | None = None, prefix: str = "r") -> str:
-    """A fresh folder for Ray's sessions and sockets: under `root` if the socket paths would fit,
-    else under $RAY_TMPDIR or /tmp."""
-    suffix = len(prefix) + 9  # mkdtemp adds "/" + prefix + 8 random characters
-    if root is None or len(str(root)) + suffix + SOCKET_SUFFIX > MAX_SOCKET_PATH:
-        root = os.environ.get("RAY_TMPDIR") or ("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
-    os.makedirs(root, exist_ok=True)
-    return tempfile.mkdtemp(prefix=prefix, dir=root)
+@dataclass
+class TempDir:
+    """One run's private Ray folder and the open, flock'ed descriptor of its lock file."""
+
+    path: str
+    fd: int
+
+
+def private_folder(root: str) -> str:
+    """<root>/qkc-<uid>, created with mode 0700; a ConfigError (one line) when it is a symlink, not a
+    folder or someone else's."""
+    path = os.path.join(root, f"qkc-{os.getuid()}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"Ray's temporary folder: cannot create {path!r}: {exc.strerror}; set RAY_TMPDIR") from None
+    problem = (
+        "is a symlink"
+        if stat.S_ISLNK(info.st_mode)
+        else "is not a folder"
+        if not stat.S_ISDIR(info.st_mode)
+        else f"belongs to uid {info.st_uid}, not this user"
+        if info.st_uid != os.getuid()
+        else None
+    )
+    if problem:
+        raise ConfigError(
+            f"Ray's temporary folder: {path!r} {problem}; remove it, or set RAY_TMPDIR to a folder of your own"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def clean_leftovers(private: str) -> list[str]:
+    """Remove what runs killed before they could clean up left in `private`: each `r????????`
+    folder whose lock file no live process holds (and is not brand new). Returns what was removed."""
+    removed = []
+    for entry in os.scandir(private):
+        run = entry.name[: -len(LOCK_SUFFIX)]
+        if not entry.name.endswith(LOCK_SUFFIX) or not RUN_FOLDER.match(run):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run holds it
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < FRESH_S:
+                continue
+            folder = os.path.join(private, run)
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+            os.unlink(entry.path)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def private_temp_dir(root: str | None = None) -> TempDir:
+    """A fresh, private folder for Ray's sessions and sockets, locked for this process:
+    <root>/qkc-<uid>/r????????, under the first of `root`, $RAY_TMPDIR and /tmp where the socket
+    paths fit. Leftovers of killed runs in the same private folder are removed first."""
+    suffix = len(f"/qkc-{os.getuid()}/r12345678")
+    fitting = [
+        r for r in (root, os.environ.get("RAY_TMPDIR")) if r and len(str(r)) + suffix + SOCKET_SUFFIX <= MAX_SOCKET_PATH
+    ]
+    root = fitting[0] if fitting else ("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
+    private = private_folder(str(root))
+    clean_leftovers(private)
+    while True:
+        fd, lock = tempfile.mkstemp(prefix="r", suffix=LOCK_SUFFIX, dir=private)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until release_temp_dir, or until this process dies
+        path = lock[: -len(LOCK_SUFFIX)]
+        try:
+            os.mkdir(path, 0o700)
+            return TempDir(path, fd)
+        except FileExistsError:  # a stray folder of that name: take another name
+            os.unlink(lock)
+            os.close(fd)
+
+
+def release_temp_dir(temp: TempDir) -> None:
+    """Remove a run's folder, then its lock file, and drop the lock."""
+    shutil.rmtree(temp.path, ignore_errors=True)
+    try:
+        os.unlink(temp.path + LOCK_SUFFIX)
+    except FileNotFoundError:
+        pass
+    if temp.fd >= 0:
+        os.close(temp.fd)
+        temp.fd = -1
 
 
 def running_cluster_address() -> str | None:
@@ -132,23 +245,23 @@ def start_ray(
     if address:
         ray.init(address=address, log_to_driver=not quiet, logging_level=log_level, configure_logging=True)
         return RayHandle(mode="cluster", address=address)
-    temp_dir = short_temp_dir(temp_root)
+    temp = private_temp_dir(temp_root)
     _loopback_only(True)
     try:
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             _node_ip_address=LOOPBACK,
-            _temp_dir=temp_dir,
+            _temp_dir=temp.path,
             log_to_driver=not quiet,
             logging_level=log_level,
             configure_logging=True,
         )
     except Exception:
         _loopback_only(False)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        release_temp_dir(temp)
         raise
-    return RayHandle(mode="local", temp_dir=temp_dir)
+    return RayHandle(mode="local", temp_dir=temp.path, temp=temp)
 
 
 def _loopback_only(on: bool) -> None:

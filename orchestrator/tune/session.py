@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from trainer.config import ConfigError
 from trainer.safeio import environment_problem
 from trainer.storage import ResultsDir
 
-from ..exits import bad_input, environment_failure
+from ..exits import EXIT_ENVIRONMENT, bad_input, environment_failure, network_problem
 from ..spec.run_spec import Resources
 from . import runtime
 from .lock import DriverLock
@@ -40,19 +41,53 @@ def guarded(body, results: ResultsDir, command: str, again: str) -> int:
     """Run `body` (the part of a command that writes) holding the results folder's driver lock.
 
     Another driver's lock and unsafe paths (ConfigError) end with exit 2; a full disk, quota or
-    read-only file system with exit 3 and the command that continues; anything else propagates."""
+    read-only file system, or an object store that stopped answering, with exit 3 and the command
+    that continues; a lock that another driver took over (this one was paused too long) ends the
+    process at once with exit 3 (`exit_on_lost`); anything else propagates."""
     try:
-        with DriverLock(results, command):
+        with DriverLock(results, command, on_lost=exit_on_lost):
             return body()
     except ConfigError as err:
         return bad_input(err)
     except Exception as exc:  # noqa: BLE001 - only the machine's failures are turned into one line
         problem = environment_problem(exc)
+        if problem is not None:
+            return environment_failure(
+                problem,
+                f"writing to {results.uri}",
+                f"free space (or fix the file system), then continue with: {again}",
+            )
+        problem = None if results.is_local else network_problem(exc)
         if problem is None:
             raise
-        return environment_failure(
-            problem, f"writing to {results.uri}", f"free space (or fix the file system), then continue with: {again}"
-        )
+        return environment_failure(problem, f"cannot reach {results.uri}", f"when it answers, continue with: {again}")
+
+
+_EXITING = threading.Lock()
+
+
+def exit_on_lost(lock: DriverLock, holder: dict) -> None:
+    """Another driver took this one's lock over (this process was paused, or cut off, for longer than
+    the lock's stale limit) and runs the sweep now: stop at once, writing nothing more. One line and
+    exit 3, without unwinding: the private Ray and this driver's trials end with the process (as when
+    a driver is killed), and whatever it wrote is kept (every file was written whole)."""
+    with _EXITING:  # the heartbeat thread and a write may notice together: one line
+        try:
+            sys.stdout.flush()
+            problem = (
+                f"this driver lost its lock to another driver, {lock.describe(holder)}, which took it over "
+                f"while this one was paused (a lock without a heartbeat for {lock.stale_s:.0f} s is taken over)"
+                if holder
+                else "this driver lost its lock: the lock file is gone (another driver took the folder over "
+                "while this one was paused, or the file was deleted)"
+            )
+            environment_failure(
+                problem,
+                str(lock.results.uri),
+                "it stopped its trials and wrote nothing more; the other driver carries on with the sweep",
+            )
+        finally:
+            os._exit(EXIT_ENVIRONMENT)
 
 
 @contextmanager

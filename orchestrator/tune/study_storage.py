@@ -101,6 +101,16 @@ def study_completed(storage, study_name: str) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+def study_finished(storage, study_name: str) -> int:
+    """Trials of the study that finished: ran to their end (COMPLETE, diverged included) or were
+    stopped by ASHA (PRUNED); what a run's budget counts (failed and interrupted trials do not)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
 def study_size(storage, study_name: str) -> int:
     try:
         return len(optuna.load_study(study_name=study_name, storage=storage).trials)

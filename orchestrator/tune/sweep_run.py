@@ -24,14 +24,16 @@ from trainer.schema import FINISHED_STATUSES, SWEEP_JSON
 from trainer.storage import ResultsDir
 from trainer.trials import read_trials
 
-from ..exits import EXIT_INTERRUPTED, EXIT_TRIALS_FAILED, bad_input
+from ..exits import EXIT_INTERRUPTED, EXIT_TRIALS_FAILED, StorageUnreachable, bad_input
 from ..options import SweepOptions, SweepResult
+from ..spec.chunks import apply_chunk
 from ..spec.prepare import (
     TUNE_DIR,
     check_placement,
     check_previous,
     check_results,
     check_resume,
+    check_same_sweep,
     load_corpora,
     sweep_spec,
 )
@@ -53,11 +55,15 @@ class Prepared:
     results: ResultsDir  # <results>/<name>
     tokens: dict[tuple, TokenData]
     address: str | None  # None = start a private local Ray
+    chunk: dict | None = None  # --chunk I/N: sweep.json's `chunk` entry (the spec is then the chunk's)
 
 
 def sweep(options: SweepOptions) -> SweepResult:
     """Validate (ConfigError on bad input, nothing written), then run the unfinished trials."""
-    prep = prepare(options)
+    try:
+        prep = prepare(options)
+    except StorageUnreachable as err:  # the object store does not answer: exit 3, one line
+        return SweepResult(results=err.where, exit_code=err.exit())
     code = guarded(lambda: run(prep, options), prep.results, "orchestrator.sweep", options.again)
     return SweepResult(results=prep.results.uri, exit_code=code, experiment=last_experiment(prep.results))
 
@@ -65,7 +71,7 @@ def sweep(options: SweepOptions) -> SweepResult:
 def prepare(options: SweepOptions) -> Prepared:
     """Every check, in the order a user fixes them; writes nothing and starts nothing."""
     spec, source = sweep_spec(options.config, options.overrides, options.spec)
-    configs = expand(spec)
+    spec, configs, chunk = apply_chunk(spec, expand(spec), options.chunk)
     results = check_results(options.results or spec.results, spec.name)
     address = choose_address(
         options.address, options.local, options.num_cpus, spec.resources, {c.width for c in configs}
@@ -74,7 +80,9 @@ def prepare(options: SweepOptions) -> Prepared:
     previous = check_previous(results, "sweep", resume=options.resume)
     if options.resume:
         check_resume(previous, spec, configs, source, results)
-    return Prepared(spec, source, configs, results, load_corpora(configs), address)
+    tokens = load_corpora(configs)
+    check_same_sweep(previous, spec, configs, tokens, results)  # one configuration per results folder
+    return Prepared(spec, source, configs, results, tokens, address, chunk)
 
 
 def run(prep: Prepared, options: SweepOptions) -> int:
@@ -84,6 +92,9 @@ def run(prep: Prepared, options: SweepOptions) -> int:
     finished = {r["trial_id"] for r in read_trials(results) if r["status"] in FINISHED_STATUSES}
     todo = [c for c in prep.configs if c.trial_id() not in finished]
     print(f"sweep {prep.spec.name}: {spec_summary(prep.spec, prep.configs)} -> {results.uri}", flush=True)
+    if prep.chunk:
+        c = prep.chunk
+        print(f"  chunk {c['index']} of {c['count']} of sweep {c['study']} ({c['trials_in_study']} trials in all)")
     if len(todo) < len(prep.configs):
         print(f"  {len(prep.configs) - len(todo)} already finished in trials.parquet (not run again)")
     if not todo:
@@ -192,6 +203,7 @@ def sweep_meta(prep: Prepared, previous: dict | None, run: dict | None) -> dict:
     """sweep.json: the resolved spec and provenance, plus one entry per invocation that ran trials."""
     corpus = next(iter(prep.tokens.values()))
     runs = list((previous or {}).get("runs") or []) + ([run] if run else [])
+    chunk = {"chunk": prep.chunk} if prep.chunk else {}
     return sweep_record(
         name=prep.spec.name,
         kind="sweep",
@@ -206,6 +218,7 @@ def sweep_meta(prep: Prepared, previous: dict | None, run: dict | None) -> dict:
         ],
         results=prep.results.uri,
         runs=runs,
+        **chunk,
     )
 
 

@@ -6,6 +6,7 @@ checkpoint policy, and Tune's logger callbacks.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from ray import tune
@@ -19,6 +20,30 @@ from ..spec.run_spec import Resources
 from ..spec.validation import installed
 from .checkpoints import CheckpointPruner, checkpoint_config
 from .trainable import TRIAL_KEY, TrainableOptions, train_trial, trial_config
+
+# Names of variables that hold credentials: never copied into a runtime_env (Ray's runtime-env agent
+# logs runtime envs in plain text). AWS_ACCESS_KEY_ID goes too: an id without its secret would hide
+# a node's own profile or instance role from the AWS SDK.
+SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|ACCESS_KEY|PRIVATE_KEY", re.IGNORECASE)
+
+
+def keep_secrets_out_of_runtime_envs() -> None:
+    """Ray Tune copies AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and
+    AWS_SECURITY_TOKEN from the driver's environment into every trainable's runtime_env
+    (ray.tune.execution.class_cache), and the runtime-env agent then writes them into
+    runtime_env_agent.log. Take those names off Tune's list: a private local Ray's workers inherit
+    the driver's environment anyway, and a cluster's nodes get credentials from a profile or an
+    instance role (docs/cluster.md)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray: nothing to patch
+        return
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(names, (set, frozenset)):
+        class_cache.ENV_VARS_TO_PROPAGATE = {n for n in names if not SECRET_ENV.search(n)}
+
+
+keep_secrets_out_of_runtime_envs()
 
 
 def make_trainable(tokens: dict[tuple, TokenData], results: ResultsDir, resources: Resources, **options):

@@ -11,7 +11,7 @@ from analysis.collapse import collapse_per_arm, collapse_per_trial
 from analysis.decay import fit_decay
 from analysis.features import build_features
 from analysis.finals import final_values
-from analysis.load import load_results
+from analysis.loading import load_results
 from analysis.scaling import width_scaling
 from benchmarks.synthetic_results import SyntheticSpec, TrialKey, write_results
 

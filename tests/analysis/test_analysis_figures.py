@@ -13,7 +13,7 @@ import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 
 from analysis import figures  # noqa: E402
-from analysis.figures.common import lr_axis, lr_label  # noqa: E402
+from analysis.figures.common import lr_axis, lr_label, variant_colour  # noqa: E402
 from analysis.figures.forest import FOREST_METRICS, forest_plot  # noqa: E402
 from analysis.report import analyse  # noqa: E402
 from benchmarks.synthetic_results import Effect, SyntheticSpec, write_results  # noqa: E402
@@ -65,10 +65,10 @@ def test_the_arm_without_fits_is_censored_and_still_drawn(drawn):
     assert mr.height == 2 * len(LRS) * 2  # widths x LRs x tensors: every cell has a row
     assert (mr["n_fit_ok"] == 0).all() and (mr["n_censored"] == mr["n_trials"]).all()
     assert mr["rate_lower_bound_per_1k"].null_count() == 0
-    # muon/rms is the 4th colour (tab:red): its hollow markers are in the collapse figure
+    # muon/rms's hollow markers are in the collapse figure, in rms's colour (one colour per variant)
     img = mpimg.imread(drawn["folder"] / "collapse_rate_vs_width.png")[..., :3]
-    red = np.array(matplotlib.colors.to_rgb(plt.get_cmap("tab10")(3)))
-    assert (np.abs(img - red).max(-1) < 0.08).sum() > 50
+    rms = np.array(matplotlib.colors.to_rgb(variant_colour("rms")))
+    assert (np.abs(img - rms).max(-1) < 0.08).sum() > 50
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 
 from analysis.features import build_features
 from analysis.finals import final_values
-from analysis.load import ResultsError, load_results
+from analysis.loading import ResultsError, load_results
 from analysis.report import main
 from benchmarks.synthetic_results import SyntheticSpec, trial_finals, write_results
 

@@ -12,7 +12,7 @@ from analysis.features import build_features
 from analysis.finals import FINAL_PR, final_values
 from analysis.interaction import did_table
 from analysis.judge import judge
-from analysis.load import load_results
+from analysis.loading import load_results
 from analysis.lr_selection import held_out_lrs
 from analysis.paradox import METRICS, paradox_table, select
 from analysis.regression import regress

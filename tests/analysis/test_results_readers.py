@@ -4,19 +4,23 @@
 the column dictionary-encoded, the type pyarrow infers for the key, so the two merge. Each reader
 must see one trial_id column and one row per key, also after a restore replayed steps and after a
 finished trial's parts were compacted into one (whose floats are BYTE_STREAM_SPLIT-encoded).
+trials.parquet stores trial_id with the same type, so each library joins the folders with it on
+trial_id as they are read, without a cast.
 """
 
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from analysis.contract import METRICS_PL, check_parts, scan
 from analysis.paths import list_parts
-from trainer.schema import METRICS_KEY, SPECTRA_KEY
+from trainer.schema import METRICS_KEY, SPECTRA_KEY, TRIALS_SCHEMA, empty_trial_row
 from trainer.sink import TrialSink
 from trainer.storage import ResultsDir
+from trainer.trials import write_trials
 
 TRIALS = ("adamw_none_w32_lr0.01_s0_0a1b2c3d", "muon_rms_w32_lr0.01_s1_12345678")
 KEYS = {"metrics": list(METRICS_KEY), "spectra": list(SPECTRA_KEY)}
@@ -44,6 +48,11 @@ def sweep(tmp_path_factory, request):
         if request.param == "compacted":
             sink.compact()
             assert len(list((root / "metrics" / f"trial_id={tid}").iterdir())) == 1
+    rows = [
+        {**empty_trial_row(), "trial_id": tid, "optimizer": tid[:5].rstrip("_"), "status": "completed"}
+        for tid in TRIALS
+    ]
+    write_trials(ResultsDir(root), rows)  # as the driver (or a standalone trial) writes it
     return root
 
 
@@ -90,3 +99,47 @@ def test_the_analysis_sees_trial_id_as_a_string(sweep):
     assert not skipped
     df = scan(parts, METRICS_PL).collect()
     assert df.schema["trial_id"] == pl.String and df.height == ROWS["metrics"]
+
+
+# ---- joining the folders with trials.parquet, as read, without casts (issue 21, item 1) --------
+def check_join(df: pd.DataFrame, dataset: str) -> None:
+    assert len(df) == ROWS[dataset]
+    by_trial = df.astype({"trial_id": str}).groupby("trial_id")["optimizer"].first().to_dict()
+    assert by_trial == {tid: tid[:5].rstrip("_") for tid in TRIALS}
+
+
+@pytest.mark.parametrize("dataset", ["metrics", "spectra"])
+def test_polars_joins_the_folder_with_trials(sweep, dataset):
+    lazy = pl.scan_parquet(sweep / dataset).join(pl.scan_parquet(sweep / "trials.parquet"), on="trial_id")
+    eager = pl.read_parquet(sweep / dataset).join(pl.read_parquet(sweep / "trials.parquet"), on="trial_id")
+    for df in (lazy.collect(), eager):
+        check_join(df.to_pandas(), dataset)
+
+
+@pytest.mark.parametrize("dataset", ["metrics", "spectra"])
+def test_pandas_joins_the_folder_with_trials(sweep, dataset):
+    df = pd.read_parquet(sweep / dataset).merge(pd.read_parquet(sweep / "trials.parquet"), on="trial_id")
+    check_join(df, dataset)
+
+
+@pytest.mark.parametrize("dataset", ["metrics", "spectra"])
+def test_duckdb_joins_the_folder_with_trials(sweep, dataset):
+    duckdb = pytest.importorskip("duckdb")
+    rel = duckdb.sql(
+        f"SELECT * FROM '{sweep / dataset}/*/*.parquet' JOIN '{sweep / 'trials.parquet'}' USING (trial_id)"
+    )
+    check_join(rel.df(), dataset)
+
+
+def test_the_analysis_reads_trials_with_either_trial_id_type(sweep, tmp_path):
+    """trials.parquet written before trial_id was dictionary-encoded (plain strings) still loads."""
+    from analysis.contract import read_trials_frame
+
+    new, _ = read_trials_frame(sweep / "trials.parquet")
+    assert pq.read_schema(sweep / "trials.parquet").field("trial_id").type == pa.dictionary(pa.int32(), pa.string())
+    old = tmp_path / "trials.parquet"
+    pq.write_table(pq.read_table(sweep / "trials.parquet").cast(TRIALS_SCHEMA), old)
+    assert pq.read_schema(old).field("trial_id").type == pa.string()
+    old_df, _ = read_trials_frame(old)
+    for df in (new, old_df):
+        assert df.schema["trial_id"] == pl.String and sorted(df["trial_id"]) == sorted(TRIALS)

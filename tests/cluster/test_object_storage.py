@@ -28,7 +28,7 @@ import time
 import polars as pl
 import pytest
 
-from tests.helpers import ROOT, cli_args
+from tests.helpers import ROOT, SMOKE_SET, cli_args
 from trainer.schema import METRICS_KEY
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_sweep_resume_and_report_on_s3(s3, subprocess_env, python, tmp_path):
 
     env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
     results = f"{s3}/runs"
-    sweep = ["orchestrator.sweep", *cli_args("smoke", results, "--local", "--num-cpus", "2", "--quiet")]
+    sweep = ["orchestrator.sweep", *cli_args("smoke", results, "--local", "--num-cpus", "2", "--quiet", *SMOKE_SET)]
     code, out = run(python, env, *sweep)
     assert code == 0, out[-4000:]
     uri = f"{results}/smoke"

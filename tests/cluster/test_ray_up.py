@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.cluster import netlab
+from tests.helpers import SMOKE_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD, WORKER, CLIENT = 10, 11, 2  # host numbers in 10.213.0.0/24
@@ -111,7 +112,9 @@ def test_ray_up_smoke_sweep_on_two_nodes_then_down(lab, tmp_path):
     # Step 3: the smoke sweep on the head, results in the folder every node mounts at /mnt.
     r = on_client(
         "ray exec ~/cluster.yaml 'cd ~/qk-collapse-sweep && python -m orchestrator.sweep "
-        "--config sweeps/smoke.yaml --results /mnt/results --address auto'",
+        "--config sweeps/smoke.yaml --results /mnt/results --address auto "
+        + " ".join(f"--set '\\''{item}'\\''" for item in SMOKE_OVERRIDES)  # the tests' 8 trials
+        + "'",
         timeout=240,
     )
     assert r.returncode == 0, explain(r)

@@ -7,6 +7,8 @@ import json
 import polars as pl
 import pytest
 
+from analysis import report
+from analysis.paradox import MIN_PAIRS
 from orchestrator import sweep
 from orchestrator.spec import expand, load_spec
 from orchestrator.spec.files import SWEEPS_DIR
@@ -36,6 +38,7 @@ def assert_one_row_per_key(folder):
 
 
 def test_smoke_sweep_one_completed_row_per_grid_point(tmp_path, capsys):
+    """The bundled smoke sweep, all of it (the only test that runs its 60 trials), then its report."""
     code = sweep.main(cli_args(SWEEPS_DIR / "smoke.yaml", tmp_path))
     out = capsys.readouterr().out
     assert code == 0, out
@@ -68,6 +71,22 @@ def test_smoke_sweep_one_completed_row_per_grid_point(tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out
     assert read(folder, ATTEMPTS_FILE).height == attempts_before
     assert read(folder, TRIALS_FILE).height == len(planned)
+
+    # Issue 21: the first run answers something. Its report decides every comparison (enough pairs
+    # at the held-out best LRs for the tests to run), the LR grid brackets every arm's optimum, and the
+    # deciding result is drawn and named up front.
+    assert report.main([str(folder), "--n-boot", "200", "--brief"]) == 0
+    brief = capsys.readouterr().out.splitlines()
+    verdict = json.loads((folder / "report" / "verdict.json").read_text())
+    for opt in ("adamw", "muon"):
+        decided = verdict["comparisons"][opt]["rms"]
+        assert decided["state"] != "not_enough_data" and decided["n_pairs"] >= MIN_PAIRS, (opt, decided["state"])
+        assert decided["effects"]["final_pr_q_sphere"]["ci_low"] is not None
+    assert verdict["interaction"]["best_lr"]["muon"]["rms"]["final_val_loss"]["n_pairs"] >= MIN_PAIRS
+    assert not [w for w in verdict["warnings"] if "bracket" in w], verdict["warnings"]
+    assert not any("NOT ENOUGH DATA" in line for line in verdict["headline"])
+    assert len(brief) == 5 and brief[1].startswith("Answer:") and "NOT ENOUGH DATA" not in brief[1], brief
+    assert "[95% CI" in brief[1] and (folder / "report" / "figures" / "forest.png").exists()
 
 
 def test_divergent_lr_is_marked_and_the_sweep_goes_on(tmp_path):

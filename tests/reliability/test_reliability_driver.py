@@ -75,7 +75,7 @@ def wait_until_mid_trial(log: Path, folder: Path, proc, timeout: float) -> tuple
 
 
 def test_driver_sigkill_then_resume_finishes_without_rerunning_or_duplicating(
-    tmp_path, tmp_path_factory, subprocess_env, python
+    tmp_path, ray_tmp, subprocess_env, python
 ):
     config = write_spec(
         tmp_path,
@@ -84,7 +84,7 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_or_duplicating(
         train=TRAIN,
         resources={"max_concurrent": 1},
     )
-    ray_tmp = tmp_path_factory.mktemp("rk", numbered=True)  # the driver's private Ray lives under here
+    # the driver's private Ray lives under here (ray_tmp: short enough for Ray's sockets)
     env = {**subprocess_env, "RAY_TMPDIR": str(ray_tmp)}
     command = sweep_command(config, tmp_path, "--local", "--num-cpus", "1")
     folder = tmp_path / "crash"
@@ -124,9 +124,9 @@ def test_driver_sigkill_then_resume_finishes_without_rerunning_or_duplicating(
         resources={"max_concurrent": 1},
     )
     argv = [str(edited) if arg == str(config) else arg for arg in command]
-    ray_folders = sorted(ray_tmp.iterdir())
+    ray_folders = sorted(ray_tmp.glob("*/*"))  # <ray_tmp>/qkc-<uid>/r????????[.lock]: one per Ray started
     refused = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=env, timeout=120)
-    assert sorted(ray_tmp.iterdir()) == ray_folders  # no Ray was started for it
+    assert sorted(ray_tmp.glob("*/*")) == ray_folders  # no Ray was started for it
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.startswith("error: --resume") and refused.stderr.count("\n") == 1, refused.stderr
     assert f"train.steps: {STEPS} -> {STEPS + 100}" in refused.stderr
