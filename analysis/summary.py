@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,16 @@ ARM_VIEW = [
     "final_norm",
     "recovery",
 ]
+
+
+def code_span(text: str) -> str:
+    """`text` as a Markdown code span that survives backticks inside it (a results path may hold
+    them): fenced by one more backtick than its longest run, padded with spaces when it needs it
+    (CommonMark 6.1)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest or text.startswith(" ") or text.endswith(" ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def key_tables(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
@@ -215,7 +226,7 @@ def markdown(r: Report, figure_format: str = "png") -> str:
     lines += [
         "## Data",
         "",
-        f"- Results folder: `{v['results_dir']}`",
+        f"- Results folder: {code_span(str(v['results_dir']))}",
         "- Design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}" for k, vals in v["design"].items() if vals),
         f"- Trials: {c['trials']} ({', '.join(f'{k} {n}' for k, n in c['by_status'].items())})"
         + (f" of {c['planned']} planned" if c.get("planned") else ""),
@@ -223,7 +234,7 @@ def markdown(r: Report, figure_format: str = "png") -> str:
         f"{c['duplicate_rows']:,}; spectra rows: {c['spectra_rows']:,}",
         f"- Part files skipped as unreadable: {len(c['skipped_files'])}",
     ]
-    lines += [f"  - `{p}`: {why}" for p, why in c["skipped_files"]]
+    lines += [f"  - {code_span(str(p))}: {why}" for p, why in c["skipped_files"]]
     if c["incomplete_trials"]:
         lines.append(
             f"- Completed trials left out because their metrics stop before steps_done "

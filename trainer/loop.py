@@ -116,11 +116,12 @@ class Trial:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg)
-        if self.device.type == "cpu":
-            # As training goes on, attention gradients underflow into subnormal floats, which slow SDPA's
-            # backward and the matmuls several-fold on x86 CPUs; flushing them to zero costs nothing
-            # measurable in the loss.
-            torch.set_flush_denormal(True)
+        # On a CPU, as training goes on, attention gradients underflow into subnormal floats, which slow
+        # SDPA's backward and the matmuls several-fold on x86 CPUs; flushing them to zero costs nothing
+        # measurable in the loss. It is a setting of the whole process: run() turns it on for the
+        # trial and off again after it (off is Python's default), so a caller's own floats, a notebook's
+        # or a later test's, are not flushed (under it 5e-324 > 0 is false).
+        self.flush_denormal = self.device.type == "cpu"
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg.architecture()).to(self.device)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -244,6 +245,15 @@ class Trial:
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> dict:
+        if not self.flush_denormal:
+            return self._run()
+        torch.set_flush_denormal(True)
+        try:
+            return self._run()
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _run(self) -> dict:
         cfg = self.cfg
         row = self._row(status="running")
         resumed = self._restore()

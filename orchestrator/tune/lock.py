@@ -215,9 +215,12 @@ class DriverLock:
                 pass
 
     def verify(self) -> None:
-        """Before a write: when no heartbeat has confirmed the lock for two periods (the process was
-        paused, or the heartbeat thread starved), read it again; `on_lost` runs if it is not ours."""
-        if self.lost is not None or time.monotonic() - self.confirmed_at > 2 * self.heartbeat_s:
+        """Before a write: read the lock again, on a local disk every time (a small file: a driver
+        resumed after a pause of any length must not write once more), on an object store when no
+        heartbeat has confirmed it for two periods (the process was paused, or the heartbeat thread
+        starved; each read is a request); `on_lost` runs if it is not ours."""
+        stale = time.monotonic() - self.confirmed_at > 2 * self.heartbeat_s
+        if self.lost is not None or self.results.is_local or stale:
             if self.confirm() is False:
                 raise LockLost(f"{self.results.uri}: another driver took over the lock: {self.describe(self.lost)}")
 

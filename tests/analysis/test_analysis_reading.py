@@ -171,6 +171,16 @@ def test_a_star_in_the_path_does_not_read_the_neighbouring_sweep(tmp_path):
     assert feats.metric_rows == res.metrics.select(pl.len()).collect().item()
 
 
+def test_a_backtick_in_the_path_keeps_summary_md_a_code_span(tmp_path):
+    """Issue 21 item 15: summary.md names the results folder in a Markdown code span; a backtick in
+    the path used to close it early."""
+    sweep = small(tmp_path / "res`x")
+    assert main([str(sweep), "--n-boot", "200", "--quiet"]) == 0
+    summary = (sweep / "report" / "summary.md").read_text()
+    line = next(ln for ln in summary.splitlines() if ln.startswith("- Results folder:"))
+    assert line == f"- Results folder: `` {sweep} ``"
+
+
 # ---- item 14: a part copied into another trial's folder ---------------------------------------
 @pytest.mark.parametrize("statistics", [True, False])
 def test_part_in_another_trials_folder_is_skipped_and_marks_partial(tmp_path, statistics):

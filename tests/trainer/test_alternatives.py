@@ -122,6 +122,7 @@ def test_qk_clip_trial_records_clip_activity(tmp_path):
     # at every probe but step 0 (no span before the first step), each layer and head once
     assert sorted(m["step"].unique().to_list()) == sorted(set(eval_steps(c)) - {0})
     assert m.group_by("step", "name").len()["len"].unique().to_list() == [c.depth * c.n_heads]
+    assert TrialConfig(lr=5e-324).lr > 0  # the trial's flush-to-zero of subnormal floats ended with it
     fired = m.filter(pl.col("name") == "clip_fraction")["value"]
     assert fired.max() > 0  # a tau of 0.05 is far below this model's logits: the clip fires
     assert m.filter(pl.col("name") == "clip_gamma_min")["value"].min() < 1
