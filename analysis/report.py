@@ -10,7 +10,7 @@ Writes into --out (default RESULTS_DIR/report, which for a URI is in the bucket 
     tables/*.csv, tables/*.tex   figures/*.png (--figure-format svg or pdf: *.svg, *.pdf)
 
 and prints five lines (the question, the answer, the scope, what to do, where the details are: all
-that --brief prints), then the key tables. Bad input (no such folder, no trials.parquet, a file
+that --brief prints), then the claims, warnings and where the files are (--verbose: and the key tables). Bad input (no such folder, no trials.parquet, a file
 that breaks the schema contract) ends with one message and exit status 2, before anything is written.
 """
 
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print only the five lines: the question, the answer, the scope, what to do, where the details are",
     )
+    said.add_argument("--verbose", action="store_true", help="also print the key tables (they are in summary.md)")
     args = ap.parse_args(argv)
     if args.n_boot < 100:
         print(f"error: --n-boot must be at least 100, got {args.n_boot}", file=sys.stderr)
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.brief:
         print("\n".join(terminal_lines(report.verdict, out, args.figure_format)))
     elif not args.quiet:
-        sys.stdout.write(terminal(report, out, args.figure_format))
+        sys.stdout.write(terminal(report, out, args.figure_format, verbose=args.verbose))
         print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -275,37 +275,66 @@ def markdown(r: Report, figure_format: str = "png") -> str:
     return "\n".join(lines)
 
 
-def terminal(r: Report, out: Path, figure_format: str = "png") -> str:
-    """The digest printed after the report was written to `out`: the five lines first
-    (analysis.brief; `--brief` prints only them), then the key tables, the verdict and the claims."""
+TERMINAL_BODY_LINES = 40  # the most lines the terminal prints after the five (summary.md has the rest)
+LISTED_SKIPS = 3  # skipped part files named on the terminal (summary.md and verdict.json name all)
+
+
+def _capped(items: list[str], room: int, more: str) -> list[str]:
+    """`items`, or as many as fit in `room` lines with a last line saying how many more `more` holds."""
+    if len(items) <= room:
+        return items
+    keep = max(room - 1, 0)
+    return items[:keep] + [f"... {len(items) - keep} more: {more}"]
+
+
+def terminal(r: Report, out: Path, figure_format: str = "png", verbose: bool = False) -> str:
+    """What the report prints after writing to `out`: the five lines first (analysis.brief; `--brief`
+    prints only them), then at most TERMINAL_BODY_LINES lines: whether the results are partial, the
+    trials, the theory's claims each with its decision, the warnings (edge optima, ...) and where the
+    files are. The key tables and the verdict in full are in summary.md only; `verbose` prints the
+    key tables too, before the claims (for a `--verbose` flag of the report command)."""
     v = r.verdict
-    lines = terminal_lines(v, out, figure_format) + [""]
-    lines.append(f"== QK-Norm collapse report: {v['sweep']}" + (" (PARTIAL)" if v["partial"] else ""))
-    if v["partial"]:
-        lines.append("PARTIAL: " + "; ".join(v["partial_reasons"]))
     c = v["counts"]
-    lines.append(
-        "design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}" for k, vals in v["design"].items() if vals)
-    )
-    lines.append(
+    head = [
+        "",
+        f"== QK-Norm collapse report: {v['sweep']}" + (" (PARTIAL)" if v["partial"] else ""),
+    ]
+    if v["partial"]:
+        head.append("PARTIAL: " + "; ".join(v["partial_reasons"]))
+    head.append(
         f"trials {c['trials']}: "
         + ", ".join(f"{k} {n}" for k, n in c["by_status"].items())
+        + (f" of {c['planned']} planned" if c.get("planned") else "")
         + f"; metric rows {c['metric_rows']:,}; duplicates resolved {c['duplicate_rows']:,};"
         f" parts skipped {len(c['skipped_files'])}"
     )
-    for p, why in c["skipped_files"]:
-        lines.append(f"  skipped {p}: {why}")
+    head += _capped(
+        [f"  skipped {p}: {why}" for p, why in c["skipped_files"]], LISTED_SKIPS, "summary.md (Data) names them"
+    )
     if c["incomplete_trials"]:
-        lines.append("  left out (metrics stop before steps_done): " + ", ".join(c["incomplete_trials"]))
-    lines.append("")
-    for title, df, _ in key_tables(r)[1:]:
-        lines += [f"-- {title}", to_text(_view(df), max_rows=30)]
-    lines.append("-- Verdict")
-    lines += [f"* {s}" for s in v["headline"]]
-    lines.append("-- The theory's claims")
-    lines += [c.removeprefix("- ").replace("**", "") for c in claim_lines(v)]
-    if v.get("scope", {}).get("sentence"):
-        lines.append(v["scope"]["sentence"])
-    lines += v.get("warnings", [])
-    lines.append(f"\nreport written to {out}")
-    return "\n".join(lines) + "\n"
+        ids = c["incomplete_trials"]
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        head.append(f"  left out (metrics stop before steps_done): {shown}")
+    tail = [
+        "-- Where the files are",
+        f"the verdict in full, every claim and warning, and the key tables: {out}/summary.md",
+        f"every table: {out}/tables/*.csv (and .tex); figures: {out}/figures/*.{figure_format}; "
+        f"every number: {out}/verdict.json",
+        "",
+        f"report written to {out}",
+    ]
+    claims = [line.removeprefix("- ").replace("**", "") for line in claim_lines(v)] or [
+        "none judged: the sweep lacks the arms the claims need (see the answer above)"
+    ]
+    warnings = list(v.get("warnings", []))
+    room = TERMINAL_BODY_LINES - len(head) - len(tail) - 1 - (1 if warnings else 0)  # minus the headers
+    warning_room = min(len(warnings), max(3, room // 3))  # the warnings keep a share of the room
+    claims = _capped(claims, max(room - warning_room, 2), f"{out}/summary.md (The answers)")
+    tables = []
+    if verbose:
+        for title, df, _ in key_tables(r)[1:]:
+            tables += [f"-- {title}", to_text(_view(df), max_rows=30)]
+    body = [*tables, "-- The theory's claims", *claims]
+    if warnings:
+        body += ["-- Warnings", *_capped(warnings, max(room - len(claims), 2), f"{out}/summary.md (Warnings)")]
+    return "\n".join(terminal_lines(v, out, figure_format) + head + body + tail) + "\n"

@@ -18,17 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.synthetic_results import SyntheticSpec, eval_steps, write_results
+from benchmarks.synthetic_results import SyntheticSpec, eval_steps, row_template, write_results
 
 TARGET_S, TARGET_GB = 30.0, 3.0
 
 
 def rows_per_trial(spec: SyntheticSpec, width: int) -> int:
-    L, H = spec.depth, width // spec.d_head
-    n_log = len(np.arange(0, spec.steps + 1, spec.log_every)) * 5
-    return n_log + len(eval_steps(spec)) * (1 + 20 * L * H)
+    """Metric rows one trial of this width writes (the writer's own row template, so the count
+    follows every metric and stage the synthetic results record)."""
+    return int(row_template(spec, width // spec.d_head).step.size)
 
 
 def make_spec(metric_rows: int, spectra_rows: int) -> SyntheticSpec:

@@ -470,7 +470,7 @@ class _Template:
     n_log: int  # rows of the step block (first), then the eval block
 
 
-def _template(spec: SyntheticSpec, n_heads: int) -> _Template:
+def row_template(spec: SyntheticSpec, n_heads: int) -> _Template:
     L, H = spec.depth, n_heads
     log_steps = np.arange(0, spec.steps + 1, spec.log_every)
     if log_steps[-1] != spec.steps:
@@ -752,7 +752,7 @@ def write_results(spec: SyntheticSpec, out: str | os.PathLike) -> dict:
     trunc_ids = set(done[::-1][: spec.n_truncated])  # last completed trials lose their last part
     for n, tr in enumerate(trials):
         H = tr.key.width // spec.d_head
-        tpl = templates.setdefault(H, _template(spec, H))
+        tpl = templates.setdefault(H, row_template(spec, H))
         values, fac = _values(spec, tr, tpl, H, rng, rng_stage)
         table = pa.Table.from_arrays(
             [

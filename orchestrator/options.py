@@ -73,12 +73,15 @@ class SweepResult:
 
     @cached_property
     def grid(self):
-        """Ray Tune's ResultGrid of that run, read from its files (None when nothing ran)."""
+        """Ray Tune's ResultGrid of that run, read from its files (None when nothing ran). Each
+        result's `config` is the trial's TrialConfig fields (`config["lr"]`); `get_best_result()`
+        ranks by the reported "objective" (val_loss; a diverged trial's is its max_loss), lowest first."""
         if self.experiment is None:
             return None
         from ray.tune import ExperimentAnalysis, ResultGrid  # Ray only when asked for
 
-        return ResultGrid(ExperimentAnalysis(self.experiment))
+        # "objective" is orchestrator.tune.reports.OBJECTIVE (not imported: this module stays light)
+        return ResultGrid(ExperimentAnalysis(self.experiment, default_metric="objective", default_mode="min"))
 
     @property
     def path(self) -> Path:

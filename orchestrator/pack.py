@@ -31,6 +31,7 @@ import math
 import os
 import posixpath
 import re
+import shlex
 import sys
 import tarfile
 import tempfile
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(args.paths) != 2:
                 p.error("--unpack takes OUT_DIR DEST")
             for folder in unpack(Path(args.paths[0]), Path(args.paths[1])):
-                print(f"unpacked {folder}; report: python -m analysis.report {folder}")
+                print(f"unpacked {folder}; report: python -m analysis.report {shlex.quote(str(folder))}")
             return 0
         if len(args.paths) < 2:
             p.error("give RESULTS_DIR [RESULTS_DIR ...] OUT_DIR")

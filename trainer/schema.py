@@ -176,6 +176,10 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+# attempts.parquet as written: trial_id dictionary-encoded like trials.parquet's and the parts'
+# (TRIAL_ID_FILE_TYPE above), so that it joins with them on trial_id in Polars, pandas and DuckDB
+# without a cast. An attempts.parquet written before holds plain strings (the ledger reads either).
+ATTEMPTS_FILE_SCHEMA = file_schema(ATTEMPTS_SCHEMA)
 
 # An LR study's result: one row per arm, read back by a sweep's `lr: {from_study: ...}`.
 LR_BEST_SCHEMA = pa.schema(

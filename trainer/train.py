@@ -14,7 +14,7 @@ import time
 from .budget import check_device
 from .cli import ArgumentParser
 from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml, short_repr
-from .console import format_duration
+from .console import format_duration, report_command
 from .data import load_tokens
 from .loop import CheckpointError, TrialHooks, run_trial
 from .provenance import now_iso, sweep_record
@@ -229,7 +229,7 @@ def run(args, cfg: TrialConfig, tokens, results: ResultsDir, previous: dict | No
             f"trial {trial_id} {row['status']}: {row['steps_done']} steps, {row['tokens']} tokens, "
             f"{row['wall_s']:.1f} s, final loss {losses}"
         )
-    print(f"results in {results.uri}; report: python -m analysis.report {results.uri}")
+    print(f"results in {results.uri}; report: {report_command(results.uri)}")
     return 0
 
 

@@ -4,7 +4,8 @@ sweep_run.py      sweep(options): validate, then run the unfinished grid under t
 study_run.py      lr_study(options): one Optuna study per arm, all arms in one Tuner; lr_best.parquet
 session.py        where Ray runs (start or join), the driver lock around writes, SIGTERM as Ctrl-C
 runtime.py        starting a private loopback-only Ray, or joining a cluster
-tuner.py          the Tuner settings both commands share: trainable, resources, names, loggers
+tuner.py          the Tuner settings both commands share: trainable, resources, names, loggers; the
+                  searcher that hands Tune the grid points as flat configs
 trainable.py      the Tune trainable: one thin function around trainer.loop.run_trial
 reports.py        what a trial reports to Tune (typed once)
 monitor.py        the driver's Tune callback: files events with the ledger, shows them with progress

@@ -22,7 +22,7 @@ import pyarrow as pa
 from trainer.config import TrialConfig
 from trainer.provenance import now_iso
 from trainer.safeio import environment_problem
-from trainer.schema import ATTEMPTS_FILE, ATTEMPTS_SCHEMA, TRIALS_FILE, empty_trial_row
+from trainer.schema import ATTEMPTS_FILE, ATTEMPTS_FILE_SCHEMA, ATTEMPTS_SCHEMA, TRIALS_FILE, empty_trial_row
 from trainer.storage import ResultsDir
 from trainer.trials import read_trials, trial_row, write_trials
 
@@ -113,7 +113,7 @@ class Ledger:
         check_held(self.results)  # a driver whose lock was taken over (it was paused) writes nothing more
         write_trials(self.results, list(self.rows.values()))
         columns = {name: [a.get(name) for a in self.attempts] for name in ATTEMPTS_SCHEMA.names}
-        self.results.write_table(pa.table(columns, schema=ATTEMPTS_SCHEMA), ATTEMPTS_FILE)
+        self.results.write_table(pa.table(columns, schema=ATTEMPTS_FILE_SCHEMA), ATTEMPTS_FILE)
         self.last_write, self.dirty = now, False
 
     def _changed(self, force: bool) -> None:

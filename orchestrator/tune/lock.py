@@ -15,7 +15,10 @@ process at once (exit 3), so its trials stop with it and it writes nothing more.
 
 On a local disk the lock is created with an atomic hard link (it exists whole or not at all);
 on an object store (s3://, gs://) there is no atomic create, so two drivers started within the
-same second may both proceed (documented in docs/reliability.md).
+same second may both proceed (documented in docs/reliability.md). Not the `filelock` package: it
+covers only the local-disk part (an OS lock on a local path), not a lock on an object store, a
+holder named by pid and host in the refusal, a takeover of a dead holder's lock across hosts, or
+a paused driver finding out that it lost its lock.
 """
 
 from __future__ import annotations

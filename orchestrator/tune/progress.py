@@ -5,6 +5,9 @@
 
 It replaces Ray's tables. The ETA weighs every trial by its FLOPs (orchestrator.spec.costs.trial_flops),
 so that a width-128 trial counts for about four width-64 ones. Reads trial statuses, never writes files.
+Not tqdm: its bar redraws one line with carriage returns (in a log file or a pipe, as in CI, that is
+one ever-growing line, or nothing with disable=None), while this is whole timestamped lines that
+interleave with the trial events and break trials down by status.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..spec.lr_best import arm_name
 from .reports import OBJECTIVE, as_report, is_final
-from .trainable import TRIAL_KEY
+from .trainable import trial_fields
 
 
 class StudySearch(OptunaSearch):
@@ -58,7 +58,7 @@ class StudySearch(OptunaSearch):
 
 
 def arm_of(config: dict) -> str:
-    trial = config[TRIAL_KEY]
+    trial = trial_fields(config)
     return arm_name(trial["optimizer"], trial["qk_norm"], trial["width"])
 
 
@@ -85,7 +85,7 @@ class ArmSearch(Searcher):
                 self._next = (self._next + i + 1) % max(len(arms), 1)
                 self.left[arm] -= 1
                 self.arm_of_trial[trial_id] = arm
-                return {TRIAL_KEY: self.configs[arm], **suggestion}
+                return {**self.configs[arm], **suggestion}  # flat: the arm's fields, the study's "lr"
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ray import tune
 
 from trainer.config import ConfigError, TrialConfig
-from trainer.console import format_duration
+from trainer.console import format_duration, report_command
 from trainer.data import TokenData
 from trainer.provenance import now_iso, sweep_record
 from trainer.schema import FINISHED_STATUSES, SWEEP_JSON
@@ -42,7 +42,6 @@ from ..spec.validation import AXES, EXTRA_AXES
 from . import runtime, storage_probe, tuner
 from .monitor import SweepMonitor, register
 from .session import choose_address, guarded, ray_session
-from .trainable import TRIAL_KEY
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def run(prep: Prepared, options: SweepOptions) -> int:
         meta = sweep_meta(prep, previous, None)
         meta["finished_at"] = (previous or {}).get("finished_at") or now_iso()
         results.write_json(meta, SWEEP_JSON)
-        print(f"all {len(prep.configs)} trials already finished; report: python -m analysis.report {results.uri}")
+        print(f"all {len(prep.configs)} trials already finished; report: {report_command(results.uri)}")
         return 0
     restore_from = restorable_experiment(previous) if options.resume else None
     if options.resume and restore_from is None:
@@ -172,7 +171,7 @@ def conclude(
         print(f"interrupted; continue with: {options.again}", flush=True)
         return EXIT_INTERRUPTED
     print(f"results in {results.uri}")
-    print(f"report:     python -m analysis.report {results.uri}", flush=True)
+    print(f"report:     {report_command(results.uri)}", flush=True)
     if counts.failed:
         print(
             f"{counts.failed} trial(s) failed (see the error column of trials.parquet); "
@@ -255,8 +254,12 @@ def make_tuner(
         return tune.Tuner.restore(restore_from, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
-        param_space={TRIAL_KEY: tune.grid_search([c.model_dump() for c in todo])},
-        tune_config=tuner.tune_config(max_concurrent_trials=spec.resources.max_concurrent),
+        param_space={},  # each trial's config is one grid point's TrialConfig fields, flat (GridPoints)
+        tune_config=tuner.tune_config(
+            search_alg=tuner.GridPoints([c.model_dump() for c in todo]),
+            num_samples=len(todo),
+            max_concurrent_trials=spec.resources.max_concurrent,
+        ),
         run_config=tuner.run_config(
             experiment.rsplit("/", 1)[1],
             prep.results,

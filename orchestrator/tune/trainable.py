@@ -1,8 +1,8 @@
 """The Tune trainable: one thin function around `trainer.loop.run_trial`.
 
-Tune hands it a config dict ({"trial": TrialConfig fields} plus "lr" when a searcher picks the
-LR); the corpus arrives once per worker through `tune.with_parameters`. It resumes from
-`tune.get_checkpoint()`, reports after every eval and every checkpoint (with the checkpoint
+Tune hands it a config dict: the TrialConfig fields of one grid point, flat (so that
+`result.config["lr"]` works on Tune's ResultGrid), "lr" set by the searcher in an LR study; the
+corpus arrives once per worker through `tune.with_parameters`. It resumes from `tune.get_checkpoint()`, reports after every eval and every checkpoint (with the checkpoint
 attached), and ends with a report that carries the trial's trials.parquet row as JSON, which the
 driver (the only writer of trials.parquet) files.
 """
@@ -29,7 +29,7 @@ from trainer.trials import read_trials
 
 from .reports import OBJECTIVE, RUNG_STEP, TrialReport
 
-TRIAL_KEY = "trial"  # param_space key holding the TrialConfig fields of one grid point
+TRIAL_KEY = "trial"  # where Tune configs before issue 21 held the fields ({"trial": {...}}); still read
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,20 @@ class TrainableOptions:
     fail_at_step: int | None = None  # testing only: fail once, right after the first checkpoint at/after this step
 
 
-def trial_config(tune_config: dict) -> TrialConfig:
-    """The TrialConfig of a Tune trial (a searcher's "lr" overrides the grid point's)."""
-    values = dict(tune_config[TRIAL_KEY])
+def trial_fields(tune_config: dict) -> dict:
+    """The TrialConfig fields of a Tune trial's config: flat, or nested under TRIAL_KEY as Tune
+    experiments written before issue 21 hold them (so `--resume` of such a sweep still works); a
+    top-level "lr" (a searcher's) overrides the grid point's."""
+    nested = tune_config.get(TRIAL_KEY)
+    values = dict(nested) if isinstance(nested, dict) else {k: v for k, v in tune_config.items() if k != TRIAL_KEY}
     if "lr" in tune_config:
         values["lr"] = float(tune_config["lr"])
-    return TrialConfig(**values)
+    return values
+
+
+def trial_config(tune_config: dict) -> TrialConfig:
+    """The TrialConfig of a Tune trial (either form of `trial_fields`)."""
+    return TrialConfig(**trial_fields(tune_config))
 
 
 class InjectedFailure(RuntimeError):

@@ -1,16 +1,19 @@
 """The Tuner settings both commands share: the trainable with its corpus and resources attached,
 trials named by their trial_id, experiment state under <results>/<name>/tune/, retries, the
-checkpoint policy, and Tune's logger callbacks.
+checkpoint policy, and Tune's logger callbacks; and `GridPoints`, the searcher that hands a sweep's
+grid points to Tune as flat configs.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+from ray.tune.search import Searcher
 
 from trainer.data import TokenData
 from trainer.storage import ResultsDir
@@ -19,7 +22,7 @@ from ..spec.prepare import TUNE_DIR
 from ..spec.run_spec import Resources
 from ..spec.validation import installed
 from .checkpoints import CheckpointPruner, checkpoint_config
-from .trainable import TRIAL_KEY, TrainableOptions, train_trial, trial_config
+from .trainable import TrainableOptions, train_trial, trial_config, trial_fields
 
 # Names of variables that hold credentials: never copied into a runtime_env (Ray's runtime-env agent
 # logs runtime envs in plain text). AWS_ACCESS_KEY_ID goes too: an id without its secret would hide
@@ -65,8 +68,41 @@ class WidthRequest:
         self.resources = resources
 
     def __call__(self, config: dict) -> dict:
-        cpus, gpus = self.resources.for_width(int(config[TRIAL_KEY]["width"]))
+        cpus, gpus = self.resources.for_width(int(trial_fields(config)["width"]))
         return {"cpu": cpus, "gpu": gpus}
+
+
+class GridPoints(Searcher):
+    """Hands Tune the listed configs, one per trial, in order, then FINISHED: each trial's Tune
+    config is one grid point's TrialConfig fields, flat (`result.config["lr"]`).
+
+    Not Tune's `grid_search` (it varies values *inside* a param_space, so a list of whole configs
+    has to sit under one key) nor BasicVariantGenerator(points_to_evaluate=...) (in Ray 2.60 every
+    key of a point must already be in param_space, `_get_preset_variants`, and a point that differs
+    from a fixed value there logs a warning). Its state (the points not yet handed out) is saved
+    with the experiment, so `Tuner.restore` does not hand out a point twice."""
+
+    def __init__(self, points: list[dict]):
+        super().__init__()
+        self.points, self.handed_out = [dict(p) for p in points], 0
+
+    def suggest(self, trial_id: str):
+        if self.handed_out >= len(self.points):
+            return Searcher.FINISHED
+        self.handed_out += 1
+        return dict(self.points[self.handed_out - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # nothing to learn: the grid is fixed
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"points": self.points, "handed_out": self.handed_out}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.points, self.handed_out = state["points"], state["handed_out"]
 
 
 def trial_name(trial) -> str:

@@ -70,7 +70,57 @@ def test_the_terminal_prints_the_same_five_lines_first(ran):
     assert printed[:4] == summary[:4]  # question, answer, scope, what to do: word for word
     assert printed[4].startswith("Details: ") and f"{ran['out']}/summary.md" in printed[4]
     assert f"{ran['out']}/figures/forest.png" in printed[4]
-    assert len(printed) > 40  # the key tables and the verdict still follow
+
+
+def test_the_terminal_is_short_and_the_tables_are_in_summary_md(ran):
+    """Issue 21 item 3: the console printed ~330 lines; now the five lines, then the claims each with
+    its decision, the warnings and where the files are, at most 60 lines in all."""
+    printed = ran["stdout"].splitlines()
+    assert [line.split(":", 1)[0] for line in printed[:5]] == list(LABELS)
+    assert len(printed) <= 60, len(printed)
+    claims = ran["verdict"]["claims"]
+    assert len(claims) >= 5
+    for claim in claims:  # every claim, each with its decision
+        decided = [line for line in printed[5:] if f": {claim['verdict'].upper()}. {claim['because']}." in line]
+        assert len(decided) == 1, claim
+    assert f"{ran['out']}/summary.md" in "\n".join(printed[5:]) and f"{ran['out']}/tables/" in ran["stdout"]
+    assert printed[-2] == f"report written to {ran['out']}" and printed[-1].endswith(" s)")
+    title = "Deciding: paired differences at each arm's held-out best LR per width"
+    assert title not in ran["stdout"] and title in ran["summary"]  # the long tables: summary.md only
+    assert "LR sensitivity per arm" not in ran["stdout"] and "LR sensitivity per arm" in ran["summary"]
+
+
+def test_the_verbose_terminal_adds_the_key_tables(sweep, ran, tmp_path):
+    from analysis.report import analyse
+    from analysis.summary import terminal
+
+    report = analyse(str(sweep), n_boot=200)
+    short, long = terminal(report, tmp_path), terminal(report, tmp_path, verbose=True)
+    title = "-- Deciding: paired differences at each arm's held-out best LR per width"
+    assert title not in short and title in long and "-- LR sensitivity per arm" in long
+    assert long.splitlines()[:5] == short.splitlines()[:5] and len(long.splitlines()) > 100
+
+
+def test_many_claims_and_warnings_stay_within_the_terminals_lines(ran, tmp_path):
+    """A sweep with many variants, widths and edge optima: the terminal names how many more claims
+    and warnings summary.md holds instead of printing them all."""
+    from types import SimpleNamespace
+
+    from analysis.summary import terminal
+
+    verdict = dict(ran["verdict"])
+    verdict["claims"] = verdict["claims"] * 8
+    verdict["warnings"] = [f"WARNING: the LR grid does not bracket adamw/rms width {w}: ..." for w in range(30)]
+    verdict["partial"], verdict["partial_reasons"] = True, ["3 trial(s) still running"]
+    verdict["counts"] = dict(
+        verdict["counts"], skipped_files=[[f"metrics/p{i}.parquet", "truncated"] for i in range(9)]
+    )
+    printed = terminal(SimpleNamespace(verdict=verdict), tmp_path).splitlines()
+    assert len(printed) <= 5 + 40 and [line.split(":", 1)[0] for line in printed[:5]] == list(LABELS)
+    assert "PARTIAL: 3 trial(s) still running" in printed and "  skipped metrics/p0.parquet: truncated" in printed
+    more = [line for line in printed if line.startswith("... ")]
+    assert len(more) == 3 and all("summary.md" in line for line in more)  # skipped parts, claims, warnings
+    assert sum(line.startswith("WARNING: the LR grid does not bracket") for line in printed) >= 3
 
 
 def test_brief_prints_only_the_five_lines(sweep, ran, tmp_path, capsys):

@@ -133,9 +133,11 @@ def test_terminal_and_summary_show_the_key_tables_and_label_partial(report):
     summary = (report["out"] / "summary.md").read_text()
     for text in (stdout, summary):
         assert "PARTIAL" in text
-        assert "PARADOX SUPPORTED" in text and "NO EFFECT" in text
         assert "WARNING: the LR grid does not bracket muon/none width 64" in text  # issue 9
-        assert "LR sensitivity" in text and "final_pr_q" in text
+    # the terminal: each claim's decision; summary.md: the verdict in full and the key tables
+    assert ": SUPPORTED." in stdout and ": INCONCLUSIVE." in stdout
+    assert "PARADOX SUPPORTED" in summary and "NO EFFECT" in summary
+    assert "LR sensitivity" in summary and "final_pr_q" in summary
     assert report["manifest"]["truncated"][0] in stdout
     assert "![PR over training](figures/pr_over_training.png)" in summary
 

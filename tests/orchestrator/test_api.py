@@ -53,6 +53,17 @@ def test_run_sweep_returns_the_folder_and_tunes_result_grid(swept):
     assert swept.grid.num_errors == 0
 
 
+def test_result_grid_configs_are_the_trials_fields_and_the_best_result_has_an_lr(swept):
+    trials = pl.read_parquet(swept.path / TRIALS_FILE)
+    best = swept.grid.get_best_result()  # ranked by "objective" without naming it
+    assert best.config["lr"] in set(trials["lr"]) and "trial" not in best.config
+    assert best.metrics["objective"] == min(r.metrics["objective"] for r in swept.grid)
+    row = trials.filter(pl.col("trial_id") == best.metrics["sweep_trial_id"]).row(0, named=True)
+    assert {k: best.config[k] for k in ("optimizer", "qk_norm", "width", "lr", "seed")} == {
+        k: row[k] for k in ("optimizer", "qk_norm", "width", "lr", "seed")
+    }
+
+
 def test_tunes_standard_outputs_are_written_and_restore_works(swept):
     from ray import tune
 
@@ -67,6 +78,7 @@ def test_tunes_standard_outputs_are_written_and_restore_works(swept):
     frame = results.get_dataframe()
     assert frame.shape[0] == 8 and frame["sweep_trial_id"].is_unique
     assert (frame["status"] == "completed").all()
+    assert results.get_best_result(metric="objective", mode="min").config["lr"] == 0.01  # docs/api.md
 
 
 def test_run_sweep_again_runs_nothing_and_returns_the_same_grid(swept):

@@ -46,3 +46,57 @@ def test_a_trial_skipped_as_finished_files_its_stored_row_unchanged(tmp_path):
     ledger.reported(tid, cfg, "tune_00000", last_report(stored, skipped=True))
     ledger.flush(force=True)
     assert read_trials(ResultsDir(tmp_path)) == [stored]
+
+
+def ledger_with_attempts(folder) -> list[str]:
+    """Two trials filed by the driver's ledger, each with one attempt; their trial_ids."""
+    ledger = Ledger(ResultsDir(folder), corpus_hash="c0ffee")
+    tids = []
+    for seed in (0, 1):
+        cfg = TrialConfig(**{**SMOKE, "seed": seed})
+        tid = cfg.trial_id()
+        done = trial_row(cfg, "c0ffee", "completed", steps_done=40, final_val_loss=2.75, wall_s=3.0)
+        ledger.started(tid, cfg)
+        ledger.reported(tid, cfg, f"tune_0000{seed}", last_report(done, attempt=f"a{seed}"))
+        tids.append(tid)
+    ledger.flush(force=True)
+    return sorted(tids)
+
+
+def test_attempts_join_trials_on_trial_id_without_a_cast(tmp_path):
+    """attempts.parquet's trial_id has trials.parquet's (and the parts') Arrow type, so each library
+    joins the two files as it reads them (issue 21): Polars (Categorical with Categorical), pandas,
+    DuckDB."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    tids = ledger_with_attempts(tmp_path)
+    attempts, trials = tmp_path / "attempts.parquet", tmp_path / "trials.parquet"
+    assert pq.read_schema(attempts).field("trial_id").type == pq.read_schema(trials).field("trial_id").type
+
+    lazy = pl.scan_parquet(attempts).join(pl.scan_parquet(trials), on="trial_id").collect()
+    eager = pl.read_parquet(attempts).join(pl.read_parquet(trials), on="trial_id")
+    merged = pd.read_parquet(attempts).merge(pd.read_parquet(trials), on="trial_id")
+    joined = duckdb.sql(f"SELECT * FROM '{attempts}' JOIN '{trials}' USING (trial_id)").df()
+    for df in (lazy.to_pandas(), eager.to_pandas(), merged, joined):
+        assert sorted(df["trial_id"].astype(str)) == tids
+        assert sorted(df["attempt"]) == ["a0", "a1"] and set(df["status"]) == {"completed"}
+
+
+def test_an_attempts_file_with_plain_string_trial_ids_is_read_and_rewritten(tmp_path):
+    """One written before trial_id was dictionary-encoded: the ledger keeps its rows."""
+    import pyarrow.parquet as pq
+
+    from trainer.schema import ATTEMPTS_SCHEMA
+
+    tids = ledger_with_attempts(tmp_path)
+    attempts = tmp_path / "attempts.parquet"
+    pq.write_table(pq.read_table(attempts).cast(ATTEMPTS_SCHEMA), attempts)  # the old file
+    ledger = Ledger(ResultsDir(tmp_path), corpus_hash="c0ffee")
+    ledger.dirty = True
+    ledger.flush(force=True)
+    table = pq.read_table(attempts)
+    assert sorted(table["trial_id"].to_pylist()) == tids
+    assert table.schema.field("trial_id").type == pq.read_schema(tmp_path / "trials.parquet").field("trial_id").type

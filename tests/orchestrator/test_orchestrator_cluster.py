@@ -82,8 +82,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
                 # rightly starts that trial over, and this test would see no resumed attempt.)
                 found = (tmp_path / "intr" / "tune").glob("*/*/checkpoint_*")
                 return any(
-                    c.name != "checkpoint_000000" and not any(c.parent.name.startswith(t) for t in done)
-                    for c in found
+                    c.name != "checkpoint_000000" and not any(c.parent.name.startswith(t) for t in done) for c in found
                 )
 
             assert wait_for(next_trial_checkpointed, proc, 120), log.read_text()

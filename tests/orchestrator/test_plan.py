@@ -63,7 +63,9 @@ def test_width_request_is_a_function_of_the_config():
 
     resources = Resources.model_validate({"cpus_per_trial": 2, "per_width": {1024: {"gpus_per_trial": 1}}})
     request = WidthRequest(resources)
-    assert request({TRIAL_KEY: TrialConfig(width=64).model_dump()}) == {"cpu": 2.0, "gpu": 0.0}
+    assert request(TrialConfig(width=64).model_dump()) == {"cpu": 2.0, "gpu": 0.0}
+    assert request(TrialConfig(width=1024).model_dump()) == {"cpu": 2.0, "gpu": 1.0}
+    # a Tune experiment written before issue 21 (restored by --resume) holds the fields under TRIAL_KEY
     assert request({TRIAL_KEY: TrialConfig(width=1024).model_dump()}) == {"cpu": 2.0, "gpu": 1.0}
 
 

@@ -9,7 +9,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.tune.study_search import ArmScheduler, ArmSearch
-from orchestrator.tune.trainable import TRIAL_KEY
+from orchestrator.tune.trainable import TRIAL_KEY, trial_config
 
 ARMS = {"adamw_none_w32": ("adamw", "none"), "muon_rms_w32": ("muon", "rms")}
 
@@ -62,10 +62,11 @@ def test_arm_search_alternates_arms_within_budget_and_routes_results():
         mode="min",
     )
     suggestions = [search.suggest(f"t{i}") for i in range(5)]
-    arms = [s[TRIAL_KEY]["optimizer"] for s in suggestions[:4]]
+    arms = [s["optimizer"] for s in suggestions[:4]]  # flat: Tune's result.config["optimizer"]
     assert arms == ["adamw", "muon", "adamw", "adamw"]  # interleaved while both have trials left
     assert suggestions[4] == Searcher.FINISHED
-    assert all("lr" in s for s in suggestions[:4])
+    assert all("lr" in s and TRIAL_KEY not in s for s in suggestions[:4])
+    assert all(trial_config(s).lr == s["lr"] for s in suggestions[:4])  # the study's LR is the trial's
     search.on_trial_result("t1", {"objective": 1.0})
     search.on_trial_complete("t0", {"objective": 1.0})
     assert searchers["muon_rms_w32"].results == ["t1"] and searchers["adamw_none_w32"].completed == ["t0"]
@@ -74,8 +75,8 @@ def test_arm_search_alternates_arms_within_budget_and_routes_results():
 def test_arm_scheduler_prunes_only_after_min_completed_in_that_arm():
     ashas = {"adamw_none_w32": FakeAsha(TrialScheduler.STOP), "muon_rms_w32": FakeAsha(TrialScheduler.STOP)}
     sched = ArmScheduler(ashas, min_completed=2, completed={"muon_rms_w32": 5})
-    adamw = SimpleNamespace(config={TRIAL_KEY: cfg("adamw_none_w32")})
-    muon = SimpleNamespace(config={TRIAL_KEY: cfg("muon_rms_w32")})
+    adamw = SimpleNamespace(config=cfg("adamw_none_w32"))
+    muon = SimpleNamespace(config={TRIAL_KEY: cfg("muon_rms_w32")})  # the form before issue 21 still routes
     sched.on_trial_add(None, adamw)
     assert ashas["adamw_none_w32"].seen == [("add", adamw)] and not ashas["muon_rms_w32"].seen
     assert sched.on_trial_result(None, adamw, {}) == TrialScheduler.CONTINUE  # 0 of 2 completed: kept
