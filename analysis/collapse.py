@@ -14,6 +14,8 @@ fits summarised per arm and LR.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import polars as pl
 from scipy import stats
@@ -21,9 +23,55 @@ from scipy import stats
 from .decay import CENSORED, FIT_FIELDS, FIT_STATUSES, N_PARAMS, fit_decay
 from .stats import CI_LEVEL
 
+_KEYS = ("trial_id", "name", "tensor")
+
 
 def _pad(curves: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
-    """Group curves by (trial_id, name, tensor) into NaN-padded (N, T) step and value arrays."""
+    """Group curves by (trial_id, name, tensor) into NaN-padded (N, T) step and value arrays,
+    the groups in sorted key order and each row's points by step.
+
+    Curves usually arrive sorted already (features builds them that way): that is checked, and
+    the sort is skipped, when every key changes upwards and the steps rise within a key."""
+    cols = (*_KEYS, "step")
+    c = curves.select(*cols, "value")
+    if not c.height or c.select(pl.any_horizontal(pl.col(*cols).is_null().any())).item():
+        return _pad_grouped(curves)
+    new = _new_keys(c)
+    step = c.get_column("step").to_numpy()
+    keys = c.select(*_KEYS).filter(pl.Series(new))
+    if not (((step[1:] > step[:-1]) | new[1:]).all() and _strictly_rising(keys)):
+        c = c.sort(*cols)
+        new = _new_keys(c)
+        step = c.get_column("step").to_numpy()
+        keys = c.select(*_KEYS).filter(pl.Series(new))
+    starts = np.flatnonzero(new)
+    row = np.cumsum(new) - 1
+    col = np.arange(c.height) - starts[row]
+    T = int(col.max()) + 1
+    steps = np.full((starts.size, T), np.nan)
+    vals = np.full((starts.size, T), np.nan)
+    steps[row, col] = step.astype(float)
+    vals[row, col] = c.get_column("value").to_numpy().astype(float)
+    return keys, steps, vals
+
+
+def _new_keys(c: pl.DataFrame) -> np.ndarray:
+    """Per row, whether its (trial_id, name, tensor) differs from the previous row's."""
+    changed = pl.any_horizontal(*(pl.col(k) != pl.col(k).shift(1) for k in _KEYS)).fill_null(True)
+    return c.select(changed).to_series().to_numpy()
+
+
+def _strictly_rising(keys: pl.DataFrame) -> bool:
+    """Whether each row's (trial_id, name, tensor) sorts after the previous row's."""
+    later = pl.lit(False)
+    for k in reversed(_KEYS):
+        prev = pl.col(k).shift(1)
+        later = (pl.col(k) > prev) | ((pl.col(k) == prev) & later)
+    return bool(keys.select(later.fill_null(True).all()).item())
+
+
+def _pad_grouped(curves: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """`_pad` by sorting and grouping: also for null keys or steps."""
     g = (
         curves.sort("trial_id", "name", "tensor", "step")
         .group_by("trial_id", "name", "tensor", maintain_order=True)
@@ -88,7 +136,7 @@ def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFra
     df = keys.with_columns(pl.Series(k, fit[k], pl.Float64) for k in FIT_FIELDS).with_columns(
         pl.Series("n_fall", fit["n_fall"], pl.Int64),
         pl.Series("resid_dof", fit["resid_dof"], pl.Int64),
-        pl.Series("fit_status", fit["status"].astype(str), pl.String),
+        pl.Series("fit_status", fit["status"], pl.String),
     )
     extra = [c for c in ("init_key",) if c in finals.columns]  # an init axis: never pooled
     meta = finals.select(
@@ -145,6 +193,12 @@ def init_axis(df: pl.DataFrame) -> tuple[str, ...]:
 ARM_QUANTITIES = ("min_step", "min_norm", "final_norm", "recovery")
 
 
+@lru_cache(maxsize=4096)
+def _t_quantile(q: float, dof: int) -> float:
+    """Student t quantile (scipy's, remembered: a study asks for the same few thousands of times)."""
+    return float(stats.t.ppf(q, dof))
+
+
 def t_interval(x: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, float]:
     """(mean, low, high): Student t interval over the entries of x (n - 1 dof); NaN interval
     below 2 entries, NaN everything when x is empty."""
@@ -155,7 +209,7 @@ def t_interval(x: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, fl
     mean = float(x.mean())
     if x.size < 2:
         return mean, np.nan, np.nan
-    half = stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    half = _t_quantile((1 + level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return mean, float(mean - half), float(mean + half)
 
 
@@ -187,27 +241,46 @@ def collapse_per_arm(
     n_boot and seed are unused: every interval is a t interval (no resampling)."""
     done = per_trial.filter((pl.col("status") == "completed") & pl.col("data_complete"))
     keys = (*CELL, *init_axis(per_trial), "metric", "tensor")
+    # One pass over the groups on numpy slices (the rows sorted by group, each group's rows in
+    # their order), not a Polars filter per group: 4,608 groups of a study took 7.7 s that way.
+    if done.height == 0:
+        return pl.DataFrame()
+    done = done.sort(*keys, maintain_order=True)
+    starts = np.flatnonzero(np.r_[True, done.select(pl.struct(*keys).rle_id()).to_series().diff().to_numpy()[1:] != 0])
+    ends = np.r_[starts[1:], done.height]
+    status = done.get_column("fit_status").to_numpy()
+    cols = {
+        c: done.get_column(c).cast(pl.Float64).to_numpy()
+        for c in ("rate_per_1k_steps", "rate_per_m_tokens", *ARM_QUANTITIES)
+    }
+    lower = (
+        done.group_by(*keys, maintain_order=True)
+        .agg(pl.col("rate_lower_bound_per_1k").drop_nulls().min())
+        .get_column("rate_lower_bound_per_1k")
+        .to_list()
+    )
+    key_rows = done.select(*keys).rows()
     rows = []
-    for key, g in done.group_by(*keys, maintain_order=True):
-        row = dict(zip(keys, key))
-        st = g.get_column("fit_status").to_list()
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        row = dict(zip(keys, key_rows[a]))
+        st = status[a:b].tolist()
         count = {s: st.count(s) for s in FIT_STATUSES}
-        row["n_trials"] = g.height
+        row["n_trials"] = int(b - a)
         row["n_fit_ok"] = count["fitted"]
         row["n_censored"] = count["censored_fast"] + count["too_few_points"]
         for s in FIT_STATUSES[1:-1]:
             row[f"n_{s}"] = count[s]
-        fitted = g.filter(pl.col("fit_status") == "fitted")
+        fitted = status[a:b] == "fitted"
         for q in ("rate_per_1k_steps", "rate_per_m_tokens"):
-            x = fitted.get_column(q).drop_nulls().to_numpy()
+            x = cols[q][a:b][fitted]
             x = x[np.isfinite(x) & (x > 0)]
             m, lo, hi = t_interval(np.log(x), level)
             row[q], row[f"{q}_ci_low"], row[f"{q}_ci_high"] = np.exp(m), np.exp(lo), np.exp(hi)
+        rates = cols["rate_per_1k_steps"][a:b][fitted]  # null is NaN here (per_trial holds no NaN)
         row["rate_median_censored_per_1k"] = censored_median(
-            fitted.get_column("rate_per_1k_steps").drop_nulls().to_numpy(), row["n_censored"], count["censored_slow"]
+            rates[~np.isnan(rates)], row["n_censored"], count["censored_slow"]
         )
-        lb = g.get_column("rate_lower_bound_per_1k").drop_nulls()
-        row["rate_lower_bound_per_1k"] = float(lb.min()) if lb.len() else None
+        row["rate_lower_bound_per_1k"] = lower[i]
         falling = row["n_fit_ok"] + row["n_censored"] + count["censored_slow"]
         row["rate_note"] = (
             ""
@@ -217,7 +290,7 @@ def collapse_per_arm(
             else f"no fit: {row['n_censored']}/{falling} falls too fast to fit (censored)"
         )
         for q in ARM_QUANTITIES:
-            m, lo, hi = t_interval(g.get_column(q).drop_nulls().to_numpy(), level)
+            m, lo, hi = t_interval(cols[q][a:b], level)
             row[q], row[f"{q}_ci_low"], row[f"{q}_ci_high"] = m, lo, hi
         row["interval"] = f"t {int(level * 100)}% over seeds (rate: on log scale)"
         rows.append(row)

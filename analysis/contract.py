@@ -35,9 +35,19 @@ TRIALS_REQUIRED = ("trial_id", "optimizer", "qk_norm", "width", "d_head", "lr", 
 
 def polars_schema(schema: pa.Schema) -> pl.Schema:
     """The Polars schema of an Arrow schema; a dictionary-encoded string column (how the sink
-    writes trial_id, see trainer.schema.TRIAL_ID_FILE_TYPE) counts as the String it holds."""
-    found = pl.from_arrow(schema.empty_table()).schema
-    return pl.Schema({c: pl.String if isinstance(t, pl.Categorical) else t for c, t in found.items()})
+    writes trial_id, see trainer.schema.TRIAL_ID_FILE_TYPE) counts as the String it holds.
+    Converted once per distinct schema (a study's tens of thousands of parts share a few)."""
+    key = (tuple(schema.names), tuple(str(t) for t in schema.types))
+    found = _SCHEMAS.get(key)
+    if found is None:
+        found = pl.from_arrow(schema.empty_table()).schema
+        found = _SCHEMAS[key] = pl.Schema(
+            {c: pl.String if isinstance(t, pl.Categorical) else t for c, t in found.items()}
+        )
+    return found
+
+
+_SCHEMAS: dict[tuple, pl.Schema] = {}
 
 
 METRICS_PL = polars_schema(METRICS_SCHEMA)
@@ -176,8 +186,10 @@ def find_unreadable(parts: list[Part], schema: pl.Schema) -> list[tuple[Path, st
     return bad
 
 
-def scan(parts: list[Part], schema: pl.Schema) -> pl.LazyFrame:
-    """A lazy scan of the parts in the given order (rows keep that order)."""
+def scan(parts: list[Part], schema: pl.Schema, use_statistics: bool = True) -> pl.LazyFrame:
+    """A lazy scan of the parts in the given order (rows keep that order). `use_statistics=False`
+    when a filter will keep most row groups: checking it against every file's statistics then
+    costs more than it saves (a third of reading a study's metrics with the features' filter)."""
     if not parts:
         return pl.LazyFrame(schema=schema)
     # The trial_id=<id> folder is also a column in every file: read it from the file, as a
@@ -189,6 +201,7 @@ def scan(parts: list[Part], schema: pl.Schema) -> pl.LazyFrame:
         schema=schema,
         extra_columns="ignore",
         cast_options=pl.ScanCastOptions(categorical_to_string="allow"),
+        use_statistics=use_statistics,
     )
 
 

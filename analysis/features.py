@@ -3,17 +3,27 @@
 Everything heavy happens in Polars: rows are reduced to one value per (trial, step, metric,
 tensor), the mean over layers and heads, before anything reaches numpy.
 
+Each part file is read once: the trials are taken in batches of about BATCH_ROWS rows (all
+parts of a trial in one batch), each batch is read into memory with only the rows the features
+use (predicate and projection pushdown), and every feature is computed from that frame. Memory
+is one batch, whatever the size of the sweep; a study of 120 million rows costs about what one
+streaming pass over it does (benchmarks.report prints the ratio).
+
 Duplicate keys (the same trial_id, step, name, layer, head, tensor twice, as a replay after a
 restore can leave behind) are resolved "last written wins": parts are scanned oldest first and
 the last row of a key is kept. Deduplicating ten million rows costs more than the rest of the
 report, so it runs only where duplicates can be: trials with two parts whose step ranges overlap
 (seen in the footers), and trials where the fast path finds more rows than layers x heads in a
 head average or two val_loss rows at one step.
+
+Trials whose part files are unchanged since the last report come from the per-trial summary
+cache (analysis.summary_cache): their files are not opened at all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import polars as pl
 
@@ -23,14 +33,13 @@ from trainer.schema import (
     CLIP_METRICS,
     METRICS_DIR,
     METRICS_KEY,
-    SPECTRA_DIR,
     SPECTRUM_METRICS,
     STAGE_METRICS,
     STAGES,
     TENSORS,
 )
 
-from .contract import METRICS_PL, overlapping, scan
+from .contract import METRICS_PL, Part, overlapping, scan
 from .loading import Results
 
 RANK_METRICS = SPECTRUM_METRICS  # pr, pr_cov, erank, stable_rank
@@ -51,27 +60,57 @@ class Features:
     logits: pl.DataFrame
     clip: pl.DataFrame  # trial_id, step, name (CLIP_METRICS), layer, head, value: per head, qk_clip trials only
     duplicate_rows: int  # rows dropped as duplicate keys
+    duplicate_rows_by_trial: dict[str, int]  # the same per trial (those with any)
     deduplicated_trials: list[str]  # trial folders read through the deduplicating path
     metric_rows: int  # rows in the part files read (from their footers)
     spectra_rows: int
 
 
-def head_mean() -> pl.Expr:
-    """The mean of `value` over a group's layers and heads (nulls left out, as mean() does), summed in
-    (layer, head) order by a running sum. A group's rows can reach the aggregation in a layout that
-    varies run to run (the part files are scanned in parallel), and Polars' own mean() then summed
-    them differently: the same report gave pr_centred and norm_cv means that differed in the last
-    bit. A running sum in a fixed order is the same every time."""
-    v = pl.col("value").sort_by("layer", "head").drop_nulls()
-    return (v.cum_sum().last() / v.len()).alias("value")
+# Polars' in-memory engine: its group-by means are the same to the last bit on every run; the
+# streaming engine (what "auto" picks in Polars 2) sums a group in parts that vary run to run.
+ENGINE = "in-memory"
+# Rows read per batch (from the footers): a batch of a study takes about 0.2 GB while it is reduced;
+# larger batches were no faster at 120M rows (2.5M: 21.9 s, 1M: 20.9 s) and held more memory.
+BATCH_ROWS = 1_000_000
+# Every metric a feature reads: the batch is read with only these rows.
+FEATURE_METRICS = tuple(
+    dict.fromkeys(
+        (
+            *RANK_METRICS,
+            *ACTIVATION_METRICS,
+            *STAGE_METRICS,
+            *CLIP_METRICS,
+            "val_loss",
+            "train_loss",
+            "tokens",
+            "max_logit",
+        )
+    )
+)
+
+
+def in_head_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with its rows in (layer, head) order, rows of one (layer, head) in the order they
+    were (a stable sort): what `head_means` needs. Eager, because Polars' optimiser drops a lazy
+    sort before a group-by, and a sort inside a mean (order does not matter to a mean in exact
+    arithmetic)."""
+    return frame.sort(pl.col("layer").cast(pl.Int32) * 65_536 + pl.col("head").cast(pl.Int32), maintain_order=True)
+
+
+def head_means(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    """The mean of `value` over the layers and heads of each group of `keys` (nulls left out, as
+    mean() does; `n` the rows of the group), over a frame `in_head_order`. A float sum depends on
+    its order, and the parts can reach a group in an order that varies run to run (the same report
+    once gave pr_centred means that differed in the last bit); in head order, and with the
+    in-memory engine (a group's values summed in the frame's order), every group sums alike."""
+    return lf.group_by(keys).agg(pl.col("value").mean(), pl.len().alias("n"))
 
 
 def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
     per_head = pl.col("layer").is_not_null() & pl.col("head").is_not_null()
-    curves = (
-        lf.filter(pl.col("name").is_in(RANK_METRICS) & pl.col("tensor").is_in(TENSORS) & per_head)
-        .group_by("trial_id", "step", "name", "tensor")
-        .agg(head_mean(), pl.len().alias("n"))
+    curves = head_means(
+        lf.filter(pl.col("name").is_in(RANK_METRICS) & pl.col("tensor").is_in(TENSORS) & per_head),
+        ["trial_id", "step", "name", "tensor"],
     )
     model = pl.col("layer").is_null() & pl.col("head").is_null() & pl.col("tensor").is_null()
     val = (
@@ -90,20 +129,18 @@ def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
             pl.col("step").n_unique().alias("n_steps"),  # completeness: a lost middle part shows here
         )
     )
-    activation = (
+    activation = head_means(
         lf.filter(
             pl.col("name").is_in(ACTIVATION_METRICS + STAGE_METRICS)
             & pl.col("tensor").is_in(ACTIVATION_TENSORS)
             & per_head
-        )
-        .group_by("trial_id", "step", "name", "tensor")
-        .agg(head_mean(), pl.len().alias("n"))
+        ),
+        ["trial_id", "step", "name", "tensor"],
     )
-    layers = (
-        lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS) & per_head)
-        .group_by("trial_id", "step", "layer", "tensor")
-        .agg(head_mean())
-    )
+    layers = head_means(
+        lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS) & per_head),
+        ["trial_id", "step", "layer", "tensor"],
+    ).drop("n")
     logits = (
         lf.filter((pl.col("name") == "max_logit") & pl.col("tensor").is_null() & per_head)
         .group_by("trial_id", "step")
@@ -136,43 +173,132 @@ def _overfull(curves: pl.DataFrame, val: pl.DataFrame, trials: pl.DataFrame) -> 
     return set(over)
 
 
-def _collect(res: Results, suspects: set[str]) -> tuple[list[pl.DataFrame], int, set[str]]:
-    clean = [p for p in res.metric_parts if p.folder not in suspects]
-    fast = pl.collect_all(_queries(scan(clean, METRICS_PL)))
-    over = _overfull(fast[0], fast[1], res.trials)
+KEYS = ("trial_id", "name", "tensor")  # the string columns the features group by
+# Each feature frame's order (the `_queries` order): trial first, so frames of trials taken in
+# trial-id order, each sorted, concatenate into one sorted frame (no sort of the whole study).
+ORDER = (
+    ("trial_id", "name", "tensor", "step"),  # curves
+    ("trial_id", "step"),  # val_loss
+    ("trial_id", "name"),  # ends
+    ("trial_id", "name", "tensor", "step"),  # activation
+    ("trial_id", "layer", "tensor", "step"),  # layers
+    ("trial_id", "step"),  # logits
+    ("trial_id", "name", "layer", "head", "step"),  # clip
+)
+
+
+def _read_batch(parts: list[Part]) -> pl.LazyFrame:
+    """The rows of `parts` the features use, read into memory once (a LazyFrame over the frame),
+    the string keys as Categorical: grouping by them then costs about half as much."""
+    keep = pl.col("name").is_in(FEATURE_METRICS)
+    frame = scan(parts, METRICS_PL, use_statistics=False).filter(keep).collect(engine=ENGINE)
+    return in_head_order(frame.with_columns(pl.col(*KEYS).cast(pl.Categorical))).lazy()
+
+
+def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
+    """A feature frame with its Categorical keys back as String (the features' contract)."""
+    return frame.with_columns(pl.col(c).cast(pl.String) for c in KEYS if c in frame.columns)
+
+
+def _collect(parts: list[Part], trials: pl.DataFrame, suspects: set[str]) -> tuple[list[pl.DataFrame], dict, set[str]]:
+    """The feature frames of `parts` (whole trials), the duplicate rows dropped per trial, and the
+    trial folders read through the deduplicating path."""
+    clean = [p for p in parts if p.folder not in suspects]
+    fast = [_as_strings(f) for f in pl.collect_all(_queries(_read_batch(clean)), engine=ENGINE)]
+    over = _overfull(fast[0], fast[1], trials)
     if over:
         suspects = suspects | {f"trial_id={t}" for t in over}
         fast = [f.filter(~pl.col("trial_id").is_in(list(over))) for f in fast]
-    slow_parts = [p for p in res.metric_parts if p.folder in suspects]
+    slow_parts = [p for p in parts if p.folder in suspects]
     if not slow_parts:
-        return fast, 0, suspects
+        return _sorted(fast), {}, suspects
     raw = scan(slow_parts, METRICS_PL)
-    dd = _dedupe(raw)
-    *slow, n_raw, n_dd = pl.collect_all(_queries(dd) + [raw.select(pl.len()), dd.select(pl.len())])
+    dd = in_head_order(_dedupe(raw).collect(engine=ENGINE)).lazy()
+    *slow, n_raw, n_dd = pl.collect_all(
+        _queries(dd) + [raw.group_by("trial_id").len(), dd.group_by("trial_id").len()], engine=ENGINE
+    )
     slow_ids = set()
     for f in slow:
         slow_ids |= set(f.get_column("trial_id").unique().to_list())
     frames = [
         pl.concat([f.filter(~pl.col("trial_id").is_in(list(slow_ids))), s], how="vertical") for f, s in zip(fast, slow)
     ]
-    return frames, int(n_raw.item() - n_dd.item()), suspects
+    kept = dict(n_dd.iter_rows())
+    dup = {t: n - kept.get(t, 0) for t, n in n_raw.iter_rows() if n > kept.get(t, 0)}
+    return _sorted(frames), dup, suspects
+
+
+def _sorted(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    return [f.sort(*keys) for f, keys in zip(frames, ORDER)]
+
+
+def batches(parts: list[Part], rows: int = BATCH_ROWS) -> list[list[Part]]:
+    """`parts` in batches of whole trials (every part of a trial folder in one batch, in the order
+    given), each of about `rows` rows or one trial."""
+    by_folder: dict[str, list[Part]] = {}
+    for p in parts:
+        by_folder.setdefault(p.folder, []).append(p)
+    out, batch, n = [], [], 0
+    for ps in by_folder.values():
+        size = sum(p.rows for p in ps)
+        if batch and n + size > rows:
+            out.append(batch)
+            batch, n = [], 0
+        batch += ps
+        n += size
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _read_all(res: Results, parts: list[Part]) -> tuple[list[pl.DataFrame], dict, set[str]]:
+    """`_collect` over `parts` batch by batch, each batch through `Results.read` (a part that fails
+    to read is skipped and named, and its batch read again without it)."""
+    suspects = overlapping(parts)
+    found, dup, slow = [[] for _ in range(7)], {}, set()
+    parts = sorted(parts, key=lambda p: unquote(p.folder.removeprefix("trial_id=")))  # stable: oldest first kept
+    for batch in batches(parts):
+        folders = {p.folder for p in batch}
+        ids = [unquote(f.removeprefix("trial_id=")) for f in folders]
+        frames, d, s = res.read(
+            METRICS_DIR,
+            lambda folders=folders: _collect(
+                [p for p in res.metric_parts if p.folder in folders], res.trials, suspects & folders
+            ),
+            trials=ids,
+        )
+        for acc, f in zip(found, frames):
+            acc.append(f)
+        dup, slow = dup | d, slow | s
+    empty = pl.collect_all(_queries(pl.LazyFrame(schema=METRICS_PL)), engine=ENGINE)
+    return [pl.concat([e, *acc], how="vertical", rechunk=False) for e, acc in zip(empty, found)], dup, slow
 
 
 def build_features(res: Results) -> Features:
     """Collect curves and losses through `Results.read`: a part that fails to read (a corrupt page,
-    a part removed since the listing) is skipped, named and counted, and the rest kept."""
-    suspects = overlapping(res.metric_parts)
-    frames, dup, suspects = res.read(METRICS_DIR, lambda: _collect(res, suspects))
+    a part removed since the listing) is skipped, named and counted, and the rest kept. Trials the
+    summary cache holds unchanged (`Results.cached_folders`) are taken from it, their files not
+    opened."""
+    known = res.cached_folders()
+    fresh = [p for p in res.metric_parts if p.folder not in known]
+    frames, dup, suspects = _read_all(res, fresh)  # each sorted (ORDER)
+    frames[1] = frames[1].select("trial_id", "step", "value")  # val_loss, as Features holds it
+    cached = res.cached_features()  # the same frames, sorted alike (analysis.summary_cache)
+    if cached is not None:
+        frames = [f.merge_sorted(c, key="trial_id") for f, c in zip(frames, cached.frames)]
+        dup |= cached.duplicate_rows
+        suspects |= cached.deduplicated
     curves, val, ends, activation, layers, logits, clip = frames
     return Features(
-        curves=curves.sort("trial_id", "name", "tensor", "step"),
-        activation=activation.sort("trial_id", "name", "tensor", "step"),
-        layers=layers.sort("trial_id", "layer", "tensor", "step"),
-        val_loss=val.select("trial_id", "step", "value").sort("trial_id", "step"),
-        ends=ends.sort("trial_id", "name"),
-        logits=logits.sort("trial_id", "step"),
-        clip=clip.sort("trial_id", "name", "layer", "head", "step"),
-        duplicate_rows=dup,
+        curves=curves,
+        activation=activation,
+        layers=layers,
+        val_loss=val,
+        ends=ends,
+        logits=logits,
+        clip=clip,
+        duplicate_rows=sum(dup.values()),
+        duplicate_rows_by_trial=dup,
         deduplicated_trials=sorted(suspects),
         metric_rows=sum(p.rows for p in res.metric_parts),
         spectra_rows=sum(p.rows for p in res.spectra_parts),
@@ -198,4 +324,4 @@ def check_drawn_spectra(res: Results, finals: pl.DataFrame, best: pl.DataFrame) 
     ids = chosen.get_column("trial_id").to_list()
     if not ids:
         return 0
-    return res.collect(SPECTRA_DIR, trials=ids).height
+    return res.spectra_of(ids).height  # kept: the spectra figure filters this read, not a second one

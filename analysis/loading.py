@@ -33,6 +33,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
@@ -53,7 +54,9 @@ from .contract import (
     read_trials_frame,
     scan,
 )
-from .paths import ResultsError, UriPath, find_sweep_dir, list_parts
+from .paths import Listed, ResultsError, UriPath, find_sweep_dir, list_part_files
+from .summary_cache import CachedFeatures, SummaryCache
+from .summary_cache import save as save_cache
 
 __all__ = ["Folder", "Results", "ResultsError", "combine", "load", "load_results"]
 
@@ -93,6 +96,43 @@ class Results:
     duplicate_trial_rows: int = 0  # repeated trial_id rows in trials.parquet (last kept)
     # the folders read as one study (`combine`), first given first; empty for one folder
     folders: list[Folder] = field(default_factory=list)
+    # per local folder read with the summary cache (`load_results(..., cache=True)`): the folder,
+    # its cache as read, and its part files as listed
+    caches: list[tuple[Path, SummaryCache, dict[str, list[Listed]]]] = field(default_factory=list)
+
+    def cached_folders(self) -> set[str]:
+        """The trial folders whose summaries come from the cache (their files are not read)."""
+        return {f for _, c, _ in self.caches for f in c.folders}
+
+    def cached_features(self) -> CachedFeatures | None:
+        """The cached feature rows of `cached_folders`, every folder's together (each frame in trial
+        order, as analysis.features.ORDER sorts it); None if none."""
+        found = [c.features() for _, c, _ in self.caches]
+        found = [f for f in found if f is not None]
+        if not found:
+            return None
+        return CachedFeatures(
+            frames=[
+                reduce(lambda a, b: a.merge_sorted(b, key="trial_id"), fs) for fs in zip(*(f.frames for f in found))
+            ],
+            duplicate_rows={t: n for f in found for t, n in f.duplicate_rows.items()},
+            deduplicated=set().union(*(f.deduplicated for f in found)),
+        )
+
+    def save_caches(self, features) -> list[str]:
+        """Write each cached folder's summary cache (its parts as read or skipped now, and its
+        trials' feature rows); returns the warnings of those that could not be written."""
+        warnings = []
+        parts = {METRICS_DIR: self.metric_parts, SPECTRA_DIR: self.spectra_parts}
+        for sweep_dir, cache, listed in self.caches:
+            if cache.folders == {e.path.parent.name for entries in listed.values() for e in entries}:
+                continue  # every trial came from the cache: it is up to date
+            mine = {d: [p for p in ps if _under(p.path, sweep_dir)] for d, ps in parts.items()}
+            skipped = [(path, why) for path, why in self.skipped if _under(Path(path), sweep_dir)]
+            problem = save_cache(sweep_dir, listed, mine, skipped, features)
+            if problem:
+                warnings.append(f"{sweep_dir}: {problem}")
+        return warnings
 
     @property
     def metrics(self) -> pl.LazyFrame:
@@ -153,6 +193,15 @@ class Results:
         query = query or (lambda lf: lf)
         trials = None if trials is None else list(trials)
         return self.read(dataset, lambda: query(self.scan(dataset, trials)).collect(), trials)
+
+    def spectra_of(self, trials: Iterable[str]) -> pl.DataFrame:
+        """Every spectra row of `trials`, through `collect` (a part that fails is skipped and
+        named), read once per Results: a later call for trials already read filters that read."""
+        trials = list(dict.fromkeys(trials))
+        memo = getattr(self, "_spectra_memo", None)
+        if memo is None or not set(trials) <= memo[0]:
+            memo = self._spectra_memo = (set(trials), self.collect(SPECTRA_DIR, trials=trials))
+        return memo[1].filter(pl.col("trial_id").is_in(trials))
 
     @property
     def name(self) -> str:
@@ -327,35 +376,54 @@ def combine(results: list[Results]) -> Results:
         skipped=[s for r in results for s in r.skipped],
         duplicate_trial_rows=sum(r.duplicate_trial_rows for r in results),
         folders=folders,
+        caches=[c for r in results for c in r.caches],
     )
 
 
-def load_results(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:
+def load_results(path: str | os.PathLike | Sequence[str | os.PathLike], cache: bool = False) -> Results:
     """Everything the report needs to start, checked; raises ResultsError on bad input. A list of
-    folders is read as one study (`combine`)."""
+    folders is read as one study (`combine`). `cache`: take the trials whose part files are
+    unchanged from each local folder's summary cache (analysis.summary_cache; the report's
+    default), their footers and data not read again."""
     if isinstance(path, (list, tuple)):
         if not path:
             raise ResultsError("no results folder given")
-        return combine([_load_one(p) for p in path])
-    return _load_one(path)
+        return combine([_load_one(p, cache) for p in path])
+    return _load_one(path, cache)
 
 
-def _load_one(path: str | os.PathLike) -> Results:
+def _load_one(path: str | os.PathLike, cache: bool = False) -> Results:
     sweep_dir = find_sweep_dir(path)
     sweep = read_sweep_json(sweep_dir / SWEEP_JSON)
     trials, dup = read_trials_frame(sweep_dir / TRIALS_FILE)
     trials = label_optimizers(trials)  # the one place: per-head Muon is its own optimizer arm
-    metric_parts, skipped_m = check_parts(list_parts(sweep_dir / METRICS_DIR), METRICS_PL)
-    spectra_parts, skipped_s = check_parts(list_parts(sweep_dir / SPECTRA_DIR), SPECTRA_PL)
+    listed = {d: list_part_files(sweep_dir / d) for d in SCHEMAS}
+    store = SummaryCache(sweep_dir) if cache and isinstance(sweep_dir, Path) else None
+    known, skipped = store.take(listed) if store is not None else ({d: [] for d in SCHEMAS}, [])
+    parts = {}
+    for dataset, entries in listed.items():
+        fresh = [e.path for e in entries if store is None or e.path.parent.name not in store.folders]
+        checked, bad = check_parts(fresh, SCHEMAS[dataset])
+        skipped += bad
+        by_path = {str(p.path): p for p in checked + known[dataset]}
+        parts[dataset] = [by_path[str(e.path)] for e in entries if str(e.path) in by_path]  # as listed: oldest first
+    order = {str(e.path): i for i, e in enumerate(e for entries in listed.values() for e in entries)}
+    skipped.sort(key=lambda s: order.get(s[0], len(order)))  # as listed, cached or not
     return Results(
         sweep_dir=sweep_dir,
         sweep=sweep,
         trials=trials,
-        metric_parts=metric_parts,
-        spectra_parts=spectra_parts,
-        skipped=skipped_m + skipped_s,
+        metric_parts=parts[METRICS_DIR],
+        spectra_parts=parts[SPECTRA_DIR],
+        skipped=skipped,
         duplicate_trial_rows=dup,
+        caches=[(sweep_dir, store, listed)] if store is not None else [],
     )
+
+
+def _under(path, folder) -> bool:
+    """Whether a part's path lies in a sweep folder (<folder>/<dataset>/trial_id=<id>/<file>)."""
+    return path.parent.parent.parent == folder
 
 
 # ---- the Python API: analysis.load(results_dir) ----------------------------------------------

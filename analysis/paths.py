@@ -11,6 +11,7 @@ ending in '.tmp') are ignored, as the trainer writes them.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -118,8 +119,25 @@ def find_sweep_dir(path: str | os.PathLike) -> Path:
     raise ResultsError(f"{str(path)!r} holds {len(inner)} sweep folders ({names}): pass one of them")
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A part file as listed: its path and what says whether it changed (the summary cache)."""
+
+    path: Path | UriPath
+    size: int
+    mtime_ns: int
+    ctime_ns: int = 0  # 0 on an object store
+    inode: int = 0
+
+
 def list_parts(folder: Path) -> list[Path]:
     """Part files under <folder>/trial_id=*/, oldest first (mtime, then name)."""
+    return [e.path for e in list_part_files(folder)]
+
+
+def list_part_files(folder: Path | UriPath) -> list[Listed]:
+    """`list_parts` with each file's size, mtime, ctime and inode (one stat per file, which the
+    listing needs for the order anyway)."""
     if isinstance(folder, UriPath):
         return _list_remote_parts(folder)
     try:
@@ -129,7 +147,7 @@ def list_parts(folder: Path) -> list[Path]:
         raise ResultsError(f"{where}: cannot read it ({e.strerror or e}); remove it or fix its permissions") from None
 
 
-def _list_local_parts(folder: Path) -> list[Path]:
+def _list_local_parts(folder: Path) -> list[Listed]:
     if os.path.islink(folder) and not folder.exists():
         raise OSError(40, "a broken symlink or a symlink loop", str(folder))
     if not folder.is_dir():
@@ -145,14 +163,14 @@ def _list_local_parts(folder: Path) -> list[Path]:
                         continue
                     if p.name.endswith(".parquet") and p.is_file():
                         try:
-                            mtime = p.stat().st_mtime_ns
+                            st = p.stat()
+                            found.append((st.st_mtime_ns, p.path, st.st_size, st.st_ctime_ns, st.st_ino))
                         except FileNotFoundError:  # removed since the listing (a compaction): the
-                            mtime = 0  # footer check then skips and names it, not a failed report
-                        found.append((mtime, p.path))
-    return [Path(p) for _, p in sorted(found)]
+                            found.append((0, p.path, -1, 0, 0))  # footer check then skips and names it
+    return [Listed(Path(path), size, mtime, ctime, ino) for mtime, path, size, ctime, ino in sorted(found)]
 
 
-def _list_remote_parts(folder: UriPath) -> list[UriPath]:
+def _list_remote_parts(folder: UriPath) -> list[Listed]:
     """list_parts on an object store: one recursive listing (object stores have no folders)."""
     found = []
     for info in folder.files():
@@ -160,5 +178,5 @@ def _list_remote_parts(folder: UriPath) -> list[UriPath]:
         if len(rel) != 2 or rel[0].startswith(".") or rel[1].startswith(".") or rel[1].endswith(".tmp"):
             continue
         if rel[1].endswith(".parquet"):
-            found.append((info.mtime_ns or 0, info.path, folder / rel[0] / rel[1]))
-    return [p for _, _, p in sorted(found, key=lambda t: t[:2])]
+            found.append((info.mtime_ns or 0, info.path, folder / rel[0] / rel[1], info.size or 0))
+    return [Listed(p, size, mtime) for mtime, _, p, size in sorted(found, key=lambda t: t[:2])]

@@ -134,10 +134,12 @@ def status_table(trials: pl.DataFrame) -> pl.DataFrame:
     return wide.with_columns(pl.sum_horizontal(*STATUSES).alias("total")).sort(*ARM)
 
 
-def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA) -> Report:
+def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA, cache: bool = True) -> Report:
     """Load a sweep folder (or a list of folders of one study: analysis.loading.combine) and compute
-    every table of the report (nothing written)."""
-    res = load_results(results_dir)
+    every table of the report (nothing written but the summary cache). `cache`: take the trials
+    whose files are unchanged from each local folder's summary cache and write it afterwards
+    (analysis.summary_cache); False reads every file and leaves the cache alone."""
+    res = load_results(results_dir, cache=cache)
     feats = build_features(res)
     finals = final_values(res.trials, feats)
     best = best_lrs(finals)  # the only place the best LRs are chosen; everything below reads them
@@ -147,6 +149,9 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     per_arm = collapse_per_arm(per_trial, n_boot=min(n_boot, 1000), seed=seed)
     px = paradox_results(finals, best, held_out, layer_finals(finals, feats))
     check_drawn_spectra(res, finals, best)  # before the verdict: a spectra part that fails is skipped, partial
+    for problem in res.save_caches(feats):  # every file this report reads has been read by now
+        print(f"warning: {problem}", file=sys.stderr)
+    res.skipped.sort()  # one order, whichever parts the cache held
     heads = clip_heads(feats.clip, finals, variant_settings(res.trials))
     deciding = select(finals, "best_lr", held_out).filter(pl.col("status") == "completed")
     clip = clip_summary(heads, deciding.get_column("trial_id").to_list())
@@ -332,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     ap.add_argument("--alpha", type=float, default=ALPHA, help="significance level (default 0.05)")
     ap.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="read every part file, not the per-trial summary cache (RESULTS_DIR/summary_cache), and leave it alone",
+    )
+    ap.add_argument(
         "--figure-format",
         choices=figures.FORMATS,
         default="png",
@@ -357,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         args.results_dir = args.results_dir[0]
     try:
         check_out(args.results_dir, args.out)  # before the analysis: a bad --out fails in milliseconds
-        report = analyse(args.results_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha)
+        report = analyse(
+            args.results_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, cache=not args.no_cache
+        )
     except (ResultsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,9 @@ from .common import (
     opt_marker,
     plt,
     save_figure,
+    suptitle,
     sweep_arms,
+    tight_layout,
 )
 
 # Why an arm has no fitted rate -> its hollow marker and the legend's words for it.
@@ -76,10 +78,15 @@ def collapse_rate_vs_width(
     fig, axes = plt.subplots(2, len(columns), figsize=(max(3.3 * len(columns), 8), 7.6), squeeze=False, sharey="row")
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
     kinds_drawn: set[str] = set()
+    # {tensor: {(optimizer, qk_norm, width, lr): row}}, the first row of each, read once (no filter per point)
+    rows_of: dict[str, dict[tuple, dict]] = {}
+    if ok:
+        for r in per_arm.filter(pl.col("metric") == metric).iter_rows(named=True):
+            rows_of.setdefault(r["tensor"], {}).setdefault((r["optimizer"], r["qk_norm"], r["width"], r["lr"]), r)
     for i, t in enumerate(tensors):
         for j, (kind, lr) in enumerate(columns):
             ax = axes[i, j]
-            sub = per_arm.filter((pl.col("metric") == metric) & (pl.col("tensor") == t)) if ok else None
+            sub = rows_of.get(t) if ok else None
             name = tensor_label(t)
             title = (
                 f"{name}, LR {lr_label(lr)}" if kind == "lr" and lr is not None else f"{name}, each arm at its best LR"
@@ -100,13 +107,7 @@ def collapse_rate_vs_width(
                     x_lr = lr if kind == "lr" else best_lr.get((o, q, w))
                     row = None
                     if sub is not None and x_lr is not None:
-                        g = sub.filter(
-                            (pl.col("optimizer") == o)
-                            & (pl.col("qk_norm") == q)
-                            & (pl.col("width") == w)
-                            & (pl.col("lr") == x_lr)
-                        )
-                        row = g.row(0, named=True) if g.height else None
+                        row = sub.get((o, q, w, x_lr))
                     rate = row.get("rate_per_1k_steps") if row else None
                     if rate is not None and np.isfinite(rate):
                         xs.append(w)
@@ -191,13 +192,9 @@ def collapse_rate_vs_width(
     ]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=7, frameon=False)
-    fig.suptitle(
-        "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)"
-        + ("  [PARTIAL: sweep not finished]" if partial else ""),
-        fontsize=11,
-    )
+    suptitle(fig, "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)", partial)
     rows = -(-len(handles) // 3)
-    fig.tight_layout(rect=(0, 0.025 * rows + 0.02, 1, 1))
+    tight_layout(fig, rect=(0, 0.025 * rows + 0.02, 1, 1))
     save_figure(fig, path)
     plt.close(fig)
     return path

@@ -15,7 +15,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..labels import mathtext, metric_label
 from ..paradox import DECIDE
-from .common import arm_colours, empty_panel, lr_label, plt, save_figure, save_titled
+from .common import arm_colours, empty_panel, lr_label, plt, save_figure, save_titled, suptitle, tight_layout
 
 FOREST_METRICS = DECIDE  # the deciding metrics: loss and the sphere PR of q and k
 AS_USED = ("final_val_loss", "final_pr_q", "final_pr_k")  # results without the sphere stage
@@ -48,10 +48,12 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
         return save_titled(fig, path, "Paired effects (variant minus none)", partial)
     order = {"cell": 0, "best_lr": 1, "deciding": 2}
     entries = {}
+    # one partition of the cells, not a filter per panel
+    parts = cells.filter(pl.col("metric").is_in(metrics)).partition_by("optimizer", "qk_norm", "metric", as_dict=True)
     for o, q in groups:
-        g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & pl.col("metric").is_in(metrics))
+        g = [r for m in metrics if (o, q, m) in parts for r in parts[(o, q, m)].iter_rows(named=True)]
         keys = sorted(  # (selection, width, lr, init_key): an init axis gets a row per init
-            {(r["selection"], r.get("width"), r.get("lr"), r.get("init_key")) for r in g.iter_rows(named=True)},
+            {(r["selection"], r.get("width"), r.get("lr"), r.get("init_key")) for r in g},
             key=lambda k: (
                 order.get(k[0], 3) == 2,
                 k[1] if k[1] is not None else 1e9,
@@ -74,14 +76,15 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
     for i, (o, q) in enumerate(groups):
         keys = entries[(o, q)]
         ypos = {k: len(keys) - 1 - n for n, k in enumerate(keys)}
+        colour = colours.get((o, q), "grey")
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
-            g = cells.filter((pl.col("optimizer") == o) & (pl.col("qk_norm") == q) & (pl.col("metric") == metric))
-            for r in g.iter_rows(named=True):
+            part = parts.get((o, q, metric))
+            # the intervals and markers of one selection drawn together: one line per kind of mark
+            marks: dict[tuple, tuple[list, list]] = {}
+            for r in part.iter_rows(named=True) if part is not None else ():
                 y = ypos[(r["selection"], r.get("width"), r.get("lr"), r.get("init_key"))]
-                marker, ms, lw = styles.get(r["selection"], ("o", 4, 0.9))
-                colour = colours.get((o, q), "grey")
-                edge = "black" if r["selection"] == "deciding" else colour
+                sel = r["selection"] if r["selection"] in styles else "cell"
                 x, lo, hi = r.get("mean_diff"), r.get("ci_low"), r.get("ci_high")
                 if x is None or not np.isfinite(x):
                     ax.text(
@@ -96,20 +99,34 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
                     )
                     continue
                 if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-                    ax.plot([lo, hi], [y, y], color=colour, lw=lw)
-                    ax.plot([x], [y], marker=marker, color=colour, mec=edge, ms=ms, ls="none")
+                    xs, ys = marks.setdefault((sel, "ci"), ([], []))
+                    xs += [lo, hi, np.nan]
+                    ys += [y, y, np.nan]
+                    xs, ys = marks.setdefault((sel, "filled"), ([], []))
                 else:
-                    ax.plot([x], [y], marker=marker, mfc="white", mec=edge, ms=ms, ls="none")
+                    xs, ys = marks.setdefault((sel, "hollow"), ([], []))
                     ax.text(x, y + 0.3, f"n={r.get('n_pairs', 0)}, no CI", fontsize=5.5, color="grey", ha="center")
+                xs.append(x)
+                ys.append(y)
+            for (sel, kind), (xs, ys) in sorted(marks.items(), key=lambda m: (order[m[0][0]], m[0][1] != "ci")):
+                marker, ms, lw = styles[sel]
+                edge = "black" if sel == "deciding" else colour
+                if kind == "ci":
+                    ax.plot(xs, ys, color=colour, lw=lw)
+                elif kind == "filled":
+                    ax.plot(xs, ys, marker=marker, color=colour, mec=edge, ms=ms, ls="none")
+                else:
+                    ax.plot(xs, ys, marker=marker, mfc="white", mec=edge, ms=ms, ls="none")
             ax.axvline(0, color="grey", lw=0.8, ls=":")
             ax.set_ylim(-0.7, len(keys) - 0.3)
-            ax.set_yticks(
-                list(ypos.values()),
-                [_forest_label(dict(selection=s, width=w, lr=lr, init_key=i)) for s, w, lr, i in ypos]
-                if j == 0
-                else [""] * len(ypos),
-                fontsize=6.5,
-            )
+            if j == 0:
+                ax.set_yticks(
+                    list(ypos.values()),
+                    [_forest_label(dict(selection=s, width=w, lr=lr, init_key=i)) for s, w, lr, i in ypos],
+                    fontsize=6.5,
+                )
+            else:  # the rows line up with the first column's labels; no ticks of their own to lay out
+                ax.set_yticks([])
             ax.grid(alpha=0.3, axis="x")
             ax.tick_params(axis="x", labelsize=7)
             ax.set_title(mathtext(f"{o}: {q} minus none\n{metric_label(metric)}"), fontsize=8)
@@ -124,12 +141,8 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
         )
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.suptitle(
-        "Paired effects, variant minus none (seeds as replicates)"
-        + ("  [PARTIAL: sweep not finished]" if partial else ""),
-        fontsize=11,
-    )
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    suptitle(fig, "Paired effects, variant minus none (seeds as replicates)", partial)
+    tight_layout(fig, rect=(0, 0.03, 1, 1))
     save_figure(fig, path)
     plt.close(fig)
     return path

@@ -54,7 +54,14 @@ def loss_vs_pr(finals: pl.DataFrame, path: Path, partial=False, tensors=("q", "k
     handles, labels = axes[0, 0].get_legend_handles_labels()
     by = dict(zip(labels, handles))
     if by:
-        axes[0, 1].legend(by.values(), by.keys(), fontsize=8, title="optimizer / QK variant")
+        axes[0, 1].legend(  # beside the panels, not over a cloud of points
+            by.values(),
+            by.keys(),
+            fontsize=8,
+            title="optimizer / QK variant",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1),
+        )
     return save_titled(fig, path, "Final loss vs final PR, one point per trial (marker size: width)", partial)
 
 
@@ -144,7 +151,7 @@ def lr_sensitivity(curve: pl.DataFrame, best: pl.DataFrame, path: Path, partial=
         ax.set_ylabel(label("mean_loss"))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6.5)
+            ax.legend(fontsize=6.5, loc="upper center")  # between the arms of a U
     return save_titled(
         fig, path, "Loss vs LR per arm (star: best LR; x: some seed diverged, counted as loss at init)", partial
     )

@@ -1,5 +1,7 @@
 """spectra.png: normalised singular values (s_i / sum s, mean over layers and heads) of q and k at
-init, at the PR minimum and at the end, for one trial per arm (lowest seed at the arm's best LR)."""
+init, at the PR minimum and at the end, for one trial per arm (lowest seed at the arm's best LR).
+One legend for the figure (the three lines are the same in every panel); each panel's title gives
+the steps drawn (init / PR minimum / final). Each row (one optimizer and variant) shares its y axis."""
 
 from __future__ import annotations
 
@@ -7,27 +9,48 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..labels import tensor_label
 from ..paradox import BASELINE
-from .common import best_lr_map, empty_panel, lr_label, plt, save_titled, sweep_arms
+from .common import (
+    ARM_KEYS,
+    best_lr_frame,
+    best_lr_map,
+    empty_panel,
+    lr_label,
+    plt,
+    save_figure,
+    step_label,
+    suptitle,
+    sweep_arms,
+    tight_layout,
+    x_labels_outer,
+)
+
+# The three spectra of a panel, in this order: {name: (colour, line style, legend words)}; greys, not
+# the variants' colours (common.VARIANT_COLOURS). Their steps are in each panel's title.
+PICKS = {
+    "init": ("0.6", "--", "init (first step in each title)"),
+    "min": ("0.35", ":", "nearest the PR minimum (second step)"),
+    "final": ("black", "-", "final (third step)"),
+}
 
 
 def _chosen_trials(finals: pl.DataFrame, best_lr: dict) -> dict[tuple, str]:
-    """{arm: trial_id}: the lowest completed seed at the arm's best LR."""
-    out = {}
+    """{arm: (trial_id, seed, lr)}: the lowest completed seed at the arm's best LR (one join and
+    one group_by, not a filter per arm)."""
     done = finals.filter(pl.col("status") == "completed")
-    for arm, lr in best_lr.items():
-        g = done.filter(
-            (pl.col("optimizer") == arm[0])
-            & (pl.col("qk_norm") == arm[1])
-            & (pl.col("width") == arm[2])
-            & (pl.col("lr") == lr)
-        ).sort("seed")
-        if g.height:
-            out[arm] = (g.get_column("trial_id")[0], g.get_column("seed")[0], lr)
-    return out
+    if done.height == 0 or not best_lr:
+        return {}
+    first = (
+        done.join(best_lr_frame(best_lr, done), on=[*ARM_KEYS, "lr"], how="inner")
+        .sort("seed", "trial_id")
+        .group_by(*ARM_KEYS, maintain_order=True)
+        .agg(pl.col("trial_id").first(), pl.col("seed").first(), pl.col("lr").first())
+    )
+    return {(o, q, w): (tid, seed, lr) for o, q, w, tid, seed, lr in first.iter_rows()}
 
 
 def _mean_spectra(spec: pl.DataFrame) -> dict[tuple, np.ndarray]:
@@ -57,18 +80,14 @@ def spectra(
     """Normalised spectra of q and k at init, at the PR minimum and at the end, one trial per arm.
 
     `results` is an `analysis.loading.Results` (its spectra are read for the chosen trials only,
-    through `Results.collect`: a part that fails to read is skipped and named); an arm's trial is
+    through `Results.spectra_of`, once per report: a part that fails to read is skipped and named); an arm's trial is
     its lowest completed seed at the arm's best LR (`best`). The minimum is the step of the trial's
     q (k) PR minimum from the collapse fits; the nearest step with a recorded spectrum is drawn and
-    its step named in the legend."""
+    its step named in the panel's title ("steps init / PR minimum / final")."""
     arms = sweep_arms(finals)
     chosen = _chosen_trials(finals, best_lr_map(best))
     ids = [v[0] for v in chosen.values()]
-    spec = (
-        results.collect("spectra", lambda lf: lf.filter(pl.col("tensor").is_in(list(tensors))), trials=ids)
-        if ids
-        else pl.DataFrame()
-    )
+    spec = results.spectra_of(ids).filter(pl.col("tensor").is_in(list(tensors))) if ids else pl.DataFrame()
     mean = _mean_spectra(spec) if spec.height else {}
     rec_steps: dict[tuple, list[int]] = {}
     for tid, t, step in mean:
@@ -76,16 +95,20 @@ def spectra(
     mins = {}
     if per_trial.height:
         for tid, t, s in (
-            per_trial.filter(pl.col("metric") == "pr").select("trial_id", "tensor", "min_step").iter_rows()
+            per_trial.filter((pl.col("metric") == "pr") & pl.col("trial_id").is_in(ids))
+            .select("trial_id", "tensor", "min_step")
+            .iter_rows()
         ):
             mins[(tid, t)] = s
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
     pairs = pairs or [("-", "-")]
     widths = sorted({a[2] for a in arms}) or [0]
     cols = [(w, t) for w in widths for t in tensors]
-    fig, axes = plt.subplots(
-        len(pairs), len(cols), figsize=(max(2.7 * len(cols), 7.5), 2.3 * len(pairs) + 0.4), squeeze=False
+    fig, axes = plt.subplots(  # one y scale per row (one optimizer and variant): its labels on the left only
+        len(pairs), len(cols), figsize=(max(2.7 * len(cols), 7.5), 2.3 * len(pairs) + 0.4), squeeze=False, sharey="row"
     )
+    drawn_any = False
+    shown = [[False] * len(cols) for _ in pairs]
     for i, (o, q) in enumerate(pairs):
         for j, (w, t) in enumerate(cols):
             ax = axes[i, j]
@@ -103,27 +126,33 @@ def spectra(
                 continue
             m = mins.get((tid, t))
             s_min = min(steps, key=lambda s: abs(s - m)) if m is not None else None
-            picks = [  # greys, not the variants' colours (common.VARIANT_COLOURS)
-                ("init", steps[0], "0.6", "--"),
-                ("PR min", s_min, "0.35", ":"),
-                ("final", steps[-1], "black", "-"),
-            ]
-            for name, s, colour, ls in picks:
+            picks = [(s, *PICKS[name]) for name, s in zip(PICKS, (steps[0], s_min, steps[-1]))]
+            for s, colour, ls, _ in picks:
                 if s is None:
                     continue
                 v = mean[(tid, t, s)]
-                ax.plot(np.arange(1, v.size + 1), v, ls, color=colour, lw=1.3, label=f"{name} (step {s})", alpha=0.9)
+                ax.plot(np.arange(1, v.size + 1), v, ls, color=colour, lw=1.3, alpha=0.9)
+            drawn_any = shown[i][j] = True
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            # minor grid lines at 2 and 5 of each decade: a third of the ticks of 2..9 to lay out and draw
+            ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
             ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))  # 0, 10, 20, 30: index ticks
             ax.grid(alpha=0.3, which="both")
-            ax.set_title(f"{title}\nseed {seed}, LR {lr_label(lr)}", fontsize=7)
+            at = " / ".join(step_label(s) if s is not None else "-" for s, *_ in picks)
+            ax.set_title(f"{title}\nseed {seed}, LR {lr_label(lr)}; steps {at}", fontsize=7)
             ax.tick_params(labelsize=7)
             if j == 0:
                 ax.set_ylabel(r"share of the spectrum $s_i / \sum_j s_j$", fontsize=7)
             if i == len(pairs) - 1:
                 ax.set_xlabel("singular value index i", fontsize=8)
-            ax.legend(fontsize=6)
-    return save_titled(
-        fig, path, "Normalised singular values of q, k (mean over layers and heads): init, PR minimum, final", partial
-    )
+    x_labels_outer(axes, shown)  # the same index axis (1 to d_head) in every panel
+    if drawn_any:  # one legend for the figure: the same three lines in every panel
+        handles = [Line2D([], [], color=c, ls=ls, lw=1.3, label=words) for c, ls, words in PICKS.values()]
+        fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
+    suptitle(fig, "Normalised singular values of q, k (mean over layers and heads): init, PR minimum, final", partial)
+    tight_layout(fig, rect=(0, 0.3 / fig.get_figheight() if drawn_any else 0, 1, 1))
+    save_figure(fig, path)
+    plt.close(fig)
+    return path

@@ -197,3 +197,89 @@ def test_censored_median():
     assert censored_median(np.array([1.0, 2.0, 3.0]), 2, 0) == 3.0
     assert np.isnan(censored_median(np.array([1.0]), 2, 0))
     assert censored_median(np.array([5.0, 6.0]), 1, 2) == 5.0
+
+
+def mixed_curves(n=240, seed=7) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy planted falls on the dense and the regular cadence (some cut short: NaN padded),
+    U shapes, steps down, flat and rising curves: every fit status and refinement path."""
+    rng = np.random.default_rng(seed)
+    t = np.full((n, DENSE.size), np.nan)
+    y = np.full_like(t, np.nan)
+    for i in range(n):
+        steps = (DENSE, REGULAR)[i % 2][: rng.integers(6, DENSE.size + 1)]
+        tau = 10 ** rng.uniform(-0.5, 3)
+        v = 0.3 + 0.5 * np.exp(-steps / tau)
+        kind = i % 6
+        if kind == 1:  # U shape: back up after a minimum
+            k = rng.integers(2, steps.size)
+            v[k:] = v[k] + 0.001 * (steps[k:] - steps[k])
+        elif kind == 2:  # a step down
+            v = np.r_[0.8, np.full(steps.size - 1, 0.3)]
+        elif kind == 3:  # flat or rising
+            v = 0.5 + rng.choice([0.0, 1e-3]) * steps
+        t[i, : steps.size] = steps
+        y[i, : steps.size] = v + rng.choice([1e-4, 3e-3, 3e-2]) * rng.standard_normal(steps.size)
+    return t, y
+
+
+def test_a_curve_fit_does_not_depend_on_the_curves_fitted_with_it():
+    """Curves are fitted in blocks, those sharing steps together: a curve fitted alone, or
+    among others in any order, gets the same fit (to rounding: 1e-7 where the SSE profile is
+    flat, e.g. the far end of a wide interval)."""
+    t, y = mixed_curves()
+    together = fit_decay(t, y)
+    assert len(set(together["status"])) >= 4
+    order = np.random.default_rng(0).permutation(len(t))
+    shuffled = fit_decay(t[order], y[order])
+    alone = [fit_decay(t[i : i + 1], y[i : i + 1]) for i in range(len(t))]
+    for k, v in together.items():
+        if k == "status":
+            assert (shuffled[k] == v[order]).all()
+            assert [a[k][0] for a in alone] == list(v)
+        else:
+            np.testing.assert_allclose(shuffled[k], v[order], rtol=1e-7, equal_nan=True, err_msg=k)
+            np.testing.assert_allclose([a[k][0] for a in alone], v, rtol=1e-7, equal_nan=True, err_msg=k)
+
+
+def profile_sse(t: np.ndarray, y: np.ndarray, rate: float) -> float:
+    """SSE of the least-squares (floor, amplitude) at a rate, from the residuals."""
+    X = np.c_[np.ones_like(t), np.exp(-rate * (t - t[0]))]
+    return float(np.sum((y - X @ np.linalg.lstsq(X, y, rcond=None)[0]) ** 2))
+
+
+def test_rate_is_the_least_squares_optimum_and_the_interval_ends_are_on_the_threshold():
+    """Against the SSE profile computed independently (residuals of lstsq): the fitted rate is
+    its minimum (scipy's bounded search) to 1e-6, and the interval's ends are where it crosses
+    SSE_min * (1 + F(0.95; 1, dof) / dof)."""
+    from scipy import optimize, stats
+
+    t, y = mixed_curves(seed=11)
+    got = fit_decay(t, y)
+    fitted = np.flatnonzero(got["status"] == "fitted")
+    assert fitted.size >= 40
+    for i in fitted:
+        fall = np.isfinite(y[i]) & (np.arange(y.shape[1]) <= np.nanargmin(y[i]))
+        ti, yi = t[i, fall], y[i, fall]
+        x = np.log(got["rate"][i])
+        best = optimize.minimize_scalar(
+            lambda u, ti=ti, yi=yi: profile_sse(ti, yi, np.exp(u)),
+            bounds=(x - 0.2, x + 0.2),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        assert got["rate"][i] == pytest.approx(np.exp(best.x), rel=1e-6)
+        sse = profile_sse(ti, yi, got["rate"][i])
+        assert sse <= best.fun * (1 + 1e-9)
+        dof = fall.sum() - N_PARAMS
+        thr = sse * (1 + stats.f.ppf(0.95, 1, dof) / dof)
+        for end in ("rate_ci_low", "rate_ci_high"):
+            assert profile_sse(ti, yi, got[end][i]) == pytest.approx(thr, rel=1e-6)
+
+
+def test_curves_in_any_row_order_give_the_same_table():
+    """collapse_per_trial skips its sort when the curves come sorted (the usual case) and sorts
+    them when not: the table is the same."""
+    curves, finals = sweep({("adamw", "none", 64, 1e-2): 30.0, ("muon", "rms", 128, 1e-3): 3000.0})
+    ref = collapse_per_trial(curves.sort("trial_id", "name", "tensor", "step"), finals)
+    assert ref.equals(collapse_per_trial(curves, finals))
+    assert ref.equals(collapse_per_trial(curves.sample(fraction=1.0, shuffle=True, seed=3), finals))

@@ -32,5 +32,8 @@ def test_the_report_benchmark_runs_from_an_installed_wheel(installed_wheel, tmp_
     )
     # exit 1 with the report's own exit status 0 only says a slow machine missed the time target
     assert run.returncode in (0, 1), run.stderr[-3000:]
-    assert "synthetic sweep: 144 trials" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert "synthetic study: 144 trials" in run.stdout, run.stdout + run.stderr[-3000:]
     assert "exit status 0" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert "x one pass" in run.stdout and "peak RSS" in run.stdout, run.stdout
+    # the second report (after a chunk's files changed) read the cache and said the same
+    assert "tables and verdict identical to the first" in run.stdout, run.stdout + run.stderr[-3000:]
