@@ -168,9 +168,7 @@ def test_the_features_from_the_cache_equal_those_read_from_the_files(tmp_path):
     for f in folders[:2]:
         run_report([f], tmp_path / f"r-{f.name}")  # two of three chunks cached
     cached = load_results(folders, cache=True)
-    assert cached.cached_folders() and len(cached.cached_folders()) < len(
-        {p.folder for p in cached.metric_parts}
-    )
+    assert cached.cached_folders() and len(cached.cached_folders()) < len({p.folder for p in cached.metric_parts})
     plain = load_results(folders)
     a, b = build_features(cached), build_features(plain)
     for name in ("curves", "val_loss", "ends", "activation", "layers", "logits", "clip"):
