@@ -192,6 +192,11 @@ def collapse_rate_vs_width(
     ]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize=7, frameon=False)
+    for ax in axes.flat:  # one rate in a row (a sweep of one trial): a log axis of no height cannot be laid out
+        lo, hi = ax.get_ylim()
+        if ax.get_yscale() == "log" and 0 < lo and hi < 1.5 * lo:
+            mid = (lo * hi) ** 0.5
+            ax.set_ylim(mid / 3, mid * 3)
     suptitle(fig, "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)", partial)
     rows = -(-len(handles) // 3)
     tight_layout(fig, rect=(0, 0.025 * rows + 0.02, 1, 1))

@@ -246,31 +246,13 @@ def save_figure(fig, path: Path) -> None:
 
 
 def tight_layout(fig, rect=None) -> None:
-    """`fig.tight_layout(rect=rect)` measuring the panels once: matplotlib measures every panel's
-    labels twice when given a rect (once for the margins, once more, from the same positions and so
-    the same sizes, within the rect). Here the second pass is computed from the first's subplot
-    parameters, as matplotlib's own arithmetic does (matplotlib._tight_layout). A layout matplotlib
-    declines (a warning; the parameters unchanged) is left as it is."""
-    before = vars(fig.subplotpars).copy()
-    fig.tight_layout()
-    sp = fig.subplotpars
-    if rect is None or vars(sp) == before:
-        return
-    gs = next((ax.get_subplotspec() for ax in fig.axes if ax.get_subplotspec() is not None), None)
-    if gs is None:
-        return
-    rows, cols = gs.get_gridspec().get_geometry()
-    r_left, r_bottom, r_right, r_top = rect
-    new = dict(
-        left=sp.left + r_left, bottom=sp.bottom + r_bottom, right=sp.right - (1 - r_right), top=sp.top - (1 - r_top)
-    )
-    if cols > 1:  # the gap between columns as a share of the figure, kept; as a share of the new axes width
-        gap = sp.wspace * (sp.right - sp.left) / (cols + sp.wspace * (cols - 1))
-        new["wspace"] = gap / ((new["right"] - new["left"] - gap * (cols - 1)) / cols)
-    if rows > 1:
-        gap = sp.hspace * (sp.top - sp.bottom) / (rows + sp.hspace * (rows - 1))
-        new["hspace"] = gap / ((new["top"] - new["bottom"] - gap * (rows - 1)) / rows)
-    fig.subplots_adjust(**new)
+    """`fig.tight_layout(rect=rect)`, matplotlib's own. (A hand-written single measuring pass saved
+    about 1.5 s on a study's figures but left a panel of zero height, and a divide-by-zero warning,
+    on a sweep of one trial.)"""
+    if rect is None:
+        fig.tight_layout()
+    else:
+        fig.tight_layout(rect=rect)
 
 
 def wrap_title(text: str, width_in: float, fontsize: float = 11) -> str:

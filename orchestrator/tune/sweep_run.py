@@ -258,7 +258,11 @@ def make_tuner(
         tune_config=tuner.tune_config(
             search_alg=tuner.GridPoints([c.model_dump() for c in todo]),
             num_samples=len(todo),
-            max_concurrent_trials=spec.resources.max_concurrent,
+            # Tune lets a searcher other than its own grid have one trial pending at a time unless
+            # this is set (ray.tune.execution.tune_controller._get_max_pending_trials): trials then
+            # started one by one and a two-node cluster ran them all on one node. The resources
+            # still decide how many run at once.
+            max_concurrent_trials=spec.resources.max_concurrent or max(1, len(todo)),
         ),
         run_config=tuner.run_config(
             experiment.rsplit("/", 1)[1],

@@ -6,8 +6,8 @@ grid points to Tune as flat configs.
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import re
 import sys
 
@@ -96,13 +96,14 @@ class GridPoints(Searcher):
         pass  # nothing to learn: the grid is fixed
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"points": self.points, "handed_out": self.handed_out}, f)
+        """The state as JSON (the points are TrialConfig fields; nothing here is unpickled)."""
+        with open(checkpoint_path, "w") as f:
+            json.dump({"points": self.points, "handed_out": self.handed_out}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.points, self.handed_out = state["points"], state["handed_out"]
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.points, self.handed_out = state["points"], int(state["handed_out"])
 
 
 def trial_name(trial) -> str:

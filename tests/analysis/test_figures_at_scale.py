@@ -218,7 +218,7 @@ def _grid(rows=3, cols=4):
     return fig
 
 
-def test_one_pass_tight_layout_with_a_rect_is_matplotlibs():
+def test_tight_layout_with_a_rect_is_matplotlibs():
     rect = (0, 0.06, 1, 1)
     ours, theirs = _grid(), _grid()
     tight_layout(ours, rect=rect)
