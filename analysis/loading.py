@@ -99,6 +99,8 @@ class Results:
     # per local folder read with the summary cache (`load_results(..., cache=True)`): the folder,
     # its cache as read, and its part files as listed
     caches: list[tuple[Path, SummaryCache, dict[str, list[Listed]]]] = field(default_factory=list)
+    # (trial ids, their spectra rows): the one read of `spectra_of`
+    _spectra_memo: tuple[set[str], pl.DataFrame] | None = field(default=None, repr=False)
 
     def cached_folders(self) -> set[str]:
         """The trial folders whose summaries come from the cache (their files are not read)."""
@@ -198,7 +200,7 @@ class Results:
         """Every spectra row of `trials`, through `collect` (a part that fails is skipped and
         named), read once per Results: a later call for trials already read filters that read."""
         trials = list(dict.fromkeys(trials))
-        memo = getattr(self, "_spectra_memo", None)
+        memo = self._spectra_memo
         if memo is None or not set(trials) <= memo[0]:
             memo = self._spectra_memo = (set(trials), self.collect(SPECTRA_DIR, trials=trials))
         return memo[1].filter(pl.col("trial_id").is_in(trials))

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -235,10 +234,6 @@ def _parquet(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.write_parquet(buf, statistics=False)
     return buf.getvalue()
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 __all__ = ["CACHE_DIR", "SummaryCache", "save"]
