@@ -46,6 +46,7 @@ import polars as pl
 
 from trainer.schema import FINISHED_STATUSES
 
+from .features import as_strings
 from .finals import PRIMARY_PR
 from .paradox import BASELINE, select, variants
 from .stats import mean_ci
@@ -320,7 +321,7 @@ def clip_heads(clip: pl.DataFrame, finals: pl.DataFrame, settings: pl.DataFrame)
             pl.lit(None, pl.Int16).alias("head"),
             *[pl.lit(None, pl.Float64).alias(c) for c in ("steps", "clipped", "gamma_min")],
         )
-    heads = _per_head(clip.filter(pl.col("trial_id").is_in(trials.get_column("trial_id").implode())))
+    heads = _per_head(as_strings(clip).filter(pl.col("trial_id").is_in(trials.get_column("trial_id").implode())))
     return trials.join(heads, on="trial_id", how="left")
 
 

@@ -21,6 +21,7 @@ import polars as pl
 from scipy import stats
 
 from .decay import CENSORED, FIT_FIELDS, FIT_STATUSES, N_PARAMS, fit_decay
+from .features import as_strings
 from .stats import CI_LEVEL
 
 _KEYS = ("trial_id", "name", "tensor")
@@ -132,6 +133,7 @@ def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFra
     rate, floor, r2 and the rate interval are given for `fitted` rows only;
     rate_lower_bound_per_1k for censored rows (censored_fast, too_few_points)."""
     keys, steps, vals = _pad(curves)
+    keys = as_strings(keys)  # Categorical in the features: String, as the finals it joins
     fit = fit_decay(steps, vals)
     df = keys.with_columns(pl.Series(k, fit[k], pl.Float64) for k in FIT_FIELDS).with_columns(
         pl.Series("n_fall", fit["n_fall"], pl.Int64),

@@ -18,7 +18,7 @@ import polars as pl
 from trainer.cadence import eval_steps
 from trainer.schema import STAGES, TENSORS
 
-from .features import LAYER_TENSORS, Features
+from .features import LAYER_TENSORS, Features, as_strings
 
 FINAL_PR = tuple(f"final_pr_{t}" for t in ("q", "k", "wq", "wk"))  # pr / d_head, last step
 # The three stages of q and k (trainer.schema.STAGES): stage -> (final PR of q, of k) / d_head.
@@ -124,16 +124,16 @@ def final_values(trials: pl.DataFrame, feats: Features) -> pl.DataFrame:
         "trial_id", pl.col("n_steps").alias("n_train_steps")
     )
     df = (
-        trials.join(pr, on="trial_id", how="left")
-        .join(pr_last, on="trial_id", how="left")
-        .join(probe_steps, on="trial_id", how="left")
-        .join(train_steps, on="trial_id", how="left")
+        trials.join(as_strings(pr), on="trial_id", how="left")
+        .join(as_strings(pr_last), on="trial_id", how="left")
+        .join(as_strings(probe_steps), on="trial_id", how="left")
+        .join(as_strings(train_steps), on="trial_id", how="left")
         .join(expected_steps(trials), on="trial_id", how="left")
-        .join(val, on="trial_id", how="left")
-        .join(train0, on="trial_id", how="left")
-        .join(tokens, on="trial_id", how="left")
-        .join(robust, on="trial_id", how="left")
-        .join(norm_cv, on="trial_id", how="left")
+        .join(as_strings(val), on="trial_id", how="left")
+        .join(as_strings(train0), on="trial_id", how="left")
+        .join(as_strings(tokens), on="trial_id", how="left")
+        .join(as_strings(robust), on="trial_id", how="left")
+        .join(as_strings(norm_cv), on="trial_id", how="left")
         .with_columns(*init_columns(trials))
         .with_columns(
             # the last recorded val_loss; trials.final_val_loss when the metrics have none
@@ -276,7 +276,7 @@ def layer_finals(finals: pl.DataFrame, feats: Features) -> pl.DataFrame:
     keep = [c for c in finals.columns if c not in FINAL_COLS or c == "final_val_loss"]
     return (
         finals.select(keep)
-        .join(lay, on="trial_id", how="inner")
+        .join(as_strings(lay), on="trial_id", how="inner")
         .with_columns(
             *[
                 pl.when(pl.col("data_complete")).then(pl.col(t) / pl.col("d_head")).alias(f"final_pr_{t}")

@@ -51,6 +51,7 @@ from .forest import forest_plot
 from .logits import max_logit_over_training
 from .lr import loss_vs_pr, lr_sensitivity
 from .pr import pr_by_lr, pr_frame, pr_over_training
+from .render import forked_rendering
 from .spectra import spectra
 
 FIGURES = (
@@ -90,7 +91,7 @@ def draw_all(r, folder: Path, fmt: str = "png") -> list[Path]:
     if fmt not in FORMATS:
         raise ValueError(f"figure format {fmt!r}: one of {', '.join(FORMATS)}")
     folder = safe_mkdir(folder)
-    with objects_frozen():
+    with objects_frozen(), forked_rendering(len(FIGURES)):
         return _draw_all(r, folder, fmt)
 
 

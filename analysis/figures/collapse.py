@@ -22,14 +22,13 @@ from .common import (
     arm_colours,
     best_lr_map,
     empty_panel,
+    finish,
     lr_label,
     opt_linestyle,
     opt_marker,
     plt,
-    save_figure,
     suptitle,
     sweep_arms,
-    tight_layout,
 )
 
 # Why an arm has no fitted rate -> its hollow marker and the legend's words for it.
@@ -199,7 +198,5 @@ def collapse_rate_vs_width(
             ax.set_ylim(mid / 3, mid * 3)
     suptitle(fig, "Collapse rate vs width at fixed LR (geometric mean of fitted seeds, 95% t CI)", partial)
     rows = -(-len(handles) // 3)
-    tight_layout(fig, rect=(0, 0.025 * rows + 0.02, 1, 1))
-    save_figure(fig, path)
-    plt.close(fig)
+    finish(fig, path, rect=(0, 0.025 * rows + 0.02, 1, 1))
     return path

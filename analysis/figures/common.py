@@ -29,6 +29,7 @@ from trainer.schema import QK_NORM_VARIANTS  # noqa: E402
 
 from ..labels import mathtext, metric_label, tensor_label  # noqa: E402
 from ..paradox import BASELINE, variants  # noqa: E402
+from .render import finish_figure  # noqa: E402
 
 ARM_KEYS = ("optimizer", "qk_norm", "width")
 FORMATS = ("png", "svg", "pdf")  # --figure-format
@@ -282,12 +283,20 @@ def suptitle(fig, title: str, partial: bool) -> None:
     fig.suptitle(text, fontsize=11, y=1 - 0.1 / fig.get_figheight())
 
 
+def finish(fig, path: Path, rect=None) -> Path:
+    """The figure laid out (`tight_layout` with `rect`), saved to `path` (`save_figure`) and closed:
+    in a forked child while the report draws the next figure (analysis.figures.render)."""
+
+    def lay_out_and_save(f) -> None:
+        tight_layout(f, rect)
+        save_figure(f, path)
+
+    return finish_figure(fig, path, lay_out_and_save, plt.close)
+
+
 def save_titled(fig, path: Path, title: str, partial: bool) -> Path:
     suptitle(fig, title, partial)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return finish(fig, path)
 
 
 # Per-trial curves at scale: a line group (one arm at one LR in one panel) of more than

@@ -15,7 +15,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from ..labels import mathtext, metric_label
 from ..paradox import DECIDE
-from .common import arm_colours, empty_panel, lr_label, plt, save_figure, save_titled, suptitle, tight_layout
+from .common import arm_colours, empty_panel, finish, lr_label, plt, save_titled, suptitle
 
 FOREST_METRICS = DECIDE  # the deciding metrics: loss and the sphere PR of q and k
 AS_USED = ("final_val_loss", "final_pr_q", "final_pr_k")  # results without the sphere stage
@@ -142,7 +142,5 @@ def forest_plot(cells: pl.DataFrame, path: Path, partial=False) -> Path:
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     suptitle(fig, "Paired effects, variant minus none (seeds as replicates)", partial)
-    tight_layout(fig, rect=(0, 0.03, 1, 1))
-    save_figure(fig, path)
-    plt.close(fig)
+    finish(fig, path, rect=(0, 0.03, 1, 1))
     return path

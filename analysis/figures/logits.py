@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..features import as_strings
 from .common import (
     ARM_KEYS,
     arm_colours,
@@ -49,7 +50,8 @@ def _logit_frame(logits: pl.DataFrame, finals: pl.DataFrame, settings: pl.DataFr
     else:
         meta = meta.with_columns(pl.lit(None, pl.Float64).alias(c) for c in ("qk_clip_tau", "logit_softcap"))
     return (
-        logits.join(meta, on="trial_id", how="inner")
+        as_strings(logits)
+        .join(meta, on="trial_id", how="inner")
         .filter(pl.col("value").is_finite())
         .select(
             "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "qk_clip_tau", "logit_softcap", "step", "value"

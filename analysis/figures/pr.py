@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ..features import as_strings
 from ..labels import mathtext, tensor_label
 from .common import (
     ARM_KEYS,
@@ -43,7 +44,7 @@ def pr_frame(curves: pl.DataFrame, finals: pl.DataFrame, tensors=("q", "k")) -> 
         "trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "d_head"
     )
     return (
-        curves.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(list(tensors)))
+        as_strings(curves.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(list(tensors))))
         .join(meta, on="trial_id", how="inner")
         .with_columns((pl.col("value") / pl.col("d_head")).alias("v"))
         .select("trial_id", "optimizer", "qk_norm", "width", "lr", "seed", "tensor", "step", "v")

@@ -19,13 +19,12 @@ from .common import (
     best_lr_frame,
     best_lr_map,
     empty_panel,
+    finish,
     lr_label,
     plt,
-    save_figure,
     step_label,
     suptitle,
     sweep_arms,
-    tight_layout,
     x_labels_outer,
 )
 
@@ -152,7 +151,5 @@ def spectra(
         handles = [Line2D([], [], color=c, ls=ls, lw=1.3, label=words) for c, ls, words in PICKS.values()]
         fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
     suptitle(fig, "Normalised singular values of q, k (mean over layers and heads): init, PR minimum, final", partial)
-    tight_layout(fig, rect=(0, 0.3 / fig.get_figheight() if drawn_any else 0, 1, 1))
-    save_figure(fig, path)
-    plt.close(fig)
+    finish(fig, path, rect=(0, 0.3 / fig.get_figheight() if drawn_any else 0, 1, 1))
     return path

@@ -17,6 +17,7 @@ from analysis.alternatives import RANKING_COLUMNS, clip_heads, clip_summary
 from analysis.answers import QUESTION
 from analysis.arms import MUON_PER_HEAD
 from analysis.claims import alternative_claim, alternative_verdict
+from analysis.features import as_strings
 from analysis.judge import judge
 from analysis.lr_selection import held_out_lrs
 from analysis.paradox import paradox_table, select
@@ -224,7 +225,7 @@ def test_the_max_logit_figure_is_drawn_and_the_bounds_hold(sweep):
     assert ((img[..., :3].max(-1) - img[..., :3].min(-1)) > 0.3).mean() > 0.002  # coloured lines
     assert "figures/max_logit_over_training.png" in (sweep["out"] / "summary.md").read_text()
     r = sweep["r"]
-    logits = r.features.logits.join(r.finals.select("trial_id", "optimizer", "qk_norm"), on="trial_id")
+    logits = as_strings(r.features.logits).join(r.finals.select("trial_id", "optimizer", "qk_norm"), on="trial_id")
     top = dict(logits.group_by("qk_norm").agg(pl.col("value").max()).iter_rows())
     assert top["qk_clip"] <= TAU + 1e-9 and top["softcap"] <= CAP and top["none"] > 45  # the clip and the cap bound it
 

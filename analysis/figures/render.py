@@ -1,0 +1,165 @@
+"""Laying out and encoding the figures beside their drawing: each finished figure is laid out
+(tight_layout), rendered and written by a forked child process while the report draws the next.
+
+Why: at a study's scale (13,680 trials, nine figures, 261 panels) laying out and rendering take
+about three quarters of the figures' time, and the report's drawing is one Python thread. A
+forked child starts with the figure in memory (nothing pickled) and touches nothing but
+matplotlib, Pillow and the file it writes; it never calls Polars, whose thread pool does not
+survive a fork (a Polars call in a forked child waits forever: tried). The bytes written are the
+ones the report process would write itself (the same code on the same figure).
+
+Used only where fork is safe and worth it: on Linux, with at least two CPUs for this process.
+Elsewhere, and for a single figure, everything runs in the process, one figure after another.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+MAX_JOBS = 4  # children at once, at most (and at most the CPUs this process may use)
+_MESSAGE_BYTES = 60_000  # a child's pickled failure fits a pipe's buffer (64 KiB on Linux)
+
+
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Forked:
+    """Runs `finish(fig)` for each submitted figure in a forked child, at most `jobs` at once.
+    `close` waits for every child and raises the first failure, in submission order, as the
+    exception the child raised (a ConfigError for a planted symlink, an OSError for a full disk:
+    what the report turns into its one-line errors)."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.running: dict[int, tuple[int, int]] = {}  # pid -> (submission index, read end of its pipe)
+        self.failures: dict[int, BaseException] = {}
+        self.submitted = 0
+
+    def submit(self, fig, finish: Callable[[object], None], close: Callable[[object], None]) -> None:
+        while len(self.running) >= self.jobs:
+            self._reap()
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that forking a process with threads (Polars' pool) can deadlock a
+            # child that takes a lock one of them held; the child here takes none of theirs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: lay out, render, write, and leave without running the parent's exit code
+            os.close(read)
+            code = 0
+            try:
+                finish(fig)
+            except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
+                code = 1
+                os.write(write, _pickled(e))
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write)
+        close(fig)  # the child has it; the parent's copy is only memory now
+        self.running[pid] = (self.submitted, read)
+        self.submitted += 1
+
+    def _reap(self) -> None:
+        pid, status = os.wait()
+        if pid not in self.running:
+            return  # not one of ours (nothing else here forks; kept safe)
+        index, read = self.running.pop(pid)
+        message = _read_all(read)
+        os.close(read)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            self.failures[index] = _unpickled(message) or RuntimeError(
+                f"drawing a figure: its process ended with status {code}"
+            )
+
+    def close(self) -> None:
+        while self.running:
+            self._reap()
+        if self.failures:
+            raise self.failures[min(self.failures)]
+
+
+def _pickled(e: BaseException) -> bytes:
+    try:
+        data = pickle.dumps(e)
+    except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its text
+        data = b""
+    if not data or len(data) > _MESSAGE_BYTES:
+        data = pickle.dumps(RuntimeError(f"{type(e).__name__}: {str(e)[:2000]}"))
+    return data
+
+
+def _unpickled(data: bytes) -> BaseException | None:
+    try:
+        e = pickle.loads(data) if data else None
+    except Exception:  # noqa: BLE001
+        return None
+    return e if isinstance(e, BaseException) else None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65_536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_active: Forked | None = None  # while `forked_rendering` runs
+
+
+@contextmanager
+def forked_rendering(figures: int):
+    """Inside, `finish_figure` hands each figure to a forked child (when `figures` > 1, on Linux
+    with two CPUs or more); on leaving, every child has finished and the first failure is raised."""
+    global _active
+    jobs = min(MAX_JOBS, cpus())
+    if (
+        _active is not None
+        or figures < 2
+        or jobs < 2
+        or not sys.platform.startswith("linux")
+        or not hasattr(os, "fork")
+    ):
+        yield
+        return
+    _active = Forked(jobs)
+    try:
+        yield
+    except BaseException:
+        forked, _active = _active, None
+        try:
+            forked.close()  # no child left behind; the drawing's own failure is the one raised
+        except BaseException:  # noqa: BLE001, S110
+            pass
+        raise
+    forked, _active = _active, None
+    forked.close()
+
+
+def finish_figure(fig, path: Path, finish: Callable[[object], None], close: Callable[[object], None]) -> Path:
+    """`finish(fig)` (lay out, render, write `path`) and `close(fig)`: in a forked child while
+    `forked_rendering` is on, else here and now."""
+    if _active is None:
+        try:
+            finish(fig)
+        finally:
+            close(fig)
+    else:
+        _active.submit(fig, finish, close)
+    return path
+
+
+__all__ = ["Forked", "cpus", "finish_figure", "forked_rendering"]

@@ -1,0 +1,88 @@
+"""analysis.figures.render: the figures laid out, rendered and written in forked children while the
+report draws the next one give the same bytes as drawn one after another in the process, and a
+child's failure is the report's own one-line error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from analysis.figures import FIGURES, draw_all, render
+from analysis.report import analyse, main
+from benchmarks.synthetic_results import Effect, SyntheticSpec, write_results
+
+SPEC = dict(
+    widths=(64, 128),
+    lrs=(3e-3, 1e-2),
+    seeds=(0, 1, 2),
+    steps=100,
+    eval_every=25,
+    spectra="ends",
+    effects={("adamw", "rms"): Effect(loss=-0.05, pr=-0.1)},
+)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("render") / "sweep"
+    write_results(SyntheticSpec(**SPEC), folder)
+    return folder
+
+
+def figure_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_forked_figures_are_the_bytes_drawn_in_the_process(sweep, tmp_path, monkeypatch):
+    r = analyse(sweep, cache=False)
+    forks = []
+    fork = os.fork
+
+    def counted_fork():
+        pid = fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(render, "cpus", lambda: 2)
+    monkeypatch.setattr(render.os, "fork", counted_fork)
+    draw_all(r, tmp_path / "forked")
+    assert len(forks) == len(FIGURES)  # every figure was finished in a child
+    monkeypatch.setattr(render, "cpus", lambda: 1)  # one CPU: no child
+    draw_all(r, tmp_path / "here")
+    assert len(forks) == len(FIGURES)
+    forked, here = figure_bytes(tmp_path / "forked"), figure_bytes(tmp_path / "here")
+    assert sorted(forked) == sorted(f"{name}.png" for name in FIGURES)
+    assert forked == here
+    for pid in forks:  # every child was waited for: none is left behind
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_figure_that_fails_in_its_child_is_the_reports_one_line_error(sweep, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(render, "cpus", lambda: 2)
+    out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    target = tmp_path / "bashrc"
+    target.write_text("original\n")
+    (out / "figures" / "spectra.png").symlink_to(target)  # planted: the child writing it must refuse
+    assert main([str(sweep), "--out", str(out), "--quiet", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "spectra.png" in err and "symlink" in err
+    assert target.read_text() == "original\n"
+    assert (out / "figures" / "forest.png").is_file()  # the other figures were written
+    assert not (out / "summary.md").exists()  # the report stopped at the failure
+
+
+def test_a_child_that_dies_is_reported_not_ignored(tmp_path):
+    forked = render.Forked(2)
+
+    def die(_fig):
+        os.kill(os.getpid(), 9)
+
+    forked.submit(object(), die, lambda _fig: None)
+    with pytest.raises(RuntimeError, match="status -9"):
+        forked.close()
