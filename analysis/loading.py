@@ -108,7 +108,8 @@ class Results:
 
     def cached_features(self) -> CachedFeatures | None:
         """The cached feature rows of `cached_folders`, every folder's together (each frame in trial
-        order, as analysis.features.ORDER sorts it); None if none."""
+        order, as analysis.features.ORDER sorts it); None if none. Handed over once (the caches
+        drop them: SummaryCache.features), for build_features."""
         found = [c.features() for _, c, _ in self.caches]
         found = [f for f in found if f is not None]
         if not found:
