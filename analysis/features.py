@@ -46,6 +46,7 @@ from trainer.schema import (
 
 from .contract import METRICS_PL, Part, overlapping, scan
 from .loading import Results
+from .summary_cache import FRAMES
 
 RANK_METRICS = SPECTRUM_METRICS  # pr, pr_cov, erank, stable_rank
 # The q and k read per layer and for robustness: as attention uses them, and on the unit sphere (the
@@ -204,17 +205,18 @@ def _overfull(curves: pl.DataFrame, val: pl.DataFrame, trials: pl.DataFrame) -> 
 
 
 KEYS = ("trial_id", "name", "tensor")  # the string columns the features group by
-# Each feature frame's order (the `_queries` order): trial first, so frames of trials taken in
-# trial-id order, each sorted, concatenate into one sorted frame (no sort of the whole study).
-ORDER = (
-    ("trial_id", "name", "tensor", "step"),  # curves
-    ("trial_id", "step"),  # val_loss
-    ("trial_id", "name"),  # ends
-    ("trial_id", "name", "tensor", "step"),  # activation
-    ("trial_id", "layer", "tensor", "step"),  # layers
-    ("trial_id", "step"),  # logits
-    ("trial_id", "name", "layer", "head", "step"),  # clip
-)
+# Each feature frame's row order, by its name (summary_cache.FRAMES: the names in `_queries` order):
+# trial first, so frames of trials taken in trial-id order, each sorted, concatenate into one sorted
+# frame (no sort of the whole study).
+ORDER = {
+    "curves": ("trial_id", "name", "tensor", "step"),
+    "val_loss": ("trial_id", "step"),
+    "ends": ("trial_id", "name"),
+    "activation": ("trial_id", "name", "tensor", "step"),
+    "layers": ("trial_id", "layer", "tensor", "step"),
+    "logits": ("trial_id", "step"),
+    "clip": ("trial_id", "name", "layer", "head", "step"),
+}
 
 
 def _categorical(frame: pl.DataFrame) -> pl.DataFrame:
@@ -277,7 +279,7 @@ def _collect(parts: list[Part], trials: pl.DataFrame, suspects: set[str]) -> tup
 
 
 def _sorted(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    return [f.sort(*keys) for f, keys in zip(frames, ORDER)]
+    return [f.sort(*ORDER[name]) for f, name in zip(frames, FRAMES, strict=True)]
 
 
 def batches(parts: list[Part], rows: int = BATCH_ROWS) -> list[list[Part]]:

@@ -14,16 +14,18 @@ Elsewhere, and for a single figure, everything runs in the process, one figure a
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import sys
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from trainer.errors import ConfigError
+
 MAX_JOBS = 4  # children at once, at most (and at most the CPUs this process may use)
-_MESSAGE_BYTES = 60_000  # a child's pickled failure fits a pipe's buffer (64 KiB on Linux)
+_MESSAGE_CHARS = 4_000  # a child's failure, as JSON, fits a pipe's buffer (64 KiB on Linux)
 
 
 def cpus() -> int:
@@ -37,8 +39,8 @@ def cpus() -> int:
 class Forked:
     """Runs `finish(fig)` for each submitted figure in a forked child, at most `jobs` at once.
     `close` waits for every child and raises the first failure, in submission order, as the
-    exception the child raised (a ConfigError for a planted symlink, an OSError for a full disk:
-    what the report turns into its one-line errors)."""
+    exception the child raised, as far as the report tells them apart (a ConfigError for a planted
+    symlink, an OSError with its errno for a full disk: what the report turns into its one-line errors)."""
 
     def __init__(self, jobs: int):
         self.jobs = jobs
@@ -62,7 +64,7 @@ class Forked:
                 finish(fig)
             except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
                 code = 1
-                os.write(write, _pickled(e))
+                os.write(write, _described(e))
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -81,7 +83,7 @@ class Forked:
         os.close(read)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
-            self.failures[index] = _unpickled(message) or RuntimeError(
+            self.failures[index] = _rebuilt(message) or RuntimeError(
                 f"drawing a figure: its process ended with status {code}"
             )
 
@@ -92,22 +94,32 @@ class Forked:
             raise self.failures[min(self.failures)]
 
 
-def _pickled(e: BaseException) -> bytes:
-    try:
-        data = pickle.dumps(e)
-    except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its text
-        data = b""
-    if not data or len(data) > _MESSAGE_BYTES:
-        data = pickle.dumps(RuntimeError(f"{type(e).__name__}: {str(e)[:2000]}"))
-    return data
+def _described(e: BaseException) -> bytes:
+    """A child's failure as JSON (nothing is unpickled here: a message and its kind): a ConfigError
+    (a planted symlink), an OSError with its errno (a full disk), or anything else by its type name."""
+    kind = "config" if isinstance(e, ConfigError) else "os" if isinstance(e, OSError) else "other"
+    d = {"kind": kind, "type": type(e).__name__, "message": str(e)[:_MESSAGE_CHARS]}
+    if isinstance(e, OSError):
+        d.update(errno=e.errno, strerror=e.strerror, filename=None if e.filename is None else str(e.filename))
+    return json.dumps(d).encode()
 
 
-def _unpickled(data: bytes) -> BaseException | None:
+def _rebuilt(data: bytes) -> BaseException | None:
+    """The exception `_described` wrote, as the report handles it: a ConfigError, an OSError with
+    the same errno (trainer.safeio.environment_problem reads it), else a RuntimeError naming the type."""
     try:
-        e = pickle.loads(data) if data else None
-    except Exception:  # noqa: BLE001
+        d = json.loads(data)
+    except ValueError:
         return None
-    return e if isinstance(e, BaseException) else None
+    if not isinstance(d, dict):
+        return None
+    message = str(d.get("message", ""))
+    if d.get("kind") == "config":
+        return ConfigError(message)
+    if d.get("kind") == "os" and isinstance(d.get("errno"), int):
+        args = (d["errno"], d.get("strerror") or os.strerror(d["errno"]))
+        return OSError(*args, d["filename"]) if d.get("filename") else OSError(*args)
+    return RuntimeError(f"{d.get('type', 'Exception')}: {message}")
 
 
 def _read_all(fd: int) -> bytes:

@@ -86,3 +86,21 @@ def test_a_child_that_dies_is_reported_not_ignored(tmp_path):
     forked.submit(object(), die, lambda _fig: None)
     with pytest.raises(RuntimeError, match="status -9"):
         forked.close()
+
+
+def test_a_childs_failure_comes_back_as_the_report_handles_it():
+    """Through the pipe as JSON (nothing unpickled): a full disk stays an OSError with its errno (the
+    report's one-line environment error), a refused symlink a ConfigError, anything else named."""
+    import errno
+
+    from trainer.errors import ConfigError
+    from trainer.safeio import UnsafePath, environment_problem
+
+    full = render._rebuilt(render._described(OSError(errno.ENOSPC, "No space left on device", "/r/figures/a.png")))
+    assert isinstance(full, OSError) and full.errno == errno.ENOSPC and full.filename == "/r/figures/a.png"
+    assert environment_problem(full) == "No space left on device"
+    refused = render._rebuilt(render._described(UnsafePath("/r/figures/spectra.png is a symlink")))
+    assert isinstance(refused, ConfigError) and "spectra.png" in str(refused)
+    other = render._rebuilt(render._described(ZeroDivisionError("division by zero")))
+    assert isinstance(other, RuntimeError) and str(other) == "ZeroDivisionError: division by zero"
+    assert render._rebuilt(b"not json") is None
