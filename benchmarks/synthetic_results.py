@@ -2,7 +2,8 @@
 
 The analysis tests and `python -m benchmarks.report` use this instead of a real sweep (it ships
 with `benchmarks`, so the benchmark runs from an installed wheel). Every file is written with the
-pyarrow schemas of `trainer.schema`, laid out as a sweep writes it::
+pyarrow schemas of `trainer.schema`, each part as the trainer writes one (trainer.sink's file schema,
+encodings and compression), laid out as a sweep writes it::
 
     <out>/sweep.json, <out>/trials.parquet
     <out>/metrics/trial_id=<id>/part-<first>-<last>.parquet
@@ -88,6 +89,7 @@ from trainer.schema import (
     TRIALS_FILE_SCHEMA,
     WEIGHT_TENSORS,
 )
+from trainer.sink import FILE_SCHEMAS, WRITE_OPTIONS
 
 # Each rank metric as a share of d_head is the PR share raised to this power (pr itself: 1).
 SPEC_POWERS = {"pr": 1.0, "pr_cov": 1.5, "erank": 0.8, "stable_rank": 2.0}
@@ -721,8 +723,11 @@ def _spectra_table(spec: SyntheticSpec, tr: _Trial, H: int, steps: np.ndarray) -
 
 # ---- writing --------------------------------------------------------------------------------
 def _write(table: pa.Table, path: Path, mtime: float) -> None:
+    """A part file as the trainer writes one (trainer.sink: trial_id dictionary-typed, its
+    encodings and compression), so that a benchmark reads what a real study's report reads."""
+    dataset = path.parent.parent.name  # <results>/<metrics|spectra>/trial_id=<id>/<part>
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table.cast(FILE_SCHEMAS[dataset]), path, **WRITE_OPTIONS[dataset])
     os.utime(path, (mtime, mtime))
 
 
