@@ -113,8 +113,8 @@ def with_runs(frame: pl.DataFrame) -> pl.DataFrame | None:
     """`frame` with a RUN column when every run of rows (consecutive rows of one GROUP key) is in
     strictly rising (layer, head) order, else None. The trainer writes each group's heads as one
     run in that order, so a batch is usually in head order already and `in_head_order`'s sort (a
-    fifth of the features' time) is not needed; `head_means` then also checks that every group
-    is one run (a group split over two runs could interleave its heads)."""
+    fifth of the features' time) is not needed; `head_means` then counts each group's runs and
+    `_reduce` checks that every group is one (a group split over two runs could interleave its heads)."""
     start = pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in GROUP)
     rising = (HEAD > HEAD.shift(1)).fill_null(False)  # a row with no (layer, head) in a run: sort
     frame = frame.with_columns(start.fill_null(True).alias(RUN))
@@ -273,7 +273,7 @@ def _collect(parts: list[Part], trials: pl.DataFrame, suspects: set[str]) -> tup
     frames = [
         pl.concat([f.filter(~pl.col("trial_id").is_in(list(slow_ids))), s], how="vertical") for f, s in zip(fast, slow)
     ]
-    kept = dict(n_dd.with_columns(pl.col("trial_id").cast(pl.String)).iter_rows())
+    kept = dict(as_strings(n_dd).iter_rows())
     dup = {t: n - kept.get(t, 0) for t, n in n_raw.iter_rows() if n > kept.get(t, 0)}
     return _sorted(frames), dup, suspects
 

@@ -75,9 +75,10 @@ class Forked:
         self.submitted += 1
 
     def _reap(self) -> None:
-        pid, status = os.wait()
-        if pid not in self.running:
-            return  # not one of ours (nothing else here forks; kept safe)
+        """Wait for the oldest running child (only our own: os.wait() would also take the exit status
+        of a process someone else in this program started, which its owner then never gets)."""
+        pid = next(iter(self.running))
+        _, status = os.waitpid(pid, 0)
         index, read = self.running.pop(pid)
         message = _read_all(read)
         os.close(read)

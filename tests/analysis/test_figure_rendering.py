@@ -104,3 +104,22 @@ def test_a_childs_failure_comes_back_as_the_report_handles_it():
     other = render._rebuilt(render._described(ZeroDivisionError("division by zero")))
     assert isinstance(other, RuntimeError) and str(other) == "ZeroDivisionError: division by zero"
     assert render._rebuilt(b"not json") is None
+
+
+def test_the_report_waits_only_for_its_own_children(sweep, tmp_path, monkeypatch):
+    """A program that runs the report beside a process of its own still gets that process's exit
+    status: the figures' children are waited for by pid, never with a wait for any child."""
+    import subprocess
+    import sys
+    import time
+
+    r = analyse(sweep, cache=False)
+    monkeypatch.setattr(render, "cpus", lambda: 2)
+    mine = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not os.path.exists(f"/proc/{mine.pid}/stat"):
+        time.sleep(0.05)
+    while time.monotonic() < deadline and open(f"/proc/{mine.pid}/stat").read().split()[2] != "Z":
+        time.sleep(0.05)  # until it has exited (a zombie: its status not yet taken)
+    draw_all(r, tmp_path / "figures")
+    assert mine.wait(timeout=30) == 3
