@@ -261,10 +261,10 @@ def collapse_per_arm(
         .get_column("rate_lower_bound_per_1k")
         .to_list()
     )
-    key_rows = done.select(*keys).rows()
+    key_rows = done.select(*keys)[starts].rows()  # each group's keys (its first row's), not every row's
     rows = []
     for i, (a, b) in enumerate(zip(starts, ends)):
-        row = dict(zip(keys, key_rows[a]))
+        row = dict(zip(keys, key_rows[i]))
         st = status[a:b].tolist()
         count = {s: st.count(s) for s in FIT_STATUSES}
         row["n_trials"] = int(b - a)

@@ -64,6 +64,9 @@ class Part:
     rows: int
     step_min: int | None  # from the footer's statistics; None when absent
     step_max: int | None
+    # the one trial id its rows hold (from the footer, checked against the folder by `misplaced`);
+    # None when not known (no rows, or a part described by the summary cache)
+    trial_id: str | None = None
 
 
 def _min_max(md: pq.FileMetaData, column: int) -> tuple | None:
@@ -144,7 +147,7 @@ def check_parts(files: list[Path], expected: pl.Schema) -> tuple[list[Part], lis
         if wrong is not None:  # read as is, its rows would count twice or under another trial
             skipped.append((str(f), wrong))
             continue
-        good.append(Part(f, f.parent.name, rows, lo, hi))
+        good.append(Part(f, f.parent.name, rows, lo, hi, next(iter(ids)) if ids and len(ids) == 1 else None))
     return good, skipped
 
 
@@ -186,12 +189,17 @@ def find_unreadable(parts: list[Part], schema: pl.Schema) -> list[tuple[Path, st
     return bad
 
 
-def scan(parts: list[Part], schema: pl.Schema, use_statistics: bool = True) -> pl.LazyFrame:
+def scan(
+    parts: list[Part], schema: pl.Schema, use_statistics: bool = True, row_index: str | None = None
+) -> pl.LazyFrame:
     """A lazy scan of the parts in the given order (rows keep that order). `use_statistics=False`
     when a filter will keep most row groups: checking it against every file's statistics then
-    costs more than it saves (a third of reading a study's metrics with the features' filter)."""
+    costs more than it saves (a third of reading a study's metrics with the features' filter).
+    `row_index`: a first column of that name, each row's position in the parts read one after
+    the other (counted before any filter: a row of part i lies in [sum of rows before it, + rows))."""
     if not parts:
-        return pl.LazyFrame(schema=schema)
+        empty = pl.LazyFrame(schema=schema)
+        return empty if row_index is None else empty.with_row_index(row_index)
     # The trial_id=<id> folder is also a column in every file: read it from the file, as a
     # String (newer parts store it dictionary-encoded, older ones as plain strings).
     return pl.scan_parquet(
@@ -202,6 +210,7 @@ def scan(parts: list[Part], schema: pl.Schema, use_statistics: bool = True) -> p
         extra_columns="ignore",
         cast_options=pl.ScanCastOptions(categorical_to_string="allow"),
         use_statistics=use_statistics,
+        row_index_name=row_index,
     )
 
 

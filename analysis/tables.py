@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from trainer.safeio import safe_mkdir, safe_write_text
+from trainer.safeio import safe_mkdir, safe_write, safe_write_text
 
 from .labels import header, metric_label, tex_math
 
@@ -145,7 +145,7 @@ def to_text(df: pl.DataFrame, max_rows: int = 40) -> str:
 def write_table(df: pl.DataFrame, folder: Path, name: str, caption: str = "") -> None:
     """tables/<name>.csv (every column, full precision) and tables/<name>.tex (`latex_view`)."""
     folder = safe_mkdir(folder)
-    safe_write_text(folder / f"{name}.csv", df.write_csv())
+    safe_write(folder / f"{name}.csv", df.write_csv)
     view, headers, caption = latex_view(df, caption)
     if view.width < df.width:
         caption += f" (all columns: tables/{name}.csv)"

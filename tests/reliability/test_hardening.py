@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +26,7 @@ import yaml
 
 from tests.helpers import SMOKE_SWEEP, assert_refused, cli_args, split_part, sweep_command, sweep_with
 from trainer.config import ConfigError, load_yaml, parse_override
-from trainer.safeio import EXIT_ENVIRONMENT, UnsafePath, safe_write_bytes
+from trainer.safeio import EXIT_ENVIRONMENT, UnsafePath, safe_write, safe_write_bytes
 from trainer.storage import ResultsDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,6 +163,25 @@ def test_case1_safe_write_leaves_no_temporary_file_when_the_write_fails(tmp_path
     with pytest.raises(OSError):
         safe_write_bytes(tmp_path / "summary.md", b"text")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_case1_a_table_written_as_it_is_produced_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    """safe_write streams a large table (collapse.csv) into a temporary file: a writer that fails
+    half-way leaves the previous table whole and no temporary file."""
+    table = tmp_path / "collapse.csv"
+    table.write_text("old,table\n")
+
+    def half_then_fail(f):
+        f.write(b"new,rows\n" * 1000)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        safe_write(table, half_then_fail)
+    assert table.read_text() == "old,table\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["collapse.csv"]
+    df = pl.DataFrame({"trial_id": ["a", "b"], "rate": [0.1, 0.25]})
+    safe_write(table, df.write_csv)
+    assert pl.read_csv(table).equals(df)
 
 
 # ==== case 2: a standalone trial never clobbers a sweep or another trial ===========================
