@@ -359,8 +359,7 @@ def fit_decay(t: np.ndarray, y: np.ndarray, level: float = CI_LEVEL) -> dict[str
     has = valid.any(1)
     if not has.any():
         return out
-    yv = np.where(valid, y, np.inf)
-    imin = np.argmin(yv, axis=1)
+    imin = np.argmin(np.where(valid, y, np.inf), axis=1)  # the (N, T) copy not kept: 45 MB at 437,760 rows
     first = np.argmax(valid, axis=1)
     last = y.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)
     rows = np.arange(N)

@@ -36,6 +36,7 @@ from .alternatives import clip_activity, clip_heads, clip_summary, variant_ranki
 from .brief import terminal_lines
 from .collapse import collapse_per_arm, collapse_per_trial
 from .features import Features, build_features, check_drawn_spectra
+from .figures.render import forked_rendering
 from .finals import final_values, layer_finals
 from .loading import Results, load_results
 from .lr_selection import held_out_lrs
@@ -282,15 +283,17 @@ def write_report(r: Report, out: Path, figure_format: str = "png") -> None:
     `figure_format`: png (the default), svg or pdf (analysis.figures.FORMATS)."""
     out = safe_mkdir(out)
     tables, figs = safe_mkdir(out / "tables"), safe_mkdir(out / "figures")
-    safe_write_text(out / "paradox.csv", r.paradox.write_csv())
-    safe_write(
-        out / "collapse.csv", collapse_csv(r.collapse_trial, r.collapse_arm).write_csv
-    )  # 170 MB at 13,680 trials: streamed
-    safe_write_text(out / "verdict.json", json.dumps(r.verdict, indent=2, allow_nan=False) + "\n")
-    for name, df, caption in table_files(r):
-        write_table(df, tables, name, caption)
-    safe_write(tables / "finals.csv", r.finals.write_csv)  # one row per trial: CSV only
-    figures.draw_all(r, figs, figure_format)  # every figure: forest, PR at best LR and per LR, spectra, ...
+    # The figures first: the last ones are rendered and written by forked children (render.py)
+    # while the tables are written here; every child has finished before summary.md.
+    with forked_rendering(len(figures.FIGURES)):
+        figures.draw_all(r, figs, figure_format)  # every figure: forest, PR at best LR and per LR, spectra, ...
+        safe_write_text(out / "paradox.csv", r.paradox.write_csv())
+        trial_and_arm = collapse_csv(r.collapse_trial, r.collapse_arm)
+        safe_write(out / "collapse.csv", trial_and_arm.write_csv)  # 170 MB at 13,680 trials: streamed
+        safe_write_text(out / "verdict.json", json.dumps(r.verdict, indent=2, allow_nan=False) + "\n")
+        for name, df, caption in table_files(r):
+            write_table(df, tables, name, caption)
+        safe_write(tables / "finals.csv", r.finals.write_csv)  # one row per trial: CSV only
     safe_write_text(out / "summary.md", markdown(r, figure_format))
 
 
