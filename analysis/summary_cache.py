@@ -121,8 +121,9 @@ class SummaryCache:
             return empty
         ids = [_trial_id(f) for f in folders]
         try:
-            frames = [
-                pl.read_parquet(self.dir / f"{name}.parquet").filter(pl.col("trial_id").is_in(ids)) for name in FRAMES
+            frames = [  # filtered as read: the whole frame is never in memory beside the rows kept
+                pl.scan_parquet(self.dir / f"{name}.parquet").filter(pl.col("trial_id").is_in(ids)).collect()
+                for name in FRAMES
             ]
         except (OSError, pl.exceptions.PolarsError):  # damaged: read everything afresh
             return empty
