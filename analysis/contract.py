@@ -14,7 +14,9 @@ never a pattern over its neighbours.
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -27,6 +29,7 @@ from trainer.errors import ConfigError, short_repr
 from trainer.safeio import check_run_name
 from trainer.schema import METRICS_SCHEMA, SPECTRA_SCHEMA, STATUSES, TRIALS_SCHEMA
 
+from . import forked
 from .paths import ResultsError, UriPath
 
 # Columns of trials.parquet the analysis cannot do without; the rest are filled with null.
@@ -98,9 +101,12 @@ def _trial_ids(path: Path, md: pq.FileMetaData, schema: pa.Schema) -> set[str] |
     return {v for v in column.unique().to_pylist() if v is not None}
 
 
-def _read_footer(path: Path) -> tuple[pl.Schema, int, int | None, int | None, set[str] | None] | str:
-    """(schema as Polars sees it, rows, step min, step max, the trial ids its rows hold), or why the
-    file cannot be read."""
+Footer = tuple[pa.Schema, int, "int | None", "int | None", "set[str] | None"]
+
+
+def _read_footer(path: Path) -> Footer | str:
+    """(its Arrow schema, rows, step min, step max, the trial ids its rows hold), or why the file
+    cannot be read. pyarrow only: it runs in a forked child for half of a large study (check_parts)."""
     try:
         md = pq.read_metadata(path.key, filesystem=path.fs) if isinstance(path, UriPath) else pq.read_metadata(path)
         schema = md.schema.to_arrow_schema()
@@ -108,9 +114,47 @@ def _read_footer(path: Path) -> tuple[pl.Schema, int, int | None, int | None, se
         j = schema.get_field_index("step")
         if j >= 0 and md.num_row_groups:
             lo, hi = _min_max(md, j) or (None, None)
-        return polars_schema(schema), md.num_rows, lo, hi, _trial_ids(path, md, schema)
+        return schema, md.num_rows, lo, hi, _trial_ids(path, md, schema)
     except (OSError, pa.ArrowException, ValueError) as e:
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+
+
+class _FooterJson:
+    """A footer to JSON and back, for the forked child's half (analysis.forked): each distinct
+    schema is sent once (Arrow IPC, base64) and then named by its number."""
+
+    def __init__(self) -> None:
+        self.sent: list[pa.Schema] = []  # the child's: the schemas sent, by number
+        self.schemas: list[pa.Schema] = []  # the parent's: number -> schema
+
+    def to_json(self, footer: Footer | str):
+        if isinstance(footer, str):
+            return footer
+        schema, rows, lo, hi, ids = footer
+        sent = None
+        number = next((i for i, s in enumerate(self.sent) if schema.equals(s)), None)
+        if number is None:
+            number = len(self.sent)
+            self.sent.append(schema)
+            sent = base64.b64encode(schema.serialize().to_pybytes()).decode()
+        return [number, sent, rows, lo, hi, None if ids is None else sorted(ids)]
+
+    def from_json(self, found) -> Footer | str:
+        if isinstance(found, str):
+            return found
+        number, sent, rows, lo, hi, ids = found
+        if sent is not None:
+            self.schemas.append(pa.ipc.read_schema(pa.py_buffer(base64.b64decode(sent))))
+        return self.schemas[number], rows, lo, hi, None if ids is None else set(ids)
+
+
+def read_footers(files: list[Path]) -> Iterable[Footer | str]:
+    """`_read_footer` of every file, in order: a large local study's in two processes
+    (analysis.forked), else one by one as they are used."""
+    if len(files) < forked.FORK_AT or not forked.can_fork() or any(isinstance(f, UriPath) for f in files):
+        return (_read_footer(f) for f in files)  # (an object store's client is never forked)
+    codec = _FooterJson()
+    return forked.map_halves(_read_footer, files, codec.to_json, codec.from_json)
 
 
 def misplaced(folder: str, ids: set[str] | None) -> str | None:
@@ -134,12 +178,15 @@ def check_parts(files: list[Path], expected: pl.Schema) -> tuple[list[Part], lis
     disagrees with their folder, are returned as skipped (path, reason)."""
     good, skipped = [], []
     checked: list[pl.Schema] = []  # the distinct schemas checked (a study's parts share a few)
-    for f in files:
-        footer = _read_footer(f)
+    previous: tuple[pa.Schema, pl.Schema] | None = None
+    for f, footer in zip(files, read_footers(files), strict=True):
         if isinstance(footer, str):
             skipped.append((str(f), footer))
             continue
-        schema, rows, lo, hi, ids = footer
+        arrow_schema, rows, lo, hi, ids = footer
+        if previous is None or not (arrow_schema is previous[0] or arrow_schema.equals(previous[0])):
+            previous = arrow_schema, polars_schema(arrow_schema)  # most parts have the one before's schema
+        schema = previous[1]
         if not any(schema is s for s in checked):  # polars_schema gives one object per schema
             check_columns(f, schema, expected, expected.names())
             checked.append(schema)

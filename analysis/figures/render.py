@@ -24,16 +24,10 @@ from pathlib import Path
 
 from trainer.errors import ConfigError
 
+from ..forked import cpus
+
 MAX_JOBS = 4  # children at once, at most (and at most the CPUs this process may use)
 _MESSAGE_CHARS = 4_000  # a child's failure, as JSON, fits a pipe's buffer (64 KiB on Linux)
-
-
-def cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class Forked:
