@@ -43,7 +43,7 @@ def polars_schema(schema: pa.Schema) -> pl.Schema:
     key = (tuple(schema.names), tuple(str(t) for t in schema.types))
     found = _SCHEMAS.get(key)
     if found is None:
-        found = pl.from_arrow(schema.empty_table()).schema
+        found = pl.from_arrow(_empty(schema)).schema
         found = _SCHEMAS[key] = pl.Schema(
             {c: pl.String if isinstance(t, pl.Categorical) else t for c, t in found.items()}
         )
@@ -51,6 +51,12 @@ def polars_schema(schema: pa.Schema) -> pl.Schema:
 
 
 _SCHEMAS: dict[tuple, pl.Schema] = {}
+
+
+def _empty(schema: pa.Schema) -> pa.RecordBatch:
+    """An empty batch of `schema`, made without importing pandas (`Schema.empty_table` and
+    `pa.array([])` import it: 43 MB of the report's memory and 0.2 s of its start)."""
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
 METRICS_PL = polars_schema(METRICS_SCHEMA)
