@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,26 +40,39 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork") and cpus() >= 2
 
 
+def fork() -> int:
+    """os.fork(), without Python 3.12+'s warning that forking a process with threads (Polars' pool)
+    can deadlock a child that takes a lock one of them held: the children here take none of theirs
+    (module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def read_all(fd: int) -> bytes:
+    """Everything a pipe's read end gives until its writers have closed it."""
+    chunks = []
+    while chunk := os.read(fd, 65_536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def map_halves(
     fn: Callable[[T], R],
     items: Sequence[T],
     to_json: Callable[[R], Any],
     from_json: Callable[[Any], R],
     fork_at: int | None = None,
-) -> list[R]:
-    """[fn(x) for x in items], the second half computed by a forked child when there are at least
-    `fork_at` items and a second CPU. `to_json(result)` must give what json.dumps takes, and
-    `from_json` must turn that back into the result. `fn` must not call Polars (module docstring).
-    `fork_at`: FORK_AT when not given."""
+) -> Iterable[R]:
+    """fn(x) for each of `items`, in order: with at least `fork_at` items (FORK_AT when not given)
+    and a second CPU, the second half computed by a forked child and a list returned; else each
+    computed here as it is iterated. `to_json(result)` must give what json.dumps takes, and
+    `from_json` must turn that back into the result. `fn` must not call Polars (module docstring)."""
     if len(items) < (FORK_AT if fork_at is None else fork_at) or not can_fork():
-        return [fn(x) for x in items]
+        return map(fn, items)
     half = len(items) // 2
     read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns that forking a process with threads (Polars' pool) can deadlock a child
-        # that takes a lock one of them held; the child here runs no Polars (module docstring).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: the second half, then exit without running the parent's cleanup
         code = 0
         try:
@@ -74,8 +87,8 @@ def map_halves(
             os._exit(code)
     os.close(write_end)
     mine = [fn(x) for x in items[:half]]
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
+    data = read_all(read_end)
+    os.close(read_end)
     os.waitpid(pid, 0)
     try:
         theirs = [from_json(r) for r in json.loads(data)] if data else []
@@ -86,4 +99,4 @@ def map_halves(
     return mine + theirs
 
 
-__all__ = ["FORK_AT", "can_fork", "cpus", "map_halves"]
+__all__ = ["FORK_AT", "can_fork", "cpus", "fork", "map_halves", "read_all"]

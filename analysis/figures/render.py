@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.errors import ConfigError
 
-from ..forked import cpus
+from ..forked import cpus, fork, read_all
 
 MAX_JOBS = 4  # children at once, at most (and at most the CPUs this process may use)
 _MESSAGE_CHARS = 4_000  # a child's failure, as JSON, fits a pipe's buffer (64 KiB on Linux)
@@ -46,11 +45,7 @@ class Forked:
         while len(self.running) >= self.jobs:
             self._reap()
         read, write = os.pipe()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns that forking a process with threads (Polars' pool) can deadlock a
-            # child that takes a lock one of them held; the child here takes none of theirs.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = fork()  # (the child touches only matplotlib, Pillow and its file: the module docstring)
         if pid == 0:  # the child: lay out, render, write, and leave without running the parent's exit code
             os.close(read)
             code = 0
@@ -74,7 +69,7 @@ class Forked:
         pid = next(iter(self.running))
         _, status = os.waitpid(pid, 0)
         index, read = self.running.pop(pid)
-        message = _read_all(read)
+        message = read_all(read)
         os.close(read)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
@@ -115,13 +110,6 @@ def _rebuilt(data: bytes) -> BaseException | None:
         args = (d["errno"], d.get("strerror") or os.strerror(d["errno"]))
         return OSError(*args, d["filename"]) if d.get("filename") else OSError(*args)
     return RuntimeError(f"{d.get('type', 'Exception')}: {message}")
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65_536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 _active: Forked | None = None  # while `forked_rendering` runs
