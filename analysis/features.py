@@ -47,7 +47,7 @@ from trainer.schema import (
 
 from .contract import METRICS_PL, Part, overlapping, scan
 from .loading import Results
-from .summary_cache import FRAMES
+from .summary_cache import FRAMES, merge_trials
 
 RANK_METRICS = SPECTRUM_METRICS  # pr, pr_cov, erank, stable_rank
 # The q and k read per layer and for robustness: as attention uses them, and on the unit sphere (the
@@ -374,7 +374,7 @@ def build_features(res: Results) -> Features:
     frames[1] = frames[1].select("trial_id", "step", "value")  # val_loss, as Features holds it
     cached = res.cached_features()  # the same frames, sorted alike (analysis.summary_cache)
     if cached is not None:
-        frames = [f.merge_sorted(c, key="trial_id") for f, c in zip(frames, cached.frames)]
+        frames = [merge_trials(f, c) for f, c in zip(frames, cached.frames)]
         dup |= cached.duplicate_rows
         suspects |= cached.deduplicated
     curves, val, ends, activation, layers, logits, clip = frames

@@ -21,18 +21,12 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from trainer.host import cpus
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 FORK_AT = 2_000  # items: below this a fork (a few ms) is not worth it
-
-
-def cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def can_fork() -> bool:

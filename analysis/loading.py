@@ -55,7 +55,7 @@ from .contract import (
     scan,
 )
 from .paths import Listed, ResultsError, UriPath, find_sweep_dir, list_part_files
-from .summary_cache import CachedFeatures, SummaryCache
+from .summary_cache import CachedFeatures, SummaryCache, merge_trials
 from .summary_cache import save as save_cache
 
 __all__ = ["Folder", "Results", "ResultsError", "combine", "load", "load_results"]
@@ -115,9 +115,7 @@ class Results:
         if not found:
             return None
         return CachedFeatures(
-            frames=[
-                reduce(lambda a, b: a.merge_sorted(b, key="trial_id"), fs) for fs in zip(*(f.frames for f in found))
-            ],
+            frames=[reduce(merge_trials, fs) for fs in zip(*(f.frames for f in found))],
             duplicate_rows={t: n for f in found for t, n in f.duplicate_rows.items()},
             deduplicated=set().union(*(f.deduplicated for f in found)),
         )

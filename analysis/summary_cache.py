@@ -25,10 +25,12 @@ the old cache (trainer.safeio: never through a symlink).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import shutil
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -68,6 +70,35 @@ def cache_key() -> str:
 
 def _fingerprint(dataset: str, entry: Listed) -> tuple:
     return (dataset, entry.path.name, entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode)
+
+
+def _trial_runs(frame: pl.DataFrame, which: int) -> list[tuple[str, int, int, int]]:
+    """(trial id, `which`, first row, rows) of each trial's rows in a frame sorted by trial_id."""
+    runs = frame.get_column("trial_id").rle().struct.unnest()
+    lens = runs.get_column("len").to_list()
+    ids = runs.get_column("value").cast(pl.String).to_list()
+    return list(zip(ids, [which] * len(ids), accumulate(lens[:-1], initial=0), lens, strict=True))
+
+
+def merge_trials(first: pl.DataFrame, second: pl.DataFrame) -> pl.DataFrame:
+    """Two frames sorted by trial_id (lexically; each trial's rows together), as one frame sorted
+    alike: the rows `first.merge_sorted(second, key="trial_id")` gives, in its order, but made of
+    slices of the two (Polars slices share their memory), so nothing is copied. merge_sorted copies
+    both: a second report's merge of a study's cached features with the new trials' took 0.2 GB
+    of its peak. (Strings in UTF-8 sort bytewise as Python sorts their code points.)"""
+    if first.height == 0:
+        return second
+    if second.height == 0:
+        return first
+    pieces: list[list[int]] = []  # [which, start, rows], consecutive rows of one frame coalesced
+    for _, which, start, rows in heapq.merge(_trial_runs(first, 0), _trial_runs(second, 1)):
+        last = pieces[-1] if pieces else None
+        if last is not None and last[0] == which and last[1] + last[2] == start:
+            last[2] += rows
+        else:
+            pieces.append([which, start, rows])
+    frames = (first, second)
+    return pl.concat([frames[w].slice(start, rows) for w, start, rows in pieces], how="vertical", rechunk=False)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import math
 import shlex
 from collections import Counter
 
+from trainer import host
 from trainer.architecture import parameter_count
 from trainer.config import ConfigError, TrialConfig
 from trainer.schema import QK_NORM_VARIANTS
@@ -107,12 +108,6 @@ def _clock(seconds: float) -> str:
     return f"{days}d {text}" if days else text
 
 
-def _cpus_here() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def resolve_device(configs: list[TrialConfig], device_kind: str | None, gpu_name: str) -> tuple[str, GPU]:
     """The device kind the plan costs on ('cpu', 'h200', ...) and the GPU it packs onto."""
     on_gpu = any(uses_cuda(c) for c in configs)
@@ -159,7 +154,7 @@ def predict(
     table = table or calibration.load_table()
     cal = calibration.Calibration(table, device, gpu.bf16_tflops if device != "cpu" else None)
     on_gpu = device != "cpu"
-    cpus = num_cpus or _cpus_here()
+    cpus = num_cpus or host.cpus()
     gpus = num_gpus or 1
     cap = getattr(resources, "max_concurrent", None)
     ray = table.local_ray

@@ -43,6 +43,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from ray._private import ray_constants  # noqa: E402
 
+from trainer import host  # noqa: E402
 from trainer.config import ConfigError  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -249,7 +250,7 @@ def start_ray(
     _loopback_only(True)
     try:
         ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_cpus=num_cpus or host.cpus(),
             include_dashboard=False,
             _node_ip_address=LOOPBACK,
             _temp_dir=temp.path,

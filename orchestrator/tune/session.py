@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from trainer import host
 from trainer.config import ConfigError
 from trainer.safeio import environment_problem
 from trainer.storage import ResultsDir
@@ -33,7 +34,7 @@ def choose_address(
     address = None if local else (address or runtime.running_cluster_address())
     if address is None:
         cpus, gpus = resources.largest(widths)
-        runtime.check_local_resources(num_cpus or os.cpu_count() or 1, cpus, gpus)
+        runtime.check_local_resources(num_cpus or host.cpus(), cpus, gpus)
     return address
 
 
