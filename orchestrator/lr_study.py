@@ -24,8 +24,7 @@ from trainer.config import ConfigError
 from . import cli
 from .exits import bad_input
 from .options import StudyOptions
-from .spec.plan import plan_study
-from .tune.study_run import lr_study
+from .spec.plan import check_study, plan_study
 
 PROG = "python -m orchestrator.lr_study"
 
@@ -74,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         if dry_run:  # validates and prints the plan; no Ray, nothing written
             print(plan_study(options), end="", flush=True)
             return 0
+        check_study(options)  # bad input answered before Ray, Tune, Optuna and torch are loaded
+        from .tune.study_run import lr_study
+
         return lr_study(options)
     except ConfigError as err:
         return bad_input(err)

@@ -26,8 +26,7 @@ from trainer.config import ConfigError
 from . import cli
 from .exits import bad_input
 from .options import SweepOptions
-from .spec.plan import plan_sweep
-from .tune.sweep_run import sweep
+from .spec.plan import check_sweep, plan_sweep
 
 PROG = "python -m orchestrator.sweep"
 
@@ -90,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         if dry_run:  # validates and prints the plan; no Ray, nothing written
             print(plan_sweep(options), end="", flush=True)
             return 0
+        check_sweep(options)  # bad input answered before Ray, Tune and torch are loaded
+        from .tune.sweep_run import sweep
+
         return sweep(options).exit_code
     except ConfigError as err:
         return bad_input(err)

@@ -168,3 +168,37 @@ def test_an_installed_wheel_ships_the_bundled_sweeps(installed_wheel, tmp_path, 
     run = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["smoke", "default", yaml.safe_load((SWEEPS_DIR / "lr.yaml").read_text())["name"]]
+
+
+# ---- bad input before the Tune layer ----------------------------------------------------------
+EARLY = """
+import sys
+from orchestrator import {module}
+code = {module}.main({argv!r})
+loaded = sorted(m for m in ("ray", "torch", "optuna") if m in sys.modules)
+print("LOADED", ",".join(loaded) or "-", "CODE", code)
+"""
+
+
+@pytest.mark.parametrize(
+    "module, argv, says",
+    [
+        ("sweep", ["--config", "smoke", "--set", "grid.lr=[]"], "grid.lr"),
+        ("sweep", ["--config", "smoke", "--results", "/no/such/parent/here"], "results"),
+        ("sweep", ["--config", "smoke", "--chunk", "5/4"], "chunk"),
+        ("lr_study", ["--config", "lr_smoke", "--set", "arms.width=[]"], "arms.width"),
+    ],
+)
+def test_bad_input_is_answered_before_ray_torch_or_optuna_is_loaded(module, argv, says, tmp_path):
+    """A mistyped sweep or study ends with its one line and exit 2 in a fraction of a second: the
+    checks that need no Ray run before the Tune layer (Ray, Tune, Optuna and torch) is imported."""
+    out = subprocess.run(
+        [os.environ.get("PYTHON", __import__("sys").executable), "-c", EARLY.format(module=module, argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert "LOADED - CODE 2" in out.stdout, out.stdout + out.stderr
+    assert says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
