@@ -23,6 +23,7 @@ import torch
 from . import data as data_mod
 from .cadence import eval_steps, regular_steps
 from .config import TrialConfig
+from .hooks import CheckpointError, TrialHooks
 from .metrics import ProbeResult, measure
 from .model import GPT
 from .optim import build_optimizers, lr_factor, set_lr
@@ -35,19 +36,6 @@ from .trials import trial_row
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FLUSH_SECONDS = 30.0
-
-
-class TrialHooks:
-    """Callbacks from the loop; every method is optional (no-op by default)."""
-
-    def on_start(self, row: dict, resumed_step: int | None) -> None: ...
-
-    def on_step(self, step: int, info: dict) -> None: ...
-
-    def on_report(self, step: int, metrics: dict, checkpoint_dir: Path | None) -> None:
-        """After each eval and each checkpoint; `checkpoint_dir` holds a checkpoint just saved."""
-
-    def on_end(self, row: dict) -> None: ...
 
 
 def pick_device(cfg: TrialConfig) -> torch.device:
@@ -71,10 +59,6 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     buf = io.BytesIO()  # serialised in memory, so a full disk is an OSError (ENOSPC), not torch's RuntimeError
     torch.save(state, buf)
     safe_write_bytes(folder / CHECKPOINT_FILE, buf.getvalue())  # temporary name + rename; removed on failure
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded safely: tampered with, corrupt, or not written by this trainer."""
 
 
 def load_checkpoint(folder: Path) -> dict | None:

@@ -16,7 +16,7 @@ from .cli import ArgumentParser
 from .config import SMOKE, ConfigError, TrialConfig, build_config, load_yaml, short_repr
 from .console import format_duration, report_command
 from .data import load_tokens
-from .loop import CheckpointError, TrialHooks, run_trial
+from .hooks import CheckpointError, TrialHooks
 from .provenance import now_iso, sweep_record
 from .safeio import EXIT_ENVIRONMENT, RUN_NAME, environment_problem, read_record
 from .schema import CHECKPOINTS_DIR, FINISHED_STATUSES, SWEEP_JSON
@@ -203,6 +203,8 @@ def run(args, cfg: TrialConfig, tokens, results: ResultsDir, previous: dict | No
     )
     results.write_json(meta, SWEEP_JSON)
     printer = ConsolePrinter(results, cfg.steps)
+    from .loop import run_trial  # torch: loaded once the trial's input has passed every check
+
     try:
         row = run_trial(
             cfg,

@@ -224,3 +224,34 @@ def test_sigkill_mid_run_then_restart_gives_exactly_one_row_per_key(tmp_path):
     assert steps == list(range(400))
     evals = metrics.filter(pl.col("name") == "val_loss")["step"].sort().to_list()
     assert evals == list(range(0, 400, 20)) + [400]
+
+
+BEFORE_TORCH = """
+import sys
+from trainer import train
+code = train.main({argv!r})
+print("TORCH", "torch" in sys.modules, "CODE", code)
+"""
+
+
+@pytest.mark.parametrize(
+    "config, says",
+    [("width: -1\n", "width"), ("optimizer: sgd\n", "optimizer"), ("corpus: /no/such/corpus\n", "corpus")],
+)
+def test_a_bad_trial_is_answered_before_torch_is_loaded(tmp_path, config, says):
+    """A mistyped trial file ends with its one line and exit 2 before torch is imported (a second
+    of imports), and writes nothing."""
+    (tmp_path / "t.yaml").write_text(config)
+    out_dir = tmp_path / "out"
+    argv = ["--config", str(tmp_path / "t.yaml"), "--out", str(out_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-c", BEFORE_TORCH.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert "TORCH False CODE 2" in proc.stdout, proc.stdout + proc.stderr
+    assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not out_dir.exists()
