@@ -17,3 +17,19 @@ storage_probe.py  every node of a cluster must see the results folder
 study_search.py   a searcher and a scheduler that keep the arms of an LR study apart
 study_storage.py  the Optuna storage of an LR study, and each arm's lr_best row
 """
+
+import os
+
+# Quiet Ray before it is imported: no dedup banner, no per-trial boxes, no deprecation nags. Here, in
+# the package, because Ray reads some of these once, when it is imported (ray_constants.RAY_DEDUP_LOGS),
+# and the modules of this package import Ray at their top: set in runtime.py, they came after
+# sweep_run's `from ray import tune` and the driver's log dedup stayed on. A user's own setting wins.
+RAY_ENVIRONMENT = {
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy reporter is silent at verbose=0; the new one still prints boxes
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # tune_core.logger_callbacks adds result.json, CSV, TensorBoard
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
+    "TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
+}
+for _key, _value in RAY_ENVIRONMENT.items():
+    os.environ.setdefault(_key, _value)

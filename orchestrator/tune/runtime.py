@@ -29,22 +29,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-# Quiet Ray before it is imported: no dedup banner, no per-trial boxes, no deprecation nags.
-for _key, _value in {
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",  # the legacy reporter is silent at verbose=0; the new one still prints boxes
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # tune_core.logger_callbacks adds result.json, CSV, TensorBoard
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
-    "TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "60",
-}.items():
-    os.environ.setdefault(_key, _value)
+import ray
+import torch
+from ray._private import ray_constants
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-from ray._private import ray_constants  # noqa: E402
-
-from trainer import host  # noqa: E402
-from trainer.config import ConfigError  # noqa: E402
+from trainer import host
+from trainer.config import ConfigError
 
 LOOPBACK = "127.0.0.1"
 
