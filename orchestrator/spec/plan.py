@@ -552,23 +552,25 @@ def _render_spec(title: str, configs, spec, results, options, notes: list[str], 
     )
 
 
-def check_sweep(options) -> None:
-    """The checks of `orchestrator.sweep` that need neither Ray nor torch, in the order the sweep makes
-    them (orchestrator.tune.sweep_run.prepare): the spec and its overrides, every grid point, the
-    chunk, the results folder (ConfigError). The command makes them before it loads the Tune layer
-    (Ray, Tune and torch: about 2 s of imports), so that a mistyped sweep is answered at once;
-    prepare makes them again (milliseconds: 768 grid points in 22 ms) beside those that need Ray."""
-    spec, _ = sweep_spec(options.config, options.overrides, options.spec)
-    spec, _, _ = apply_chunk(spec, expand(spec), options.chunk)
-    check_results(options.results or spec.results, spec.name)
+def check_sweep(options) -> tuple:
+    """The checks of `orchestrator.sweep` that need neither Ray nor torch, in order: the spec and its
+    overrides, every grid point, the chunk, the results folder (ConfigError). Returns (spec, where
+    it came from, the chunk's configs, the chunk's sweep.json entry or None, the results folder).
+    The command makes them before it loads the Tune layer (Ray, Tune and torch: about 2 s of
+    imports), so that a mistyped sweep is answered at once; orchestrator.tune.sweep_run.prepare
+    starts with them (made twice, then: milliseconds, 768 grid points in 22 ms)."""
+    spec, source = sweep_spec(options.config, options.overrides, options.spec)
+    spec, configs, chunk = apply_chunk(spec, expand(spec), options.chunk)
+    return spec, source, configs, chunk, check_results(options.results or spec.results, spec.name)
 
 
-def check_study(options) -> None:
-    """`check_sweep` for `orchestrator.lr_study` (orchestrator.tune.study_run.prepare): the spec, its
-    arms and the results folder."""
-    spec, _ = load_lr_spec(options.config, list(options.overrides))
-    expand_arms(spec)
-    check_results(options.results or spec.results, spec.name)
+def check_study(options) -> tuple:
+    """`check_sweep` for `orchestrator.lr_study`: the spec, its arms and the results folder; returns
+    (spec, where it came from, arms, the results folder), what orchestrator.tune.study_run.prepare
+    starts with."""
+    spec, source = load_lr_spec(options.config, list(options.overrides))
+    arms = expand_arms(spec)
+    return spec, source, arms, check_results(options.results or spec.results, spec.name)
 
 
 def plan_sweep(options) -> str:

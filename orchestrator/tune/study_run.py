@@ -36,8 +36,9 @@ from trainer.trials import read_trials
 from ..exits import EXIT_INTERRUPTED, StorageUnreachable
 from ..options import StudyOptions
 from ..spec.lr_best import format_table, write_lr_best
-from ..spec.prepare import check_placement, check_previous, check_results, check_same_train, load_corpora
-from ..spec.study_file import LRStudySpec, expand_arms, load_lr_spec
+from ..spec.plan import check_study
+from ..spec.prepare import check_placement, check_previous, check_same_train, load_corpora
+from ..spec.study_file import LRStudySpec
 from . import tuner
 from .monitor import SweepMonitor, register
 from .reports import OBJECTIVE, RUNG_STEP
@@ -78,9 +79,7 @@ def lr_study(options: StudyOptions) -> int:
 
 
 def prepare(options: StudyOptions) -> PreparedStudy:
-    spec, source = load_lr_spec(options.config, list(options.overrides))
-    arms = expand_arms(spec)
-    results = check_results(options.results or spec.results, spec.name)
+    spec, source, arms, results = check_study(options)
     url = storage_url(spec, results)
     address = choose_address(options.address, options.local, options.num_cpus, spec.resources, spec.arms.width)
     check_placement(list(arms.values()), spec, local=address is None)

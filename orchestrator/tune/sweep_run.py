@@ -26,18 +26,16 @@ from trainer.trials import read_trials
 
 from ..exits import EXIT_INTERRUPTED, EXIT_TRIALS_FAILED, StorageUnreachable, bad_input
 from ..options import SweepOptions, SweepResult
-from ..spec.chunks import apply_chunk
+from ..spec.plan import check_sweep
 from ..spec.prepare import (
     TUNE_DIR,
     check_placement,
     check_previous,
-    check_results,
     check_resume,
     check_same_sweep,
     load_corpora,
-    sweep_spec,
 )
-from ..spec.sweep_file import SweepSpec, expand, spec_summary
+from ..spec.sweep_file import SweepSpec, spec_summary
 from ..spec.validation import AXES, EXTRA_AXES
 from . import runtime, storage_probe, tuner
 from .monitor import SweepMonitor, register
@@ -69,9 +67,7 @@ def sweep(options: SweepOptions) -> SweepResult:
 
 def prepare(options: SweepOptions) -> Prepared:
     """Every check, in the order a user fixes them; writes nothing and starts nothing."""
-    spec, source = sweep_spec(options.config, options.overrides, options.spec)
-    spec, configs, chunk = apply_chunk(spec, expand(spec), options.chunk)
-    results = check_results(options.results or spec.results, spec.name)
+    spec, source, configs, chunk, results = check_sweep(options)
     address = choose_address(
         options.address, options.local, options.num_cpus, spec.resources, {c.width for c in configs}
     )
