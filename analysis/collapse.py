@@ -155,13 +155,13 @@ def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFra
         *extra,
     )
     # The table's row order, found on the keys alone and given to the fits before the table is
-    # built: sorting the finished table (37 columns) held two copies of it at once, the report's
+    # built: sorting the finished table held two copies of it at once, the report's
     # memory peak at 13,680 trials. trial_id last: rows that tie on arm, LR and seed (trials of two
     # initialisations) keep one order on every machine (Polars' sort leaves ties in any order).
     order = (
         keys.with_row_index("_row")
-        .join(meta.select(*ORDER_KEYS[:5], "trial_id"), on="trial_id", how="inner")
-        .sort(*ORDER_KEYS[:5], "name", "tensor", "trial_id")
+        .join(meta.select(*ORDER_KEYS, "trial_id"), on="trial_id", how="inner")
+        .sort(*ORDER_KEYS, "name", "tensor", "trial_id")
         .get_column("_row")
         .to_numpy()
     )
