@@ -26,6 +26,7 @@ import functools
 import math
 import shlex
 from collections import Counter
+from dataclasses import dataclass
 
 from trainer import host
 from trainer.architecture import parameter_count
@@ -147,10 +148,12 @@ def predict(
     table: calibration.Table | None = None,
     driver: bool = True,
     cache: dict | None = None,
+    trial_seconds: dict | None = None,
 ) -> dict:
     """Trial seconds, core- and GPU-hours and wall time of a sweep (see the module's docstring).
     `cache` keeps the trials' costings between calls on the same device, table and resources (the
-    chunks of one sweep)."""
+    chunks of one sweep); `trial_seconds`, when given, is filled with each trial's seconds by its
+    trial_id."""
     table = table or calibration.load_table()
     cal = calibration.Calibration(table, device, gpu.bf16_tflops if device != "cpu" else None)
     on_gpu = device != "cpu"
@@ -211,6 +214,8 @@ def predict(
             for r in c.rows:
                 used.setdefault(r.describe(), r)
         seconds = [c.seconds + ray_trial_s for c in costings]
+        if trial_seconds is not None:
+            trial_seconds.update((cfg.trial_id(), s) for cfg, s in zip(group, seconds, strict=True))
         if slots < 1:
             notes.append(
                 f"width {width}: a trial asks for more than the {gpus if on_gpu and gpt > 0 else cpus} "
@@ -465,6 +470,42 @@ def storage_plan(configs: list[TrialConfig], keep: str, concurrent: int | None) 
         final_weights=final,
         total=metrics + spectra + kept + final + tune,
     )
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the plan expects of a running sweep's trials: the prior of its ETA
+    (orchestrator.tune.progress). `seconds`: each trial's, by trial_id; `parallel`: trial-seconds
+    per second of wall time (the plan's trials at once, as its wall time implies)."""
+
+    seconds: dict[str, float]
+    parallel: float
+
+
+def expected_trials(
+    configs: list[TrialConfig], resources, *, num_cpus: int | None, num_gpus: int | None, gpu_name: str = DEFAULT_GPU
+) -> Expected | None:
+    """The `--dry-run` plan of `configs` on the resources a running sweep has (its Ray's CPUs and
+    GPUs), without the driver's start-up (the ETA's clock starts at the first trial). None when the
+    calibration cannot cost them (a GPU it has no rows for): the ETA then goes by FLOPs alone."""
+    try:
+        device, gpu = resolve_device(configs, None, gpu_name)
+        seconds: dict[str, float] = {}
+        timing = predict(
+            configs,
+            resources,
+            device=device,
+            gpu=gpu,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            driver=False,
+            trial_seconds=seconds,
+        )
+    except (ConfigError, ValueError, KeyError, OSError):
+        return None
+    if not seconds or timing["wall_s"] <= 0:
+        return None
+    return Expected(seconds, timing["trial_s_total"] / timing["wall_s"])
 
 
 def plan_dict(title: str, configs: list[TrialConfig], resources, timing: dict, *, keep: str, notes: list[str]) -> dict:

@@ -18,6 +18,7 @@ from trainer.config import TrialConfig
 from trainer.sink import TrialSink
 from trainer.storage import ResultsDir
 
+from ..spec.plan import Expected
 from .ledger import Ledger
 from .progress import Counts, Progress
 from .reports import as_report
@@ -51,6 +52,7 @@ class SweepMonitor(tune.Callback):
     progress_every_s: float = 30.0
     stream: object = None  # None = sys.stdout at the time of printing
     verbose: bool = True
+    expected: Expected | None = None  # the plan's seconds per trial: the ETA's prior (None: by FLOPs)
 
     def __post_init__(self):
         self.ledger = Ledger(self.results, self.corpus_hash)  # settles what a dead driver left "running"
@@ -62,6 +64,7 @@ class SweepMonitor(tune.Callback):
             every_s=self.progress_every_s,
             stream=self.stream,
             verbose=self.verbose,
+            expected=self.expected,
         )
         self.by_tune_id: dict[str, str] = {}
 

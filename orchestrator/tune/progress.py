@@ -3,8 +3,24 @@
     [0:01:12] completed adamw_rms_w64_lr0.01_s0_3f2a9c1d  val 2.412  PR(q)/d_head 0.480  7.1 s
     [0:01:12] progress  12/48 done | 2 running | 34 pending | 0 diverged | 0 failed | ETA 0:05:10
 
-It replaces Ray's tables. The ETA weighs every trial by its FLOPs (orchestrator.spec.costs.trial_flops),
-so that a width-128 trial counts for about four width-64 ones. Reads trial statuses, never writes files.
+It replaces Ray's tables. The ETA starts from the plan `--dry-run` prints (orchestrator.spec.plan.
+expected_trials: each trial's seconds from the calibration table, on the CPUs and GPUs the run has)
+and moves to the pace observed as trials run:
+
+    ETA = R * (t + T) / (D + T),   T = K * K / (K + t)
+
+with R and D the plan's wall seconds of the work remaining and of the work done (trials finished
+and the finished share of those running), t the wall seconds since the first trial started (Ray's
+own start is not trial work) and T the plan counted as that much observed time: K = PLAN_WEIGHT_S
+(a minute) at the start, half of it after a minute, a quarter after three. Before anything
+finishes it is the plan's R; after a few minutes, R * t / D: the plan's relative costs of the
+trials left, at the pace seen. Measured on the default sweep (180 trials, 2 cores,
+9:03 in all): the old estimate, remaining FLOPs at the pace since Ray started, said 1:11:12 after the
+first trial and 0:22:55 at 0:35 (8:44 and 8:28 were left), because a worker's first trial also
+imports torch; this one says 0:12:48 and 0:12:09 (the plan itself predicts 10:47 for this run). When
+the plan cannot cost the trials (a GPU without calibration rows, an LR study's searcher) the ETA
+weighs each trial by its FLOPs (orchestrator.spec.costs.trial_flops) at the pace since the first
+trial started. Reads trial statuses, never writes files.
 Not tqdm: its bar redraws one line with carriage returns (in a log file or a pipe, as in CI, that is
 one ever-growing line, or nothing with disable=None), while this is whole timestamped lines that
 interleave with the trial events and break trials down by status.
@@ -23,6 +39,7 @@ from trainer.console import format_duration
 from trainer.schema import STATUSES
 
 from ..spec.costs import trial_flops
+from ..spec.plan import Expected
 from .reports import TrialReport
 
 
@@ -48,6 +65,9 @@ class Counts:
 assert {f.name for f in fields(Counts)} == {*STATUSES, "pending"}, "one counter per trainer.schema status"
 
 
+PLAN_WEIGHT_S = 60.0  # the ETA counts the plan as this many seconds of observed pace (module docstring)
+
+
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -64,10 +84,13 @@ class Progress:
         every_s: float = 30.0,
         stream=None,
         verbose: bool = True,
+        expected: Expected | None = None,
     ):
         self.plan, self.n_planned, self.to_run, self.row_status = plan, n_planned, to_run, row_status
         self.every_s, self.stream, self.verbose = every_s, stream, verbose  # stream None = sys.stdout when printing
+        self.expected = expected  # the plan's seconds per trial (None: weigh by FLOPs, no prior)
         self.t0 = time.monotonic()
+        self.first_start: float | None = None  # when the first trial of this run started (the ETA's clock)
         self.last_line = 0.0
         self.work_done = 0.0  # cost units finished in this run (for the ETA)
         self.partial: dict[str, float] = {}  # trial_id -> cost units of the running attempt so far
@@ -90,10 +113,20 @@ class Progress:
         c.pending += max(self.n_planned - len(self.plan), 0)
         return c
 
+    def cost(self, tid: str, cfg: TrialConfig) -> float:
+        """A trial's weight in the ETA: the plan's seconds (a trial the plan does not know, proposed
+        by a searcher, as the average planned one), else its FLOPs."""
+        if self.expected is None:
+            return trial_flops(cfg)
+        seconds = self.expected.seconds
+        return seconds.get(tid) or sum(seconds.values()) / len(seconds)
+
     def eta(self) -> str:
-        elapsed = time.monotonic() - self.t0
+        """The time left (the module's docstring), h:mm:ss; --:--:-- while nothing says."""
+        now = time.monotonic()
+        elapsed = 0.0 if self.first_start is None else now - self.first_start
         done = self.work_done + sum(self.partial.values())
-        costs = {tid: trial_flops(cfg) for tid, cfg in self.plan.items()}
+        costs = {tid: self.cost(tid, cfg) for tid, cfg in self.plan.items()}
         remaining = sum(
             cost - self.partial.get(tid, 0.0)
             for tid, cost in costs.items()
@@ -101,6 +134,10 @@ class Progress:
         )
         if costs:  # trials a searcher has not proposed yet cost as much as the average one so far
             remaining += max(self.n_planned - len(self.plan), 0) * sum(costs.values()) / len(costs)
+        if self.expected is not None:
+            rate = self.expected.parallel
+            prior = PLAN_WEIGHT_S * PLAN_WEIGHT_S / (PLAN_WEIGHT_S + elapsed)
+            return format_duration(remaining / rate * (elapsed + prior) / (done / rate + prior))
         if done <= 0 or elapsed < 1:
             return "--:--:--"
         return format_duration(remaining * elapsed / done)
@@ -121,18 +158,20 @@ class Progress:
 
     # ---- trial events ----------------------------------------------------------------------
     def started(self, tid: str) -> None:
+        if self.first_start is None:
+            self.first_start = time.monotonic()
         self.partial[tid] = 0.0
         self.say("restart" if tid in self.recovering else "start", f"{tid}")
         self.recovering.discard(tid)
 
     def advanced(self, tid: str, cfg: TrialConfig, step: int) -> None:
-        self.partial[tid] = trial_flops(cfg) * min((step + 1) / cfg.steps, 1.0)
+        self.partial[tid] = self.cost(tid, cfg) * min((step + 1) / cfg.steps, 1.0)
 
     def ended(self, tid: str, cfg: TrialConfig, row: dict, last: TrialReport) -> None:
         """The trial ended normally (completed, diverged, pruned, or skipped as already finished)."""
         self.partial.pop(tid, None)
         if not last.get("skipped"):
-            self.work_done += trial_flops(cfg) * (row.get("steps_done") or 0) / cfg.steps
+            self.work_done += self.cost(tid, cfg) * (row.get("steps_done") or 0) / cfg.steps
         self.ended_here.add(tid)
         self.say(row["status"] if not last.get("skipped") else "skipped", self._outcome_text(tid, row, last))
         self.line()
