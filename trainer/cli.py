@@ -6,6 +6,8 @@ A leaf module (argparse and difflib only), so that `trainer.train`, the orchestr
 
     $ python -m orchestrator.sweep --dry-rn
     error: unrecognized argument --dry-rn (did you mean --dry-run?)
+    $ python -m orchestrator.sweep smoke
+    error: unrecognized argument smoke (did you mean --config smoke?)
 
 (exit status 2): one line starting "error: ", as every command refuses bad input. Python 3.14's
 `suggest_on_error` suggests only mistyped choices; 3.11's argparse suggests nothing.
@@ -73,9 +75,22 @@ def suggestion(arg: str, flags: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def named(arg: str, before: str | None, flags: list[str]) -> str:
+    """ " (did you mean --config smoke?)" for a bare word where a command takes its spec by --config
+    (`python -m orchestrator.sweep smoke`), unless the word follows a flag (the value of a mistyped
+    one: `--trails 3`); else ""."""
+    if arg.startswith("-") or "--config" not in flags or (before is not None and before.startswith("-")):
+        return ""
+    return f" (did you mean --config {arg}?)"
+
+
 def unrecognized(extras: list[str], flags: list[str]) -> str:
-    """argparse's "unrecognized arguments: ..." with the closest known flag after each mistyped one."""
-    words = [f"{arg}{suggestion(arg, flags)}" for arg in extras]
+    """argparse's "unrecognized arguments: ..." with the closest known flag after each mistyped one,
+    and --config before a bare word."""
+    words = [
+        f"{arg}{suggestion(arg, flags) or named(arg, extras[i - 1] if i else None, flags)}"
+        for i, arg in enumerate(extras)
+    ]
     if len(words) == 1:
         return f"unrecognized argument {words[0]}"
     return f"unrecognized arguments: {' '.join(words)}"

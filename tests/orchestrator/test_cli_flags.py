@@ -207,6 +207,16 @@ def test_a_mistyped_flag_names_the_closest_one(capsys):
     assert err == "error: unrecognized argument --fersh (did you mean --fresh?)\n"
 
 
+def test_a_bare_spec_name_is_answered_with_config(capsys):
+    """`python -m orchestrator.sweep smoke`, as a new user types it: the flag that takes it."""
+    err = one_line_exit(capsys, sweep.main, ["smoke"])
+    assert err == "error: unrecognized argument smoke (did you mean --config smoke?)\n"
+    err = one_line_exit(capsys, lr_study.main, ["sweeps/lr_study.yaml"])
+    assert err == "error: unrecognized argument sweeps/lr_study.yaml (did you mean --config sweeps/lr_study.yaml?)\n"
+    err = one_line_exit(capsys, train.main, ["--out", "/tmp/never", "trial.yaml"])
+    assert err == "error: unrecognized argument trial.yaml (did you mean --config trial.yaml?)\n"
+
+
 def test_no_suggestion_when_nothing_is_close_or_the_flag_is_hidden(capsys):
     assert one_line_exit(capsys, sweep.main, ["--zzz"]).endswith("error: unrecognized argument --zzz\n")
     err = one_line_exit(capsys, sweep.main, ["--inject-fail-at", "3"])  # a hidden test option is never offered
