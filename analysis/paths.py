@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from trainer.errors import short_repr
+from trainer.safeio import long_name
 from trainer.schema import TRIALS_FILE
 
 
@@ -101,6 +103,9 @@ def as_path(path: str | os.PathLike | UriPath) -> Path | UriPath:
 def find_sweep_dir(path: str | os.PathLike) -> Path:
     """The sweep folder itself, or the one sweep folder inside a parent folder (local or a URI)."""
     path = as_path(path)
+    why = None if isinstance(path, UriPath) else long_name(path)
+    if why is not None:
+        raise ResultsError(f"results folder {short_repr(str(path), 80)}: {why}")
     if not path.exists():
         raise ResultsError(f"results folder {str(path)!r} does not exist")
     if not path.is_dir():

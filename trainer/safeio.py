@@ -64,9 +64,34 @@ def refuse_symlink(path: Path, what: str) -> None:
         )
 
 
+NAME_MAX = 255  # bytes in one file or folder name: Linux's file systems (ext4, xfs, btrfs, tmpfs), and macOS's
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def long_name(path: str | os.PathLike) -> str | None:
+    """Why the file system cannot hold `path` (a name over NAME_MAX bytes, or the whole over
+    PATH_MAX), else None. Checked before any stat: Path.exists() raises OSError (ENAMETOOLONG)
+    for such a path instead of answering False."""
+    text = os.fspath(path)
+    for part in Path(text).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            return f"a name in it is {size} bytes long ({short_repr(part, 40)}); file systems allow {NAME_MAX}"
+    size = len(os.fsencode(text))
+    return f"it is {size} bytes long; paths are limited to {PATH_MAX - 1}" if size >= PATH_MAX else None
+
+
+def check_name_lengths(path: str | os.PathLike, field: str) -> None:
+    """A ConfigError (`field`: the path, why) when the file system cannot hold `path` (`long_name`)."""
+    why = long_name(path)
+    if why is not None:
+        raise ConfigError(f"{field}: {short_repr(os.fspath(path), 80)}: {why}")
+
+
 def check_out_dir(path: str | os.PathLike, field: str = "out") -> Path:
-    """An output folder, checked before any work: not a symlink, not a file, not under a file,
-    and (for what exists of it) writable. Creates nothing."""
+    """An output folder, checked before any work: a path the file system can hold, not a symlink,
+    not a file, not under a file, and (for what exists of it) writable. Creates nothing."""
+    check_name_lengths(path, field)
     path = Path(path).expanduser()
     absolute = Path(os.path.abspath(path))
     refuse_symlink(absolute, f"{field}: folder")

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError
-from .safeio import refuse_symlink
+from .safeio import check_name_lengths, refuse_symlink
 
 
 class ResultsDir:
@@ -130,6 +130,8 @@ def check_writable(location: str, field: str, *, create_missing: bool, child: st
     bucket) but not probed further.
     """
     remote = "://" in location and not location.startswith("file://")
+    if not remote:
+        check_name_lengths(location.removeprefix("file://") + (f"/{child}" if child else ""), field)
     opened = _open(location, field) if remote or create_missing else None  # --out keeps a file:// URI as given
     if opened is not None and not opened.is_local:
         return opened.child(child) if child else opened

@@ -32,6 +32,7 @@ import time
 import uuid
 
 from trainer.config import ConfigError, short_repr
+from trainer.safeio import environment_problem
 from trainer.storage import ResultsDir
 
 LOCK_FILE = "driver.lock"
@@ -149,8 +150,17 @@ class DriverLock:
 
     # ---- acquiring -------------------------------------------------------------------------
     def _create(self) -> bool:
-        """Create the lock if there is none; True on success."""
-        self.results.makedirs()
+        """Create the lock if there is none; True on success. A results folder the file system will
+        not create although its checks passed (a pseudo file system such as /proc, a server that
+        refuses the folder) is a ConfigError: one line, exit 2, nothing written; a full disk or a
+        read-only file system stays an OSError, for the caller's exit 3."""
+        try:
+            self.results.makedirs()
+        except OSError as exc:
+            if environment_problem(exc) is not None:
+                raise
+            why = exc.strerror or " ".join(str(exc).split())
+            raise ConfigError(f"results: cannot create the folder {self.results.uri}: {why}") from None
         data = json.dumps(self.record).encode()
         if not self.results.is_local:
             if self.results.exists(LOCK_FILE):
