@@ -5,8 +5,9 @@ tensor), the mean over layers and heads, before anything reaches numpy.
 
 Each part file is read once: the trials are taken in batches of about BATCH_ROWS rows (all
 parts of a trial in one batch), each batch is read into memory with only the rows the features
-use (predicate and projection pushdown), and every feature is computed from that frame. Memory
-is one batch, whatever the size of the sweep; a study of 120 million rows costs about what one
+use (predicate and projection pushdown), and every feature is computed from that frame, while
+the next batch is read in a second thread (`ReadAhead`). Memory is two batches, whatever the size
+of the sweep; a study of 120 million rows costs about what one
 streaming pass over it does (benchmarks.report prints the ratio).
 
 Duplicate keys (the same trial_id, step, name, layer, head, tensor twice, as a replay after a
