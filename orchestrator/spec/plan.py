@@ -131,7 +131,7 @@ def resolve_device(configs: list[TrialConfig], device_kind: str | None, gpu_name
 
 
 @functools.lru_cache(maxsize=4096)
-def _costing_key(cfg: TrialConfig) -> str:
+def costing_key(cfg: TrialConfig) -> str:
     """What a trial's cost depends on: its config but lr and seed."""
     return cfg.model_copy(update={"lr": 1.0, "seed": 0}).model_dump_json()
 
@@ -152,8 +152,8 @@ def predict(
 ) -> dict:
     """Trial seconds, core- and GPU-hours and wall time of a sweep (see the module's docstring).
     `cache` keeps the trials' costings between calls on the same device, table and resources (the
-    chunks of one sweep); `trial_seconds`, when given, is filled with each trial's seconds by its
-    trial_id."""
+    chunks of one sweep); `trial_seconds`, when given, is filled with the seconds of each trial by
+    its config but lr and seed (`costing_key`: what the cost depends on)."""
     table = table or calibration.load_table()
     cal = calibration.Calibration(table, device, gpu.bf16_tflops if device != "cpu" else None)
     on_gpu = device != "cpu"
@@ -203,7 +203,7 @@ def predict(
             share = gpt if saturated else 1 / max(1.0, min(1 / gpt, gpu_at_once / gpus))
         costings = []
         for c in group:  # trials that differ only in lr and seed cost the same
-            key = (_costing_key(c), share)
+            key = (costing_key(c), share)
             if key not in cache:
                 cache[key] = cal.trial(c, share)
             costings.append(cache[key])
@@ -215,7 +215,7 @@ def predict(
                 used.setdefault(r.describe(), r)
         seconds = [c.seconds + ray_trial_s for c in costings]
         if trial_seconds is not None:
-            trial_seconds.update((cfg.trial_id(), s) for cfg, s in zip(group, seconds, strict=True))
+            trial_seconds.update((costing_key(cfg), s) for cfg, s in zip(group, seconds, strict=True))
         if slots < 1:
             notes.append(
                 f"width {width}: a trial asks for more than the {gpus if on_gpu and gpt > 0 else cpus} "
@@ -474,12 +474,18 @@ def storage_plan(configs: list[TrialConfig], keep: str, concurrent: int | None) 
 
 @dataclass(frozen=True)
 class Expected:
-    """What the plan expects of a running sweep's trials: the prior of its ETA
-    (orchestrator.tune.progress). `seconds`: each trial's, by trial_id; `parallel`: trial-seconds
-    per second of wall time (the plan's trials at once, as its wall time implies)."""
+    """What the plan expects of a running sweep's or LR study's trials: the prior of its ETA
+    (orchestrator.tune.progress). `seconds`: a trial's, by its config but lr and seed
+    (`costing_key`: an LR study's searcher picks the LRs as it goes); `mean`: the planned trials'
+    average (a trial the plan has no row for, one a searcher has yet to propose); `parallel`:
+    trial-seconds per second of wall time (the plan's trials at once, as its wall time implies)."""
 
     seconds: dict[str, float]
+    mean: float
     parallel: float
+
+    def of(self, cfg: TrialConfig) -> float:
+        return self.seconds.get(costing_key(cfg), self.mean)
 
 
 def expected_trials(
@@ -505,7 +511,7 @@ def expected_trials(
         return None
     if not seconds or timing["wall_s"] <= 0:
         return None
-    return Expected(seconds, timing["trial_s_total"] / timing["wall_s"])
+    return Expected(seconds, timing["trial_s_total"] / len(configs), timing["trial_s_total"] / timing["wall_s"])
 
 
 def plan_dict(title: str, configs: list[TrialConfig], resources, timing: dict, *, keep: str, notes: list[str]) -> dict:

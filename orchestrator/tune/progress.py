@@ -14,13 +14,15 @@ and the finished share of those running), t the wall seconds since the first tri
 own start is not trial work) and T the plan counted as that much observed time: K = PLAN_WEIGHT_S
 (a minute) at the start, half of it after a minute, a quarter after three. Before anything
 finishes it is the plan's R; after a few minutes, R * t / D: the plan's relative costs of the
-trials left, at the pace seen. Measured on the default sweep (180 trials, 2 cores,
-9:03 in all): the old estimate, remaining FLOPs at the pace since Ray started, said 1:11:12 after the
-first trial and 0:22:55 at 0:35 (8:44 and 8:28 were left), because a worker's first trial also
-imports torch; this one says 0:12:48 and 0:12:09 (the plan itself predicts 10:47 for this run). When
-the plan cannot cost the trials (a GPU without calibration rows, an LR study's searcher) the ETA
+trials left, at the pace seen. The old estimate (FLOPs left at the pace since Ray started) said
+1:11:12 after the first trial of a default sweep that took 9:03: Ray's start and a worker's first
+trial, which also imports torch, counted as the pace of the whole sweep (docs/performance.md has the
+figures of both). When
+the plan cannot cost the trials (a GPU without calibration rows) the ETA
 weighs each trial by its FLOPs (orchestrator.spec.costs.trial_flops) at the pace since the first
-trial started. Reads trial statuses, never writes files.
+trial started. An LR study's trials are weighed by their arm's planned seconds (its searcher picks
+the LRs, which do not change a trial's cost), at full length although ASHA stops some early: its
+ETA runs high until the pace it sees says otherwise. Reads trial statuses, never writes files.
 Not tqdm: its bar redraws one line with carriage returns (in a log file or a pipe, as in CI, that is
 one ever-growing line, or nothing with disable=None), while this is whole timestamped lines that
 interleave with the trial events and break trials down by status.
@@ -89,6 +91,7 @@ class Progress:
         self.plan, self.n_planned, self.to_run, self.row_status = plan, n_planned, to_run, row_status
         self.every_s, self.stream, self.verbose = every_s, stream, verbose  # stream None = sys.stdout when printing
         self.expected = expected  # the plan's seconds per trial (None: weigh by FLOPs, no prior)
+        self.costs: dict[str, float] = {}  # trial_id -> its weight in the ETA (`cost`)
         self.t0 = time.monotonic()
         self.first_start: float | None = None  # when the first trial of this run started (the ETA's clock)
         self.last_line = 0.0
@@ -114,12 +117,11 @@ class Progress:
         return c
 
     def cost(self, tid: str, cfg: TrialConfig) -> float:
-        """A trial's weight in the ETA: the plan's seconds (a trial the plan does not know, proposed
-        by a searcher, as the average planned one), else its FLOPs."""
-        if self.expected is None:
-            return trial_flops(cfg)
-        seconds = self.expected.seconds
-        return seconds.get(tid) or sum(seconds.values()) / len(seconds)
+        """A trial's weight in the ETA: the plan's seconds (`Expected.of`), else its FLOPs; kept per trial."""
+        cost = self.costs.get(tid)
+        if cost is None:
+            cost = self.costs[tid] = trial_flops(cfg) if self.expected is None else self.expected.of(cfg)
+        return cost
 
     def eta(self) -> str:
         """The time left (the module's docstring), h:mm:ss; --:--:-- while nothing says."""
@@ -132,8 +134,11 @@ class Progress:
             for tid, cost in costs.items()
             if self.status_of(tid) in ("pending", "running")
         )
-        if costs:  # trials a searcher has not proposed yet cost as much as the average one so far
-            remaining += max(self.n_planned - len(self.plan), 0) * sum(costs.values()) / len(costs)
+        unproposed = max(self.n_planned - len(self.plan), 0)  # trials a searcher has yet to propose
+        if self.expected is not None:
+            remaining += unproposed * self.expected.mean
+        elif costs:  # as much as the average one so far
+            remaining += unproposed * sum(costs.values()) / len(costs)
         if self.expected is not None:
             rate = self.expected.parallel
             prior = PLAN_WEIGHT_S * PLAN_WEIGHT_S / (PLAN_WEIGHT_S + elapsed)

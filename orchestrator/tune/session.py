@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from trainer import host
-from trainer.config import ConfigError
+from trainer.config import ConfigError, TrialConfig
 from trainer.safeio import environment_problem
 from trainer.storage import ResultsDir
 
 from ..exits import EXIT_ENVIRONMENT, bad_input, environment_failure, network_problem
+from ..spec.plan import Expected, expected_trials
 from ..spec.run_spec import Resources
 from . import runtime
 from .lock import DriverLock
@@ -36,6 +37,16 @@ def choose_address(
         cpus, gpus = resources.largest(widths)
         runtime.check_local_resources(num_cpus or host.cpus(), cpus, gpus)
     return address
+
+
+def expected_on_ray(configs: list[TrialConfig], resources: Resources, gpu_name: str) -> Expected | None:
+    """The plan of the trials a run schedules on the CPUs and GPUs of the Ray it joined: the prior
+    of the progress line's ETA (orchestrator.tune.progress)."""
+    import ray
+
+    have = ray.cluster_resources()
+    cpus, gpus = int(have.get("CPU", 0)), int(have.get("GPU", 0))
+    return expected_trials(configs, resources, num_cpus=cpus or None, num_gpus=gpus or None, gpu_name=gpu_name)
 
 
 def guarded(body, results: ResultsDir, command: str, again: str) -> int:

@@ -42,7 +42,7 @@ from ..spec.study_file import LRStudySpec
 from . import tuner
 from .monitor import SweepMonitor, register
 from .reports import OBJECTIVE, RUNG_STEP
-from .session import choose_address, guarded, ray_session
+from .session import choose_address, expected_on_ray, guarded, ray_session
 from .study_search import ArmScheduler, ArmSearch, StudySearch
 from .study_storage import (
     close_stale_trials,
@@ -212,6 +212,9 @@ def run(prep: PreparedStudy, options: StudyOptions) -> int:
             max_retries=spec.failure.max_retries,
             progress_every_s=options.progress_every,
             verbose=not options.quiet,
+            expected=expected_on_ray(
+                [cfg for arm, cfg in prep.arms.items() for _ in range(budget.get(arm, 0))], spec.resources, options.gpu
+            ),
         )
         register(monitor)
         interrupted = tuner.fit(make_tuner(prep, storage, monitor, budget)) or monitor.counts().running > 0

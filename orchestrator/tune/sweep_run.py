@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import ray
 from ray import tune
 
 from trainer.config import ConfigError, TrialConfig
@@ -27,7 +26,7 @@ from trainer.trials import read_trials
 
 from ..exits import EXIT_INTERRUPTED, EXIT_TRIALS_FAILED, StorageUnreachable, bad_input
 from ..options import SweepOptions, SweepResult
-from ..spec.plan import Expected, check_sweep, expected_trials
+from ..spec.plan import check_sweep
 from ..spec.prepare import (
     TUNE_DIR,
     check_placement,
@@ -40,7 +39,7 @@ from ..spec.sweep_file import SweepSpec, spec_summary
 from ..spec.validation import AXES, EXTRA_AXES
 from . import runtime, storage_probe, tuner
 from .monitor import SweepMonitor, register
-from .session import choose_address, guarded, ray_session
+from .session import choose_address, expected_on_ray, guarded, ray_session
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def fit_grid(prep: Prepared, previous, invocation: dict, todo: list[TrialConfig]
         max_retries=prep.spec.failure.max_retries,
         progress_every_s=options.progress_every,
         verbose=not options.quiet,
-        expected=expected_here(prep, todo, options),
+        expected=expected_on_ray(todo, prep.spec.resources, options.gpu),
     )
     register(monitor)
     t0 = time.monotonic()
@@ -151,16 +150,6 @@ def fit_grid(prep: Prepared, previous, invocation: dict, todo: list[TrialConfig]
     finally:
         counts = monitor.finish()  # also when fit() raised: no row is left "running"
     return counts, time.monotonic() - t0, interrupted
-
-
-def expected_here(prep: Prepared, todo: list[TrialConfig], options: SweepOptions) -> Expected | None:
-    """The plan of the trials this run schedules on the CPUs and GPUs of the Ray it joined (the
-    progress line's ETA starts from it: orchestrator.tune.progress)."""
-    have = ray.cluster_resources()
-    gpus = int(have.get("GPU", 0))
-    return expected_trials(
-        todo, prep.spec.resources, num_cpus=int(have.get("CPU", 0)) or None, num_gpus=gpus or None, gpu_name=options.gpu
-    )
 
 
 def conclude(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spec.plan import Expected, expected_trials, predict, resolve_device
+from orchestrator.spec.plan import Expected, costing_key, expected_trials, predict, resolve_device
 from orchestrator.spec.sweep_file import expand, load_spec
 from orchestrator.tune import progress as progress_module
 from orchestrator.tune.progress import Progress
@@ -76,7 +76,7 @@ def test_first_eta_is_near_the_time_left_when_trials_run_as_planned(monkeypatch)
     """20 trials planned at 10 s, two at once; each worker's first takes 20 s. The old estimate
     (FLOPs left at the pace since Ray started) said 243 s at the first ending with 90 s left."""
     configs = _configs(20)
-    expected = Expected({c.trial_id(): 10.0 for c in configs}, parallel=2.0)
+    expected = Expected({costing_key(c): 10.0 for c in configs}, mean=10.0, parallel=2.0)
     before, seen = _run(monkeypatch, configs, [20.0, 20.0] + [10.0] * 18, expected)
     assert _seconds(before) == 100  # nothing ran yet: the plan's 20 x 10 s / 2
     for shown, left in seen[:-2]:
@@ -87,7 +87,7 @@ def test_first_eta_is_near_the_time_left_when_trials_run_as_planned(monkeypatch)
 def test_eta_follows_the_observed_pace_when_the_plan_is_off(monkeypatch):
     """Every trial takes twice the plan's seconds: half-way the ETA is within 10% of what is left."""
     configs = _configs(100)
-    expected = Expected({c.trial_id(): 5.0 for c in configs}, parallel=2.0)
+    expected = Expected({costing_key(c): 5.0 for c in configs}, mean=5.0, parallel=2.0)
     _, seen = _run(monkeypatch, configs, [10.0] * 100, expected)
     shown, left = seen[49]
     assert left == pytest.approx(250.0)
@@ -112,10 +112,23 @@ def test_the_plan_of_a_running_sweep_is_the_dry_runs_without_the_driver():
     found = expected_trials(configs, spec.resources, num_cpus=2, num_gpus=None)
     device, gpu = resolve_device(configs, None, "H100-80GB")
     plan = predict(configs, spec.resources, device=device, gpu=gpu, num_cpus=2)
-    assert set(found.seconds) == {c.trial_id() for c in configs}
-    assert sum(found.seconds.values()) == pytest.approx(plan["trial_s_total"])
-    assert sum(found.seconds.values()) / found.parallel == pytest.approx(plan["wall_s"] - plan["driver_s"])
+    assert sum(found.of(c) for c in configs) == pytest.approx(plan["trial_s_total"])
+    assert found.mean * len(configs) / found.parallel == pytest.approx(plan["wall_s"] - plan["driver_s"])
     # a width-128 trial is planned at about twice a width-64 one on a CPU, not at its FLOPs' 4x
-    by_width = {w: [found.seconds[c.trial_id()] for c in configs if c.width == w] for w in (64, 128)}
+    by_width = {w: [found.of(c) for c in configs if c.width == w] for w in (64, 128)}
     ratio = (sum(by_width[128]) / len(by_width[128])) / (sum(by_width[64]) / len(by_width[64]))
     assert 1.5 < ratio < 3.0
+    # a trial at another LR and seed (as an LR study's searcher proposes) costs what its arm does
+    moved = configs[0].model_copy(update={"lr": 0.0123, "seed": 7})
+    assert found.of(moved) == found.of(configs[0])
+
+
+def test_an_lr_studys_eta_starts_from_its_budget_before_the_searcher_proposes_anything(monkeypatch):
+    """The study's monitor knows no trial yet, only how many each arm adds: the plan prices them."""
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
+    expected = Expected({}, mean=30.0, parallel=2.0)
+    p = Progress({}, 40, set(), {}.get, verbose=False, expected=expected)
+    assert _seconds(p.eta()) == 40 * 30 / 2
+    old = Progress({}, 40, set(), {}.get, verbose=False)
+    assert old.eta() == "--:--:--"
