@@ -16,7 +16,6 @@ that breaks the schema contract) ends with one message and exit status 2, before
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.fs as pafs
 
+from trainer.cli import ArgumentParser
 from trainer.errors import ConfigError
 from trainer.safeio import EXIT_ENVIRONMENT, check_out_dir, environment_problem, safe_mkdir, safe_write, safe_write_text
 from trainer.schema import ARM, STATUSES
@@ -330,7 +330,7 @@ def check_out(results_dir, out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     ap.add_argument(
         "results_dir",
         nargs="+",
@@ -338,8 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         "(its --chunk I/N chunks) are read as one, and then --out is required",
     )
     ap.add_argument("--out", help="report folder or URI (default: RESULTS_DIR/report, in the bucket for a URI)")
-    ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    ap.add_argument(
+        "--n-boot",
+        type=int,
+        default=2000,
+        help="bootstrap resamples; kept for older scripts: every interval of the report is a t interval "
+        "(docs/analysis.md), so it changes nothing (default 2000)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed; as --n-boot, changes nothing (default 0)")
     ap.add_argument("--alpha", type=float, default=ALPHA, help="significance level (default 0.05)")
     ap.add_argument(
         "--no-cache",

@@ -14,6 +14,7 @@ import subprocess
 import optuna
 import pytest
 
+from analysis import report
 from orchestrator import cli, lr_study, sweep
 from orchestrator.spec import load_lr_spec, load_spec
 from orchestrator.spec.files import REPO_ROOT, SWEEPS_DIR, check_kind
@@ -205,6 +206,15 @@ def test_a_mistyped_flag_names_the_closest_one(capsys):
     )
     err = one_line_exit(capsys, train.main, ["--out", "/tmp/never", "--fersh"])
     assert err == "error: unrecognized argument --fersh (did you mean --fresh?)\n"
+
+
+def test_the_reports_flags_are_answered_as_every_commands(capsys, tmp_path):
+    """analysis.report uses the same parser: one line, exit 2, the flag meant (it printed argparse's
+    usage block and no suggestion)."""
+    err = one_line_exit(capsys, report.main, [str(tmp_path), "--no-cahce"])
+    assert err == "error: unrecognized argument --no-cahce (did you mean --no-cache?)\n"
+    err = one_line_exit(capsys, report.main, [str(tmp_path), "--figure-format", "jpg"])
+    assert err.startswith("error: argument --figure-format: invalid choice: 'jpg'")
 
 
 def test_a_bare_spec_name_is_answered_with_config(capsys):
