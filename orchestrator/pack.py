@@ -23,7 +23,6 @@ report reads it as it reads the folder a sweep wrote: `python -m analysis.report
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -37,6 +36,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from trainer.cli import ArgumentParser
 
 FORMAT = "qkc-pack 1"
 TOP_FILES = ("sweep.json", "trials.parquet", "attempts.parquet", "lr_best.parquet")
@@ -261,9 +262,7 @@ def unpack_one(manifest_path: Path, dest: Path) -> list[Path]:
 
 # ---- the command -------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m orchestrator.pack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(prog="python -m orchestrator.pack", description=__doc__)
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="RESULTS_DIR [RESULTS_DIR ...] OUT_DIR, or with --unpack: OUT_DIR DEST"
     )
