@@ -14,15 +14,14 @@ and the finished share of those running), t the wall seconds since the first tri
 own start is not trial work) and T the plan counted as that much observed time: K = PLAN_WEIGHT_S
 (a minute) at the start, half of it after a minute, a quarter after three. Before anything
 finishes it is the plan's R; after a few minutes, R * t / D: the plan's relative costs of the
-trials left, at the pace seen. The old estimate (FLOPs left at the pace since Ray started) said
-1:11:12 after the first trial of a default sweep that took 9:03: Ray's start and a worker's first
-trial, which also imports torch, counted as the pace of the whole sweep (docs/performance.md has the
-figures of both). When
-the plan cannot cost the trials (a GPU without calibration rows) the ETA
-weighs each trial by its FLOPs (orchestrator.spec.costs.trial_flops) at the pace since the first
-trial started. An LR study's trials are weighed by their arm's planned seconds (its searcher picks
-the LRs, which do not change a trial's cost), at full length although ASHA stops some early: its
-ETA runs high until the pace it sees says otherwise. Reads trial statuses, never writes files.
+trials left, at the pace seen. An LR study's trials are priced by their arm's planned seconds (the
+searcher picks the LRs, which do not change a trial's cost) at full length, although ASHA stops
+some early: its ETA runs high until the pace it sees says otherwise. When the plan cannot cost the
+trials (a GPU without calibration rows) each trial weighs its FLOPs (orchestrator.spec.costs.
+trial_flops), at the pace since the first trial started. The old estimate (FLOPs left at the pace
+since Ray started) said 1:11:12 after the first trial of a default sweep that took 9:03: Ray's start
+and a worker's first trial, which also imports torch, set the pace of the whole sweep
+(docs/performance.md has the figures of both). Reads trial statuses, never writes files.
 Not tqdm: its bar redraws one line with carriage returns (in a log file or a pipe, as in CI, that is
 one ever-growing line, or nothing with disable=None), while this is whole timestamped lines that
 interleave with the trial events and break trials down by status.
@@ -137,12 +136,11 @@ class Progress:
         unproposed = max(self.n_planned - len(self.plan), 0)  # trials a searcher has yet to propose
         if self.expected is not None:
             remaining += unproposed * self.expected.mean
-        elif costs:  # as much as the average one so far
-            remaining += unproposed * sum(costs.values()) / len(costs)
-        if self.expected is not None:
             rate = self.expected.parallel
             prior = PLAN_WEIGHT_S * PLAN_WEIGHT_S / (PLAN_WEIGHT_S + elapsed)
             return format_duration(remaining / rate * (elapsed + prior) / (done / rate + prior))
+        if costs:  # as much as the average one so far
+            remaining += unproposed * sum(costs.values()) / len(costs)
         if done <= 0 or elapsed < 1:
             return "--:--:--"
         return format_duration(remaining * elapsed / done)
