@@ -507,7 +507,7 @@ def expected_trials(
             driver=False,
             trial_seconds=seconds,
         )
-    except (ConfigError, ValueError, KeyError, OSError):
+    except (ConfigError, ValueError, KeyError, OSError, ArithmeticError):  # a prior only: never stops a run
         return None
     if not seconds or timing["wall_s"] <= 0:
         return None
