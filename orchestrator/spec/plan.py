@@ -493,7 +493,8 @@ def expected_trials(
 ) -> Expected | None:
     """The `--dry-run` plan of `configs` on the resources a running sweep has (its Ray's CPUs and
     GPUs), without the driver's start-up (the ETA's clock starts at the first trial). None when the
-    calibration cannot cost them (a GPU it has no rows for): the ETA then goes by FLOPs alone."""
+    calibration cannot cost them (a table with no rows for their device): the ETA then goes by FLOPs
+    alone."""
     try:
         device, gpu = resolve_device(configs, None, gpu_name)
         seconds: dict[str, float] = {}

@@ -17,7 +17,8 @@ finishes it is the plan's R; after a few minutes, R * t / D: the plan's relative
 trials left, at the pace seen. An LR study's trials are priced by their arm's planned seconds (the
 searcher picks the LRs, which do not change a trial's cost) at full length, although ASHA stops
 some early: its ETA runs high until the pace it sees says otherwise. When the plan cannot cost the
-trials (a GPU without calibration rows) each trial weighs its FLOPs (orchestrator.spec.costs.
+trials (a calibration table with no rows for their device; an unmeasured GPU is costed from
+another's rows, as --dry-run does) each trial weighs its FLOPs (orchestrator.spec.costs.
 trial_flops), at the pace since the first trial started. The old estimate (FLOPs left at the pace
 since Ray started) said 1:11:12 after the first trial of a default sweep that took 9:03: Ray's start
 and a worker's first trial, which also imports torch, set the pace of the whole sweep
