@@ -95,7 +95,7 @@ def test_eta_follows_the_observed_pace_when_the_plan_is_off(monkeypatch):
 
 
 def test_without_a_plan_the_eta_waits_for_work_and_starts_its_clock_at_the_first_trial(monkeypatch):
-    """An LR study's searcher, or a GPU the calibration lacks: FLOPs at the pace since the first
+    """A calibration table with no rows for the device (no plan): FLOPs at the pace since the first
     trial started (Ray's start is not counted)."""
     configs = _configs(10)
     before, seen = _run(monkeypatch, configs, [10.0] * 10, None)
