@@ -130,7 +130,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
         "--gpu",
         default=DEFAULT_GPU,
         metavar="NAME",
-        help=f"GPU type the plan packs onto and costs on: {', '.join(g.name for g in GPUS)} (default {DEFAULT_GPU})",
+        help=f"GPU type the plan (--dry-run, and a run's first ETA) packs onto and costs on: "
+        f"{', '.join(g.name for g in GPUS)} (default {DEFAULT_GPU})",
     )
     p.add_argument(
         "--num-gpus", type=int, metavar="N", help="with --dry-run: GPUs the predicted wall time assumes (default 1)"

@@ -28,7 +28,7 @@ class RunOptions:
     num_cpus: int | None = None  # CPUs of that private Ray; None: all
     quiet: bool = False  # no per-trial lines
     verbose_ray: bool = False  # Ray's and Tune's own logs too
-    gpu: str = DEFAULT_GPU  # --dry-run: the GPU type the plan packs onto (and costs on, for a GPU sweep)
+    gpu: str = DEFAULT_GPU  # the GPU type the plan packs onto and costs on (--dry-run, and a run's first ETA)
     mfu: float | None = None  # --dry-run: also GPU-hours at this assumed MFU (the plan's own are measured)
     device_kind: str | None = (
         None  # --dry-run: cpu, h200, h100, ...: the calibration rows used; None: from the trials and --gpu
