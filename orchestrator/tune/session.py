@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import ray
+
 from trainer import host
 from trainer.config import ConfigError, TrialConfig
 from trainer.safeio import environment_problem
@@ -42,8 +44,6 @@ def choose_address(
 def expected_on_ray(configs: list[TrialConfig], resources: Resources, gpu_name: str) -> Expected | None:
     """The plan of the trials a run schedules on the CPUs and GPUs of the Ray it joined: the prior
     of the progress line's ETA (orchestrator.tune.progress)."""
-    import ray
-
     have = ray.cluster_resources()
     cpus, gpus = int(have.get("CPU", 0)), int(have.get("GPU", 0))
     return expected_trials(configs, resources, num_cpus=cpus or None, num_gpus=gpus or None, gpu_name=gpu_name)
