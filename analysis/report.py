@@ -20,6 +20,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from .alternatives import clip_activity, clip_heads, clip_summary, variant_ranki
 from .brief import terminal_lines
 from .collapse import collapse_per_arm, collapse_per_trial
 from .features import Features, build_features, check_drawn_spectra
-from .figures.render import forked_rendering
+from .figures.render import forked_rendering, wait_for_figures
 from .finals import final_values, layer_finals
 from .loading import Results, load_results
 from .lr_selection import held_out_lrs
@@ -135,21 +136,60 @@ def status_table(trials: pl.DataFrame) -> pl.DataFrame:
     return wide.with_columns(pl.sum_horizontal(*STATUSES).alias("total")).sort(*ARM)
 
 
-def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA, cache: bool = True) -> Report:
+@dataclass(frozen=True)
+class Early:
+    """What the report knows before its fits (`analyse`'s `early` hook): enough to draw the figures
+    of the finals, the best LRs and the curves (analysis.figures.draw_early), each field as the
+    Report's of the same name."""
+
+    results: Results
+    features: Features
+    finals: pl.DataFrame
+    best_lrs: pl.DataFrame
+    lr_curve: pl.DataFrame
+    partial_reasons: list[str]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.partial_reasons)
+
+
+def partial_reasons(res: Results, finals: pl.DataFrame) -> list[str]:
+    """Why the report is partial (empty when it is not): the results' own reasons (running trials,
+    skipped parts, missing chunks, ...) and completed trials that miss metric steps."""
+    reasons = res.partial_reasons()
+    gaps = finals.filter(~pl.col("data_complete")).height
+    if gaps:  # a completed trial with a lost or skipped part is not a finished result
+        reasons.append(f"{gaps} completed trial(s) miss metric steps their schedule planned (incomplete_trials)")
+    return reasons
+
+
+def analyse(
+    results_dir,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = ALPHA,
+    cache: bool = True,
+    early: Callable[[Early], object] | None = None,
+) -> Report:
     """Load a sweep folder (or a list of folders of one study: analysis.loading.combine) and compute
     every table of the report (nothing written but the summary cache). `cache`: take the trials
     whose files are unchanged from each local folder's summary cache and write it afterwards
-    (analysis.summary_cache); False reads every file and leaves the cache alone."""
+    (analysis.summary_cache); False reads every file and leaves the cache alone. `early(Early)` is
+    called once the finals and the best LRs are known, before the fits (`python -m analysis.report`
+    draws the figures that need no fits there, rendered by forked children while the fits run)."""
     res = load_results(results_dir, cache=cache)
     feats = build_features(res)
     finals = final_values(res.trials, feats)
     best = best_lrs(finals)  # the only place the best LRs are chosen; everything below reads them
     held_out = held_out_lrs(finals, best)
     curve = lr_curve(finals)
+    check_drawn_spectra(res, finals, best)  # before `partial`: a spectra part that fails is skipped, partial
+    if early is not None:  # everything `partial` depends on is known by now
+        early(Early(res, feats, finals, best, curve, partial_reasons(res, finals)))
     per_trial = collapse_per_trial(feats.curves, finals)
     per_arm = collapse_per_arm(per_trial, n_boot=min(n_boot, 1000), seed=seed)
     px = paradox_results(finals, best, held_out, layer_finals(finals, feats))
-    check_drawn_spectra(res, finals, best)  # before the verdict: a spectra part that fails is skipped, partial
     for problem in res.save_caches(feats):  # every file this report reads has been read by now
         print(f"warning: {problem}", file=sys.stderr)
     res.skipped.sort()  # one order, whichever parts the cache held
@@ -157,10 +197,7 @@ def analyse(results_dir, n_boot: int = 2000, seed: int = 0, alpha: float = ALPHA
     deciding = select(finals, "best_lr", held_out).filter(pl.col("status") == "completed")
     clip = clip_summary(heads, deciding.get_column("trial_id").to_list())
     by_status = {s: int(n) for s, n in res.trials.group_by("status").len().sort("status").iter_rows()}
-    reasons = res.partial_reasons()
-    gaps = finals.filter(~pl.col("data_complete")).height
-    if gaps:  # a completed trial with a lost or skipped part is not a finished result
-        reasons.append(f"{gaps} completed trial(s) miss metric steps their schedule planned (incomplete_trials)")
+    reasons = partial_reasons(res, finals)
     design = {
         c: sorted(res.trials.get_column(c).drop_nulls().unique().to_list())
         for c in ("optimizer", "qk_norm", "width", "lr", "seed", "depth", "d_head", "steps_planned")
@@ -277,16 +314,20 @@ def table_files(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
     ]
 
 
-def write_report(r: Report, out: Path, figure_format: str = "png") -> None:
+def write_report(r: Report, out: Path, figure_format: str = "png", early_drawn: bool = False) -> None:
     """Every report file, each written whole (temporary name, then rename) and never through a
     symlink: a crafted results folder cannot redirect a write outside `out` (trainer.safeio).
-    `figure_format`: png (the default), svg or pdf (analysis.figures.FORMATS)."""
+    `figure_format`: png (the default), svg or pdf (analysis.figures.FORMATS). `early_drawn`: the
+    figures.EARLY figures are in out/figures already (`report_to`), only the others are drawn."""
     out = safe_mkdir(out)
     tables, figs = safe_mkdir(out / "tables"), safe_mkdir(out / "figures")
     # The figures first: the last ones are rendered and written by forked children (render.py)
     # while the tables are written here; every child has finished before summary.md.
     with forked_rendering(len(figures.FIGURES)):
-        figures.draw_all(r, figs, figure_format)  # every figure: forest, PR at best LR and per LR, spectra, ...
+        if early_drawn:
+            figures.draw_late(r, figs, figure_format)
+        else:
+            figures.draw_all(r, figs, figure_format)  # every figure: forest, PR at best LR and per LR, spectra, ...
         safe_write_text(out / "paradox.csv", r.paradox.write_csv())
         trial_and_arm = collapse_csv(r.collapse_trial, r.collapse_arm)
         safe_write(out / "collapse.csv", trial_and_arm.write_csv)  # 170 MB at 13,680 trials: streamed
@@ -294,15 +335,17 @@ def write_report(r: Report, out: Path, figure_format: str = "png") -> None:
         for name, df, caption in table_files(r):
             write_table(df, tables, name, caption)
         safe_write(tables / "finals.csv", r.finals.write_csv)  # one row per trial: CSV only
+        wait_for_figures()  # also those drawn early, in report_to's children
     safe_write_text(out / "summary.md", markdown(r, figure_format))
 
 
-def publish_report(r: Report, out, figure_format: str = "png") -> Path | UriPath:
+def publish_report(r: Report, out, figure_format: str = "png", early_drawn: bool = False) -> Path | UriPath:
     """write_report into a local folder, or, for a URI (s3://...), into a temporary local folder
-    that is then uploaded with pyarrow (each object one PUT); returns where the report is."""
+    that is then uploaded with pyarrow (each object one PUT); returns where the report is.
+    `early_drawn`: as write_report's (a local folder only)."""
     target = as_path(out)
     if not isinstance(target, UriPath):
-        write_report(r, target, figure_format)
+        write_report(r, target, figure_format, early_drawn)
         return target
     with tempfile.TemporaryDirectory(prefix="qk-report-") as tmp:
         write_report(r, Path(tmp), figure_format)
@@ -311,9 +354,9 @@ def publish_report(r: Report, out, figure_format: str = "png") -> Path | UriPath
     return target
 
 
-def check_out(results_dir, out) -> None:
-    """The local report folder (--out, or <sweep>/report): not a symlink, not a file, not under a
-    file. A URI (s3://...) is checked when it is written."""
+def check_out(results_dir, out) -> Path | None:
+    """The local report folder (--out, or <sweep>/report), checked: not a symlink, not a file, not
+    under a file. None for a URI (s3://...), which is checked when it is written."""
     target = out
     if target is None and isinstance(results_dir, (list, tuple)) and len(results_dir) > 1:
         raise ResultsError(f"{len(results_dir)} results folders are read as one study: --out DIR is required")
@@ -322,11 +365,31 @@ def check_out(results_dir, out) -> None:
             results_dir = results_dir[0]
         found = find_sweep_dir(results_dir)
         if not isinstance(found, Path):
-            return
+            return None
         target = found / "report"
     if "://" in str(target) and not str(target).startswith("file://"):
-        return
-    check_out_dir(str(target).removeprefix("file://"), "--out")
+        return None
+    local = str(target).removeprefix("file://")
+    check_out_dir(local, "--out")
+    return Path(local)
+
+
+def report_to(results_dir, out, figure_format: str = "png", **analyse_args) -> tuple[Report, Path | UriPath]:
+    """`analyse` then `publish_report` into `out` (None: <sweep>/report), what the command does. For
+    a local folder the figures that need no fits (figures.EARLY) are drawn as soon as the finals
+    and best LRs are known, and rendered by forked children while the fits run (analysis.figures.
+    render): the report's second CPU, idle while the fits run, renders them (a study's report 2-4 s
+    sooner). Nothing is written before the analysis has read the results: a bad folder still ends
+    with one message and nothing written."""
+    local = check_out(results_dir, out)  # before the analysis: a bad --out fails in milliseconds
+
+    def draw_early(e: Early) -> None:
+        figures.draw_early(e, safe_mkdir(safe_mkdir(local) / "figures"), figure_format)
+
+    with forked_rendering(len(figures.FIGURES)):
+        report = analyse(results_dir, early=None if local is None else draw_early, **analyse_args)
+        where = out or report.results.sweep_dir / "report"
+        return report, publish_report(report, where, figure_format, early_drawn=local is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,16 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.results_dir) == 1:  # one folder: as it always was; several: one study (loading.combine)
         args.results_dir = args.results_dir[0]
     try:
-        check_out(args.results_dir, args.out)  # before the analysis: a bad --out fails in milliseconds
-        report = analyse(
-            args.results_dir, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha, cache=not args.no_cache
+        report, out = report_to(
+            args.results_dir,
+            args.out,
+            args.figure_format,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            alpha=args.alpha,
+            cache=not args.no_cache,
         )
-    except (ResultsError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        out = publish_report(report, args.out or report.results.sweep_dir / "report", args.figure_format)
-    except ConfigError as e:  # a symlink planted while the analysis ran
+    except (ResultsError, ConfigError) as e:  # bad input, or a symlink planted while the analysis ran
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - only the machine's failures become one line

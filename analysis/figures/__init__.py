@@ -82,17 +82,85 @@ def _label_inits(df: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-__all__ = ["FIGURES", "FORMATS", "PNG_DPI", "VARIANT_COLOURS", "arm_colours", "draw_all", "variant_colour"]
+__all__ = [
+    "EARLY",
+    "FIGURES",
+    "FORMATS",
+    "LATE",
+    "PNG_DPI",
+    "VARIANT_COLOURS",
+    "arm_colours",
+    "draw_all",
+    "draw_early",
+    "draw_late",
+    "variant_colour",
+]
+
+
+# The figures drawn from the finals, the best LRs and the curves alone: `python -m analysis.report`
+# draws them as soon as those are known, and their forked children render them while the report
+# fits the collapse rates and tests the paradox (`draw_early`); the rest need those fits (`draw_late`).
+EARLY = ("pr_over_training", "pr_by_lr_q", "pr_by_lr_k", "loss_vs_pr", "lr_sensitivity", "max_logit_over_training")
+LATE = tuple(f for f in FIGURES if f not in EARLY)  # forest (the cells), spectra and collapse rate (the fits)
 
 
 def draw_all(r, folder: Path, fmt: str = "png") -> list[Path]:
     """Every figure of a `Report` (analysis.report.Report) into `folder`, in FIGURES order, as
     <name>.<fmt> (fmt one of FORMATS)."""
+    with forked_rendering(len(FIGURES)):
+        drawn = draw_early(r, folder, fmt) + draw_late(r, folder, fmt)
+    return sorted(drawn, key=lambda p: FIGURES.index(p.stem))
+
+
+def draw_early(r, folder: Path, fmt: str = "png") -> list[Path]:
+    """The EARLY figures into `folder`. `r` is a Report, or anything with the fields these figures
+    read, of the same names and meaning: results (its trials), features (curves, logits), finals,
+    best_lrs, lr_curve, partial (analysis.report.Early, what the report has before its fits).
+    Inside `forked_rendering` (draw_all, analysis.report.report_to) forked children render them
+    and may still run on return; elsewhere each is rendered here, one after another."""
+    folder = _figure_folder(folder, fmt)
+    with objects_frozen():
+        finals, lr_c, best = (_label_inits(df, r.finals) for df in (r.finals, r.lr_curve, r.best_lrs))
+        curves, partial = r.features.curves, r.partial
+        tensors = rank_tensors(curves)
+        pr = pr_frame(curves, finals, tensors)  # read once for the three PR figures
+        out = [pr_over_training(curves, finals, best, folder / f"pr_over_training.{fmt}", partial, tensors, pr)]
+        for name, t in zip(("q", "k"), tensors):
+            out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{name}.{fmt}", t, partial, pr))
+        out.append(loss_vs_pr(finals, folder / f"loss_vs_pr.{fmt}", partial, tensors))
+        out.append(lr_sensitivity(lr_c, best, folder / f"lr_sensitivity.{fmt}", partial, finals))
+        settings = variant_settings(r.results.trials)
+        out.append(
+            max_logit_over_training(
+                r.features.logits, finals, best, settings, folder / f"max_logit_over_training.{fmt}", partial
+            )
+        )
+        return out
+
+
+def draw_late(r, folder: Path, fmt: str = "png") -> list[Path]:
+    """The LATE figures of a `Report` into `folder`: the forest of paired effects, the spectra and the
+    collapse rate against width (rendered as `draw_early`'s)."""
+    folder = _figure_folder(folder, fmt)
+    with objects_frozen():
+        partial = r.partial
+        finals, best, per_arm, per_trial = (
+            _label_inits(df, r.finals) for df in (r.finals, r.best_lrs, r.collapse_arm, r.collapse_trial)
+        )
+        tensors = rank_tensors(r.features.curves)
+        return [
+            forest_plot(r.cells, folder / f"forest.{fmt}", partial),
+            spectra(r.results, per_trial, finals, best, folder / f"spectra.{fmt}", partial, tensors),
+            collapse_rate_vs_width(
+                per_arm, best, folder / f"collapse_rate_vs_width.{fmt}", partial, finals, tensors=tensors
+            ),
+        ]
+
+
+def _figure_folder(folder: Path, fmt: str) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"figure format {fmt!r}: one of {', '.join(FORMATS)}")
-    folder = safe_mkdir(folder)
-    with objects_frozen(), forked_rendering(len(FIGURES)):
-        return _draw_all(r, folder, fmt)
+    return safe_mkdir(folder)
 
 
 @contextmanager
@@ -110,35 +178,6 @@ def objects_frozen():
         yield
     finally:
         gc.unfreeze()
-
-
-def _draw_all(r, folder: Path, fmt: str) -> list[Path]:
-    partial = r.partial
-    finals, lr_c, best, per_arm, per_trial = (
-        _label_inits(df, r.finals) for df in (r.finals, r.lr_curve, r.best_lrs, r.collapse_arm, r.collapse_trial)
-    )
-    out = [forest_plot(r.cells, folder / f"forest.{fmt}", partial)]
-    curves = r.features.curves
-    tensors = rank_tensors(curves)
-    pr = pr_frame(curves, finals, tensors)  # read once for the three PR figures
-    out.append(pr_over_training(curves, finals, best, folder / f"pr_over_training.{fmt}", partial, tensors, pr))
-    for name, t in zip(("q", "k"), tensors):
-        out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{name}.{fmt}", t, partial, pr))
-    out.append(spectra(r.results, per_trial, finals, best, folder / f"spectra.{fmt}", partial, tensors))
-    out.append(loss_vs_pr(finals, folder / f"loss_vs_pr.{fmt}", partial, tensors))
-    out.append(lr_sensitivity(lr_c, best, folder / f"lr_sensitivity.{fmt}", partial, finals))
-    out.append(
-        collapse_rate_vs_width(
-            per_arm, best, folder / f"collapse_rate_vs_width.{fmt}", partial, finals, tensors=tensors
-        )
-    )
-    settings = variant_settings(r.results.trials)
-    out.append(
-        max_logit_over_training(
-            r.features.logits, finals, best, settings, folder / f"max_logit_over_training.{fmt}", partial
-        )
-    )
-    return out
 
 
 def rank_tensors(curves: pl.DataFrame) -> tuple[str, str]:

@@ -25,7 +25,8 @@ from trainer.errors import ConfigError
 
 from ..forked import cpus, fork, read_all
 
-MAX_JOBS = 4  # children at once, at most (and at most the CPUs this process may use)
+MAX_JOBS = 9  # children at once, at most: one per figure of a report
+CHILD_NICE = 10  # a child renders at this lower priority: the report's own work (the next figure, the fits) goes first
 _MESSAGE_CHARS = 4_000  # a child's failure, as JSON, fits a pipe's buffer (64 KiB on Linux)
 
 
@@ -50,6 +51,7 @@ class Forked:
             os.close(read)
             code = 0
             try:
+                os.nice(CHILD_NICE)
                 finish(fig)
             except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
                 code = 1
@@ -78,10 +80,14 @@ class Forked:
             )
 
     def close(self) -> None:
+        """Wait for every child started so far; raise the first failure (in submission order) among
+        them, once: a later `close` raises only failures of children submitted since."""
         while self.running:
             self._reap()
         if self.failures:
-            raise self.failures[min(self.failures)]
+            first = self.failures[min(self.failures)]
+            self.failures.clear()
+            raise first
 
 
 def _described(e: BaseException) -> bytes:
@@ -118,9 +124,11 @@ _active: Forked | None = None  # while `forked_rendering` runs
 @contextmanager
 def forked_rendering(figures: int):
     """Inside, `finish_figure` hands each figure to a forked child (when `figures` > 1, on Linux
-    with two CPUs or more); on leaving, every child has finished and the first failure is raised."""
+    with two CPUs or more); on leaving, every child has finished and the first failure is raised.
+    Inside another (analysis.report.report_to: the early figures render while the fits run) it
+    does nothing: the outer one's children go on (`wait_for_figures` waits for them)."""
     global _active
-    jobs = min(MAX_JOBS, cpus())
+    jobs = MAX_JOBS if cpus() >= 2 else 1
     if (
         _active is not None
         or figures < 2
@@ -144,6 +152,13 @@ def forked_rendering(figures: int):
     forked.close()
 
 
+def wait_for_figures() -> None:
+    """Wait for every figure handed to a child so far and raise the first failure among them (once):
+    write_report calls it before summary.md, whichever `forked_rendering` started the children."""
+    if _active is not None:
+        _active.close()
+
+
 def finish_figure(fig, path: Path, finish: Callable[[object], None], close: Callable[[object], None]) -> Path:
     """`finish(fig)` (lay out, render, write `path`) and `close(fig)`: in a forked child while
     `forked_rendering` is on, else here and now."""
@@ -157,4 +172,4 @@ def finish_figure(fig, path: Path, finish: Callable[[object], None], close: Call
     return path
 
 
-__all__ = ["Forked", "cpus", "finish_figure", "forked_rendering"]
+__all__ = ["Forked", "cpus", "finish_figure", "forked_rendering", "wait_for_figures"]

@@ -58,7 +58,7 @@ def drawn(sweep, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plt, "close", lambda fig=None: kept.append(fig))
         paths = figures.draw_all(r, tmp_path_factory.mktemp("figs"))
-    figs = {p.stem: f for p, f in zip(paths, kept)}
+    figs = dict(zip(figures.EARLY + figures.LATE, kept, strict=True))  # the order they are drawn in
     yield dict(r=r, figs=figs, paths=paths)
     for f in kept:
         plt.close(f)

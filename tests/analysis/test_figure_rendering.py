@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis import figures
 from analysis.figures import FIGURES, draw_all, render
 from analysis.report import analyse, main
 from benchmarks.synthetic_results import Effect, SyntheticSpec, write_results
@@ -123,3 +124,72 @@ def test_the_report_waits_only_for_its_own_children(sweep, tmp_path, monkeypatch
         time.sleep(0.05)  # until it has exited (a zombie: its status not yet taken)
     draw_all(r, tmp_path / "figures")
     assert mine.wait(timeout=30) == 3
+
+
+def test_the_command_renders_the_early_figures_while_the_fits_run(sweep, tmp_path, monkeypatch):
+    """`python -m analysis.report` hands the figures that need no fits (EARLY) to children before the
+    collapse fits start, and its figures are the bytes draw_all gives for the same report."""
+    import analysis.report as report
+
+    monkeypatch.setattr(render, "cpus", lambda: 2)
+    forks, at_fits = [], []
+    fork = os.fork
+
+    def counted_fork():
+        pid = fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    fits = report.collapse_per_trial
+
+    def timed_fits(*args, **kwargs):
+        at_fits.append(len(forks))
+        return fits(*args, **kwargs)
+
+    monkeypatch.setattr(render.os, "fork", counted_fork)
+    monkeypatch.setattr(report, "collapse_per_trial", timed_fits)
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out), "--quiet", "--no-cache"]) == 0
+    assert at_fits == [len(figures.EARLY)]  # every early figure was with its child when the fits began
+    assert len(forks) == len(FIGURES)
+    r = analyse(sweep, cache=False)
+    draw_all(r, tmp_path / "all")
+    assert figure_bytes(out / "figures") == figure_bytes(tmp_path / "all")
+    assert (out / "summary.md").is_file()
+
+
+def test_the_early_hook_sees_what_the_report_says(sweep):
+    seen = []
+    r = analyse(sweep, cache=False, early=seen.append)
+    (e,) = seen
+    assert e.partial == r.partial and e.partial_reasons == r.verdict["partial_reasons"]
+    for name in ("finals", "best_lrs", "lr_curve"):
+        assert getattr(e, name).equals(getattr(r, name)), name
+    assert e.features is r.features and e.results is r.results
+
+
+def test_an_early_figure_that_fails_stops_the_report_before_summary(sweep, tmp_path, monkeypatch, capsys):
+    """As a late figure's failure (above): its child ran while the fits did; the report waits for it."""
+    name = "pr_by_lr_q"
+    assert name in figures.EARLY
+    monkeypatch.setattr(render, "cpus", lambda: 2)
+    out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    target = tmp_path / "bashrc"
+    target.write_text("original\n")
+    (out / "figures" / f"{name}.png").symlink_to(target)
+    assert main([str(sweep), "--out", str(out), "--quiet", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and f"{name}.png" in err, err
+    assert target.read_text() == "original\n"
+    assert not (out / "summary.md").exists()
+
+
+def test_a_child_renders_at_a_lower_priority(tmp_path):
+    """The report's own work (the next figure, the fits) goes first: children are niced."""
+    forked = render.Forked(2)
+    said = tmp_path / "nice"
+    forked.submit(object(), lambda _fig: said.write_text(str(os.nice(0))), lambda _fig: None)
+    forked.close()
+    assert int(said.read_text()) == min(19, os.nice(0) + render.CHILD_NICE)

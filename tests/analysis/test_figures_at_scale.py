@@ -59,7 +59,7 @@ def _kept(r, folder):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plt, "close", lambda fig=None: kept.append(fig))
         paths = figures.draw_all(r, folder)
-    return paths, {p.stem: f for p, f in zip(paths, kept)}
+    return paths, dict(zip(figures.EARLY + figures.LATE, kept, strict=True))  # the order they are drawn in
 
 
 def _sweep(root, seeds):
