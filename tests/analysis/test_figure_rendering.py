@@ -36,8 +36,8 @@ def figure_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_forked_figures_are_the_bytes_drawn_in_the_process(sweep, tmp_path, monkeypatch):
-    r = analyse(sweep, cache=False)
+def counted_forks(monkeypatch) -> list[int]:
+    """The pids of the children render forks from now on (render.os.fork counted)."""
     forks = []
     fork = os.fork
 
@@ -47,8 +47,14 @@ def test_forked_figures_are_the_bytes_drawn_in_the_process(sweep, tmp_path, monk
             forks.append(pid)
         return pid
 
-    monkeypatch.setattr(render, "cpus", lambda: 2)
     monkeypatch.setattr(render.os, "fork", counted_fork)
+    return forks
+
+
+def test_forked_figures_are_the_bytes_drawn_in_the_process(sweep, tmp_path, monkeypatch):
+    r = analyse(sweep, cache=False)
+    monkeypatch.setattr(render, "cpus", lambda: 2)
+    forks = counted_forks(monkeypatch)
     draw_all(r, tmp_path / "forked")
     assert len(forks) == len(FIGURES)  # every figure was finished in a child
     monkeypatch.setattr(render, "cpus", lambda: 1)  # one CPU: no child
@@ -132,22 +138,13 @@ def test_the_command_renders_the_early_figures_while_the_fits_run(sweep, tmp_pat
     import analysis.report as report
 
     monkeypatch.setattr(render, "cpus", lambda: 2)
-    forks, at_fits = [], []
-    fork = os.fork
-
-    def counted_fork():
-        pid = fork()
-        if pid:
-            forks.append(pid)
-        return pid
-
+    forks, at_fits = counted_forks(monkeypatch), []
     fits = report.collapse_per_trial
 
     def timed_fits(*args, **kwargs):
         at_fits.append(len(forks))
         return fits(*args, **kwargs)
 
-    monkeypatch.setattr(render.os, "fork", counted_fork)
     monkeypatch.setattr(report, "collapse_per_trial", timed_fits)
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out), "--quiet", "--no-cache"]) == 0
