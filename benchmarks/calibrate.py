@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from trainer.cli import ArgumentParser
+
 BASE = dict(  # sweeps/default.yaml's train section, less what a calibration turns off
     corpus="stdlib",
     max_corpus_bytes=4_000_000,
@@ -227,7 +229,7 @@ def run(widths: list[int], steps: int, args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--steps", type=int, default=60, help="training steps timed per case")
     add_arguments(p)

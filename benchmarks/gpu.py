@@ -82,6 +82,7 @@ import torch
 
 from orchestrator.spec.costs import GPUS, flops_per_token
 from trainer.cadence import eval_steps, regular_steps
+from trainer.cli import ArgumentParser
 from trainer.config import TrialConfig
 from trainer.data import load_tokens, train_batch
 from trainer.loop import Trial, TrialHooks, autocast_for, pick_device
@@ -942,7 +943,7 @@ def print_row(row: Row, note: str = "") -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and few steps (CI, or a CPU)")
     p.add_argument(

@@ -18,7 +18,6 @@ older absolute targets 30 s and 3 GB), PASS or FAIL.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.synthetic_results import SyntheticSpec, eval_steps, row_template, write_results
+from trainer.cli import ArgumentParser
 
 TARGET_S, TARGET_GB = 30.0, 3.0
 TARGET_RATIO, TARGET_PEAK_GB = 3.0, 1.0  # issue 22: the report against one pass, and its peak memory
@@ -146,7 +146,7 @@ def run(metric_rows: int, spectra_rows: int, root: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
     ap.add_argument("--metric-rows", type=int, default=10_000_000)
     ap.add_argument("--spectra-rows", type=int, default=100_000)
     ap.add_argument("--keep", help="write the synthetic sweep and report here and keep them")

@@ -30,6 +30,7 @@ import polars as pl
 import yaml
 
 from orchestrator import run_sweep
+from trainer.cli import ArgumentParser
 from trainer.schema import SWEEP_JSON, TRIALS_FILE
 
 TARGET = 0.85
@@ -64,7 +65,7 @@ def bench_spec(steps: int, width: int) -> dict:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m benchmarks.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--steps", type=int, default=200, help="steps per trial (default 200, ~8 s at width 64)")

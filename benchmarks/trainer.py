@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from benchmarks import calibrate
 from trainer import kernels
 from trainer.cadence import eval_steps, regular_steps
+from trainer.cli import ArgumentParser
 from trainer.config import TrialConfig
 from trainer.data import load_tokens, train_batch
 from trainer.loop import Trial, TrialHooks
@@ -227,7 +228,7 @@ def plain_val_loss(trial: Trial) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", help="default 128 256 (--calibrate: 64 128 256)")
     p.add_argument("--steps", type=int, help="default 300 (--calibrate: 60 per case)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (a CPU sweep gives each trial 1)")

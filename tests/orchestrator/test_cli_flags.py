@@ -324,3 +324,16 @@ def test_lr_study_resume_runs_only_what_the_last_run_left(tmp_path, capsys):
     assert lr_study.main([*args, "--resume"]) == 0
     assert "nothing to run" in capsys.readouterr().out and (folder / LR_BEST_FILE).exists()
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)} == sizes
+
+
+@pytest.mark.parametrize("module", ["report", "sweep", "trainer", "calibrate", "gpu"])
+def test_the_benchmarks_answer_a_mistyped_flag_in_one_line(module, capsys):
+    """The benchmark commands use the commands' parser: one line naming the closest flag, exit 2."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as e:
+        main(["--hepl"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "--hepl (did you mean --help?)" in err
