@@ -144,6 +144,8 @@ def mathtext(text: str) -> str:
 
 def tex_math(escaped: str) -> str:
     """The symbols of LaTeX-escaped text (d\\_head) as LaTeX math."""
+    if "\\_" not in escaped:  # every symbol has an underscore: a cell without one (a number) has none
+        return escaped
     for plain, math in _MATH.items():
         escaped = escaped.replace(plain.replace("_", r"\_"), math)
     return escaped

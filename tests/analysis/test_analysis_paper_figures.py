@@ -203,3 +203,23 @@ def test_tex_tables_have_readable_headers(sweep, tmp_path):
     assert len(cells) <= 10, cells  # the CSV has 16 columns
     body = "\n".join(lines)
     assert r"final sphere PR of q / $d_\mathrm{head}$" in body and "[" in body
+
+
+def test_tex_cells_are_escaped_character_by_character_and_symbols_set_as_math():
+    """The .tex cells (analysis.tables._tex, analysis.labels.tex_math) as the plain rule gives them:
+    each special character escaped alone, then each symbol as math; tex_math looks for a symbol
+    only where an escaped underscore is, so every symbol must have one."""
+    import numpy as np
+
+    from analysis.labels import _MATH, tex_math
+    from analysis.tables import _TEX_ESCAPE, _tex
+
+    assert all("_" in symbol for symbol in _MATH)
+    rng = np.random.default_rng(0)
+    alphabet = list("ab_ WqkdhedmolzQK%&$#{}~^\\0.5-e") + list(_MATH)
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 12))))
+        escaped = "".join(_TEX_ESCAPE.get(c, c) for c in text)
+        for plain, math in _MATH.items():
+            escaped = escaped.replace(plain.replace("_", r"\_"), math)
+        assert tex_math(_tex(text)) == escaped, text
