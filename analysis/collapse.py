@@ -131,6 +131,20 @@ TRIAL_COLUMNS = (
 )
 
 
+def min_steps(curves: pl.DataFrame, ids: list[str], tensors) -> dict[tuple[str, str], float]:
+    """{(trial_id, tensor): the step of its PR minimum} for the trials `ids`: collapse_per_trial's
+    min_step (the same padding and `fit_decay`), from their curves alone, so that the spectra figure
+    can be drawn before the study's fits."""
+    chosen = curves.filter(
+        (pl.col("name") == "pr") & pl.col("trial_id").is_in(ids) & pl.col("tensor").is_in(list(tensors))
+    )
+    if not chosen.height:
+        return {}
+    keys, steps, vals = _pad(chosen)
+    found = fit_decay(steps, vals)["min_step"]
+    return {(str(tid), str(t)): float(m) for (tid, _, t), m in zip(keys.iter_rows(), found, strict=True)}
+
+
 def collapse_per_trial(curves: pl.DataFrame, finals: pl.DataFrame) -> pl.DataFrame:
     """One row per (trial, rank metric, tensor) with the fit and the trajectory's landmarks.
 

@@ -100,8 +100,16 @@ __all__ = [
 # The figures drawn from the finals, the best LRs and the curves alone: `python -m analysis.report`
 # draws them as soon as those are known, and their forked children render them while the report
 # fits the collapse rates and tests the paradox (`draw_early`); the rest need those fits (`draw_late`).
-EARLY = ("pr_over_training", "pr_by_lr_q", "pr_by_lr_k", "loss_vs_pr", "lr_sensitivity", "max_logit_over_training")
-LATE = tuple(f for f in FIGURES if f not in EARLY)  # forest (the cells), spectra and collapse rate (the fits)
+EARLY = (
+    "pr_over_training",
+    "pr_by_lr_q",
+    "pr_by_lr_k",
+    "spectra",
+    "loss_vs_pr",
+    "lr_sensitivity",
+    "max_logit_over_training",
+)
+LATE = tuple(f for f in FIGURES if f not in EARLY)  # forest (the paired cells) and collapse rate (the fits)
 
 
 def draw_all(r, folder: Path, fmt: str = "png") -> list[Path]:
@@ -127,6 +135,7 @@ def draw_early(r, folder: Path, fmt: str = "png") -> list[Path]:
         out = [pr_over_training(curves, finals, best, folder / f"pr_over_training.{fmt}", partial, tensors, pr)]
         for name, t in zip(("q", "k"), tensors):
             out.append(pr_by_lr(curves, finals, best, folder / f"pr_by_lr_{name}.{fmt}", t, partial, pr))
+        out.append(spectra(r.results, curves, finals, best, folder / f"spectra.{fmt}", partial, tensors))
         out.append(loss_vs_pr(finals, folder / f"loss_vs_pr.{fmt}", partial, tensors))
         out.append(lr_sensitivity(lr_c, best, folder / f"lr_sensitivity.{fmt}", partial, finals))
         settings = variant_settings(r.results.trials)
@@ -139,18 +148,15 @@ def draw_early(r, folder: Path, fmt: str = "png") -> list[Path]:
 
 
 def draw_late(r, folder: Path, fmt: str = "png") -> list[Path]:
-    """The LATE figures of a `Report` into `folder`: the forest of paired effects, the spectra and the
-    collapse rate against width (rendered as `draw_early`'s)."""
+    """The LATE figures of a `Report` into `folder`: the forest of paired effects and the collapse
+    rate against width (rendered as `draw_early`'s)."""
     folder = _figure_folder(folder, fmt)
     with objects_frozen():
         partial = r.partial
-        finals, best, per_arm, per_trial = (
-            _label_inits(df, r.finals) for df in (r.finals, r.best_lrs, r.collapse_arm, r.collapse_trial)
-        )
+        finals, best, per_arm = (_label_inits(df, r.finals) for df in (r.finals, r.best_lrs, r.collapse_arm))
         tensors = rank_tensors(r.features.curves)
         return [
             forest_plot(r.cells, folder / f"forest.{fmt}", partial),
-            spectra(r.results, per_trial, finals, best, folder / f"spectra.{fmt}", partial, tensors),
             collapse_rate_vs_width(
                 per_arm, best, folder / f"collapse_rate_vs_width.{fmt}", partial, finals, tensors=tensors
             ),

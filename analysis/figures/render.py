@@ -8,7 +8,7 @@ matplotlib, Pillow and the file it writes; it never calls Polars, whose thread p
 survive a fork (a Polars call in a forked child waits forever: tried). The bytes written are the
 ones the report process would write itself (the same code on the same figure). The children run
 at a lower priority (CHILD_NICE), so the report's own work goes first; `python -m analysis.report`
-hands six figures to them before its fits (analysis.report.report_to), which then run beside the
+hands seven figures to them before its fits (analysis.report.report_to), which then run beside the
 rendering on the CPU they would leave idle.
 
 Used only where fork is safe and worth it: on Linux, with at least two CPUs for this process.

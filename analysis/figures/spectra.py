@@ -12,6 +12,7 @@ import polars as pl
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from ..collapse import min_steps
 from ..labels import tensor_label
 from ..paradox import BASELINE
 from .common import (
@@ -69,7 +70,7 @@ def _mean_spectra(spec: pl.DataFrame) -> dict[tuple, np.ndarray]:
 
 def spectra(
     results,
-    per_trial: pl.DataFrame,
+    curves: pl.DataFrame,
     finals: pl.DataFrame,
     best: pl.DataFrame,
     path: Path,
@@ -81,7 +82,8 @@ def spectra(
     `results` is an `analysis.loading.Results` (its spectra are read for the chosen trials only,
     through `Results.spectra_of`, once per report: a part that fails to read is skipped and named); an arm's trial is
     its lowest completed seed at the arm's best LR (`best`). The minimum is the step of the trial's
-    q (k) PR minimum from the collapse fits; the nearest step with a recorded spectrum is drawn and
+    q (k) PR minimum as the collapse fits find it (analysis.collapse.min_steps, from `curves`, the
+    features' curves); the nearest step with a recorded spectrum is drawn and
     its step named in the panel's title ("steps init / PR minimum / final")."""
     arms = sweep_arms(finals)
     chosen = _chosen_trials(finals, best_lr_map(best))
@@ -91,14 +93,7 @@ def spectra(
     rec_steps: dict[tuple, list[int]] = {}
     for tid, t, step in mean:
         rec_steps.setdefault((tid, t), []).append(step)
-    mins = {}
-    if per_trial.height:
-        for tid, t, s in (
-            per_trial.filter((pl.col("metric") == "pr") & pl.col("trial_id").is_in(ids))
-            .select("trial_id", "tensor", "min_step")
-            .iter_rows()
-        ):
-            mins[(tid, t)] = s
+    mins = min_steps(curves, ids, tensors)  # the collapse fits' min_step, for these trials alone
     pairs = sorted({(a[0], a[1]) for a in arms}, key=lambda p: (p[0], p[1] != BASELINE, p[1]))
     pairs = pairs or [("-", "-")]
     widths = sorted({a[2] for a in arms}) or [0]

@@ -190,3 +190,24 @@ def test_a_child_renders_at_a_lower_priority(tmp_path):
     forked.submit(object(), lambda _fig: said.write_text(str(os.nice(0))), lambda _fig: None)
     forked.close()
     assert int(said.read_text()) == min(19, os.nice(0) + render.CHILD_NICE)
+
+
+def test_the_spectra_find_the_pr_minimum_the_fits_find(sweep):
+    """The spectra figure is drawn before the fits: its PR-minimum step, found for the drawn trials
+    alone (collapse.min_steps), is the collapse fits' min_step for every trial and tensor."""
+    import polars as pl
+
+    from analysis.collapse import min_steps
+    from analysis.figures import rank_tensors
+
+    r = analyse(sweep, cache=False)
+    tensors = rank_tensors(r.features.curves)
+    ids = r.finals.get_column("trial_id").to_list()
+    found = min_steps(r.features.curves, ids[::2], tensors)  # every other trial: a subset, as the figure asks
+    fits = r.collapse_trial.filter((pl.col("metric") == "pr") & pl.col("tensor").is_in(list(tensors)))
+    expected = {
+        (t, x): m for t, x, m in fits.select("trial_id", "tensor", "min_step").iter_rows() if t in set(ids[::2])
+    }
+    assert found and found.keys() == expected.keys()
+    assert all(found[k] == expected[k] for k in found)
+    assert min_steps(r.features.curves, [], tensors) == {}
