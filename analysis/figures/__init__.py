@@ -100,16 +100,8 @@ __all__ = [
 # The figures drawn from the finals, the best LRs and the curves alone: `python -m analysis.report`
 # draws them as soon as those are known, and their forked children render them while the report
 # fits the collapse rates and tests the paradox (`draw_early`); the rest need those fits (`draw_late`).
-EARLY = (
-    "pr_over_training",
-    "pr_by_lr_q",
-    "pr_by_lr_k",
-    "spectra",
-    "loss_vs_pr",
-    "lr_sensitivity",
-    "max_logit_over_training",
-)
-LATE = tuple(f for f in FIGURES if f not in EARLY)  # forest (the paired cells) and collapse rate (the fits)
+LATE = ("forest", "collapse_rate_vs_width")  # the paired cells, the collapse fits
+EARLY = tuple(f for f in FIGURES if f not in LATE)
 
 
 def draw_all(r, folder: Path, fmt: str = "png") -> list[Path]:
