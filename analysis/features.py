@@ -1,14 +1,15 @@
 """Reading the part files: raw metric rows reduced to head-averaged curves and losses (`Features`).
 
-Everything heavy happens in Polars: rows are reduced to one value per (trial, step, metric,
-tensor), the mean over layers and heads, before anything reaches numpy.
+Rows are reduced to one value per (trial, step, metric, tensor), the mean over layers and heads,
+before anything else sees them: read, filtered and grouped by Polars; in a batch in the trainer's
+order (each mean's rows one run) the means are sums over the runs in numpy (analysis.head_runs),
+the bits Polars' group-by gives.
 
 Each part file is read once: the trials are taken in batches of about BATCH_ROWS rows (all
 parts of a trial in one batch), each batch is read into memory with only the rows the features
 use (predicate and projection pushdown), and every feature is computed from that frame, while
 the next batch is read in a second thread (`ReadAhead`). Memory is two batches, whatever the size
-of the sweep; a study of 120 million rows costs about what one
-streaming pass over it does (benchmarks.report prints the ratio).
+of the sweep (benchmarks.report prints the report's time against one streaming pass).
 
 Duplicate keys (the same trial_id, step, name, layer, head, tensor twice, as a replay after a
 restore can leave behind) are resolved "last written wins": parts are scanned oldest first and
@@ -51,6 +52,7 @@ from trainer.schema import (
 )
 
 from .contract import METRICS_PL, Part, overlapping, scan
+from .head_runs import run_means, run_rows
 from .loading import Results
 from .summary_cache import FRAMES, merge_trials
 
@@ -124,23 +126,23 @@ def with_runs(frame: pl.DataFrame) -> pl.DataFrame | None:
     """`frame` with a RUN column when every run of rows (consecutive rows of one GROUP key) is in
     strictly rising (layer, head) order, else None. The trainer writes each group's heads as one
     run in that order, so a batch is usually in head order already and `in_head_order`'s sort (a
-    fifth of the features' time) is not needed; `head_means` then counts each group's runs and
-    `_reduce` checks that every group is one (a group split over two runs could interleave its heads)."""
+    fifth of the features' time) is not needed, and each head mean is a sum over one run
+    (`_run_frames`, which checks that every group is one run: a group split over two runs could
+    interleave its heads)."""
     start = pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in GROUP)
     rising = (HEAD > HEAD.shift(1)).fill_null(False)  # a row with no (layer, head) in a run: sort
     frame = frame.with_columns(start.fill_null(True).alias(RUN))
     return frame if frame.select((pl.col(RUN) | rising).all()).item() else None
 
 
-def head_means(lf: pl.LazyFrame, keys: list[str], runs: bool = False) -> pl.LazyFrame:
+def head_means(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
     """The mean of `value` over the layers and heads of each group of `keys` (nulls left out, as
-    mean() does; `n` the rows of the group), over a frame `in_head_order` or `with_runs` (then
-    `runs`: a column RUN counts the runs of each group, which must be 1). A float sum depends on
-    its order, and the parts can reach a group in an order that varies run to run (the same report
-    once gave pr_centred means that differed in the last bit); in head order, and with the
-    in-memory engine (a group's values summed in the frame's order), every group sums alike."""
-    counted = [pl.col(RUN).sum().alias(RUN)] if runs else []
-    return lf.group_by(keys).agg(pl.col("value").mean(), pl.len().alias("n"), *counted)
+    mean() does; `n` the rows of the group), by Polars, over a frame `in_head_order`. A float sum
+    depends on its order, and the parts can reach a group in an order that varies run to run (the
+    same report once gave pr_centred means that differed in the last bit); in head order, and with
+    the in-memory engine (a group's values summed in the frame's order), every group sums alike.
+    A batch in the trainer's order takes `_run_frames` instead: the same sums, run by run."""
+    return lf.group_by(keys).agg(pl.col("value").mean(), pl.len().alias("n"))
 
 
 def last_step(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
@@ -151,22 +153,39 @@ def last_step(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
     return lf.filter(pl.col("step") == pl.col("step").max().over(keys))
 
 
-def _queries(lf: pl.LazyFrame, runs: bool = False) -> list[pl.LazyFrame]:
-    """The seven feature frames of `lf` (`head_means`' `runs`: curves and activation count runs)."""
-    per_head = pl.col("layer").is_not_null() & pl.col("head").is_not_null()
-    curves = head_means(
-        lf.filter(pl.col("name").is_in(RANK_METRICS) & pl.col("tensor").is_in(TENSORS) & per_head),
-        list(GROUP),
-        runs,
-    )
-    model = pl.col("layer").is_null() & pl.col("head").is_null() & pl.col("tensor").is_null()
+PER_HEAD = pl.col("layer").is_not_null() & pl.col("head").is_not_null()
+MODEL = pl.col("layer").is_null() & pl.col("head").is_null() & pl.col("tensor").is_null()
+# Which rows each head mean averages (per row; with PER_HEAD): the curves, the activation
+# statistics, the per-layer PR
+CURVES = pl.col("name").is_in(RANK_METRICS) & pl.col("tensor").is_in(TENSORS)
+ACTIVATION = pl.col("name").is_in(ACTIVATION_METRICS + STAGE_METRICS) & pl.col("tensor").is_in(ACTIVATION_TENSORS)
+LAYERS = (pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS)
+LAYER_KEYS = ["trial_id", "step", "layer", "tensor"]
+# The rows `_scalar_queries` can read: every run of them has one of these names and no tensor
+SCALARS = (
+    pl.col("name").is_in(["val_loss", "train_loss", "tokens", "max_logit", *CLIP_METRICS]) & pl.col("tensor").is_null()
+)
+HEAD_FRAMES = ("curves", "activation", "layers")
+
+
+def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
+    """The seven feature frames of `lf` (in head order: `in_head_order`), in FRAMES order."""
+    curves = head_means(lf.filter(CURVES & PER_HEAD), list(GROUP))
+    activation = last_step(head_means(lf.filter(ACTIVATION & PER_HEAD), list(GROUP)), ["trial_id", "name", "tensor"])
+    layers = last_step(head_means(lf.filter(LAYERS & PER_HEAD), LAYER_KEYS).drop("n"), ["trial_id", "layer", "tensor"])
+    val, ends, logits, clip = _scalar_queries(lf)
+    return [curves, val, ends, activation, layers, logits, clip]
+
+
+def _scalar_queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
+    """The feature frames that are not head means: val_loss, ends, logits, clip."""
     val = (
-        lf.filter((pl.col("name") == "val_loss") & model)
+        lf.filter((pl.col("name") == "val_loss") & MODEL)
         .group_by("trial_id", "step")
         .agg(pl.col("value").last(), pl.len().alias("n"))
     )
     ends = (
-        lf.filter(pl.col("name").is_in(["train_loss", "tokens"]) & model)
+        lf.filter(pl.col("name").is_in(["train_loss", "tokens"]) & MODEL)
         .group_by("trial_id", "name")
         .agg(
             pl.col("step").min().alias("step_first"),
@@ -176,34 +195,66 @@ def _queries(lf: pl.LazyFrame, runs: bool = False) -> list[pl.LazyFrame]:
             pl.col("step").n_unique().alias("n_steps"),  # completeness: a lost middle part shows here
         )
     )
-    activation = last_step(
-        head_means(
-            lf.filter(
-                pl.col("name").is_in(ACTIVATION_METRICS + STAGE_METRICS)
-                & pl.col("tensor").is_in(ACTIVATION_TENSORS)
-                & per_head
-            ),
-            list(GROUP),
-            runs,
-        ),
-        ["trial_id", "name", "tensor"],
-    )
-    layers = last_step(
-        head_means(
-            lf.filter((pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS) & per_head),
-            ["trial_id", "step", "layer", "tensor"],
-        ).drop("n"),
-        ["trial_id", "layer", "tensor"],
-    )
     logits = (
-        lf.filter((pl.col("name") == "max_logit") & pl.col("tensor").is_null() & per_head)
+        lf.filter((pl.col("name") == "max_logit") & pl.col("tensor").is_null() & PER_HEAD)
         .group_by("trial_id", "step")
         .agg(pl.col("value").max())
     )
-    clip = lf.filter(pl.col("name").is_in(CLIP_METRICS) & pl.col("tensor").is_null() & per_head).select(
+    clip = lf.filter(pl.col("name").is_in(CLIP_METRICS) & pl.col("tensor").is_null() & PER_HEAD).select(
         "trial_id", "step", "name", "layer", "head", "value"
     )
-    return [curves, val, ends, activation, layers, logits, clip]
+    return [val, ends, logits, clip]
+
+
+def _run_frames(frame: pl.DataFrame) -> list[pl.DataFrame] | None:
+    """The seven feature frames of a batch `with_runs`, the head means summed run by run
+    (analysis.head_runs: the bits Polars' group-by gives, without hashing four keys per row); None
+    when a head mean's group is not one run of the batch (two runs of one key, or a run whose first
+    row has no layer or head), and the batch is then sorted (`in_head_order`)."""
+    starts = np.flatnonzero(frame.get_column(RUN).to_numpy())
+    lengths = np.diff(starts, append=frame.height)
+    first = frame.select(*GROUP, "layer", "head").gather(starts)  # each run's first row
+    chosen = first.select(
+        CURVES.alias("curves"),
+        ACTIVATION.alias("activation"),
+        LAYERS.alias("layers"),
+        (CURVES | ACTIVATION | LAYERS).alias("any"),
+        SCALARS.alias("scalars"),
+    )
+    averaged = first.filter(chosen.get_column("any"))
+    if not averaged.select(PER_HEAD.all()).item() or averaged.select(GROUP).is_duplicated().any():
+        return None
+    picks = {name: np.flatnonzero(chosen.get_column(name).to_numpy()) for name in (*HEAD_FRAMES, "scalars")}
+
+    def polars_means(keys):
+        return lambda rows: head_means(rows.lazy(), keys).collect(engine=ENGINE)
+
+    curves = run_means(frame, starts[picks["curves"]], lengths[picks["curves"]], list(GROUP), polars_means(list(GROUP)))
+    activation = run_means(
+        frame, starts[picks["activation"]], lengths[picks["activation"]], list(GROUP), polars_means(list(GROUP))
+    )
+    # the per-layer PR: within each chosen run (layers rise in it), each layer's heads are a run
+    parent_starts, parent_lengths = starts[picks["layers"]], lengths[picks["layers"]]
+    rows = run_rows(parent_starts, parent_lengths)
+    layer = frame.get_column("layer").gather(rows).to_numpy()
+    begins = np.ones(rows.size, dtype=bool)
+    begins[1:] = layer[1:] != layer[:-1]
+    begins[np.cumsum(parent_lengths) - parent_lengths] = True  # a run's first row begins a layer too
+    at = np.flatnonzero(begins)
+    layer_starts, layer_lengths = rows[at], np.diff(at, append=rows.size)
+    layers = run_means(frame, layer_starts, layer_lengths, LAYER_KEYS, polars_means(LAYER_KEYS)).drop("n")
+    # the other frames from the rows of the runs they can read (a run's rows share its name and tensor)
+    scalars = frame[run_rows(starts[picks["scalars"]], lengths[picks["scalars"]])]
+    val, ends, logits, clip = pl.collect_all(_scalar_queries(scalars.lazy()), engine=ENGINE)
+    return [
+        curves,
+        val,
+        ends,
+        last_step(activation.lazy(), ["trial_id", "name", "tensor"]).collect(engine=ENGINE),
+        last_step(layers.lazy(), ["trial_id", "layer", "tensor"]).collect(engine=ENGINE),
+        logits,
+        clip,
+    ]
 
 
 def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -258,7 +309,8 @@ def as_strings(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _read_batch(parts: list[Part]) -> pl.DataFrame:
     """The rows of `parts` the features use, read into memory once, the string keys Categorical,
-    in one chunk (a batch read in a chunk per file groups a third slower).
+    in one chunk (a batch read in a chunk per file groups a third slower; the name and tensor kept
+    String, as read, and in a chunk per file, made the reductions slower by more than the cast).
 
     The trial_id column is not read when every part's footer names the one trial its rows hold
     (`Part.trial_id`, what the trainer writes): each row's trial is its part's, found from the
@@ -288,14 +340,15 @@ def _read_batch(parts: list[Part]) -> pl.DataFrame:
 
 
 def _reduce(frame: pl.DataFrame) -> list[pl.DataFrame]:
-    """The feature frames of a batch, every head mean summed in (layer, head) order: as the rows
-    are when each group is one run in that order (`with_runs`, checked here), else after
-    `in_head_order` (both sum a group's values in the same order: the same bits)."""
+    """The feature frames of a batch (`_read_batch`), every head mean summed in (layer, head) order:
+    run by run when each group is one run in that order (`with_runs`, `_run_frames`), else by
+    Polars after `in_head_order` (both sum a group's values in the same order, the same way: the
+    same bits)."""
     ordered = with_runs(frame)
     if ordered is not None:
-        found = pl.collect_all(_queries(ordered.lazy(), runs=True), engine=ENGINE)
-        if all((f.get_column(RUN) == 1).all() for f in (found[0], found[3])):  # curves, activation
-            return [f.drop(RUN) if RUN in f.columns else f for f in found]
+        found = _run_frames(ordered)
+        if found is not None:
+            return found
     return pl.collect_all(_queries(in_head_order(frame).lazy()), engine=ENGINE)
 
 

@@ -43,7 +43,7 @@ from .paths import Listed
 
 CACHE_DIR = "summary_cache"
 FRAMES = ("curves", "val_loss", "ends", "activation", "layers", "logits", "clip")
-_SOURCES = ("features.py", "summary_cache.py", "contract.py")
+_SOURCES = ("features.py", "head_runs.py", "summary_cache.py", "contract.py")
 PARTS_SCHEMA = {
     "dataset": pl.String,
     "folder": pl.String,
