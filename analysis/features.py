@@ -415,7 +415,37 @@ def _collect(
 
 
 def _sorted(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    return [f.sort(*ORDER[name]) for f, name in zip(frames, FRAMES, strict=True)]
+    return [sort_rows(f, ORDER[name]) for f, name in zip(frames, FRAMES, strict=True)]
+
+
+def sort_rows(frame: pl.DataFrame, keys: tuple[str, ...]) -> pl.DataFrame:
+    """`frame.sort(*keys)`, Categorical keys in lexical order as Polars sorts them, by one numpy
+    lexsort of each key's rank: Polars compares a Categorical's strings row by row, and sorting a
+    batch's curves that way took 2.2 CPU-s of 2.6 for all seven frames (120M rows); ranking the
+    batch's few distinct values and sorting integers, 0.6. Stable, so rows with equal keys keep
+    their order. Keys with nulls, or of other types, are sorted by Polars."""
+    columns = [frame.get_column(k) for k in keys]
+    if frame.height < 2 or any(
+        c.null_count() or not (c.dtype == pl.Categorical or c.dtype.is_numeric()) for c in columns
+    ):
+        return frame.sort(*keys)
+    return frame[np.lexsort([_lexical_ranks(c) for c in reversed(columns)])]
+
+
+def _lexical_ranks(column: pl.Series) -> np.ndarray:
+    """Each value's rank among the column's distinct values (a Categorical by its string, as Polars
+    sorts one); a numeric column as it is."""
+    if column.dtype != pl.Categorical:
+        return column.to_numpy()
+    codes = column.to_physical().to_numpy()
+    distinct = column.unique()
+    distinct_codes = distinct.to_physical().to_numpy()
+    by_code = np.argsort(distinct_codes)
+    rank = np.empty(len(distinct), dtype=np.int64)
+    rank[np.argsort(np.array(distinct.cast(pl.String).to_list(), dtype=object), kind="stable")] = np.arange(
+        len(distinct)
+    )
+    return rank[by_code][np.searchsorted(distinct_codes[by_code], codes)]
 
 
 def batches(parts: list[Part], rows: int = BATCH_ROWS) -> list[list[Part]]:

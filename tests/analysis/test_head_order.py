@@ -75,3 +75,30 @@ def test_a_batch_not_in_head_order_is_sorted_first(split, monkeypatch):
     curves = features_module._reduce(features_module._categorical(frame))[0].filter(pl.col("tensor") == "q")
     assert sorts == [1]
     assert curves.get_column("value").item() == in_order == 0.75
+
+
+def test_sort_rows_orders_as_polars_sorts():
+    """features.sort_rows (a numpy lexsort of each key's rank) gives the rows Polars' sort gives:
+    Categorical keys by their strings (not their codes), numbers by value; keys with nulls are
+    left to Polars."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    words = ["pr", "erank", "k_sphere", "q", "Q", "zeta", "ä", "a b", "10", "9", "trial_ü"]
+    n = 5000
+    frame = pl.DataFrame(
+        {
+            "trial_id": rng.choice(words, n),
+            "name": rng.choice(words[:4], n),
+            "step": rng.integers(-5, 1000, n),
+            "value": rng.normal(size=n),
+        }
+    )
+    # Categorical codes in an order other than the strings': cast in reverse order of appearance
+    frame = frame.reverse().with_columns(pl.col("trial_id", "name").cast(pl.Categorical)).reverse()
+    frame = frame.unique(["trial_id", "name", "step"], keep="first", maintain_order=True)
+    keys = ("trial_id", "name", "step")
+    assert features_module.sort_rows(frame, keys).equals(frame.sort(*keys))
+    assert not frame.sort(*keys).equals(frame.sort(pl.col("trial_id").to_physical(), "name", "step"))
+    with_null = frame.with_columns(frame.get_column("step").scatter([3, 7], None))
+    assert features_module.sort_rows(with_null, keys).equals(with_null.sort(*keys))
