@@ -236,7 +236,7 @@ SMOKE = dict(
 def describe_error(err: ValidationError, limit: int = 5) -> str:
     """One line per problem (at most `limit`), each naming the field and the value that was given."""
     lines = []
-    errors = err.errors()
+    errors = _one_union_member(err.errors())
     for e in errors[:limit]:
         field = ".".join(short_repr(p, 40).strip("'") for p in e["loc"]) or "config"
         value = e.get("input")
@@ -245,6 +245,48 @@ def describe_error(err: ValidationError, limit: int = 5) -> str:
     if len(errors) > limit:
         lines.append(f"and {len(errors) - limit} more")
     return "; ".join(lines)
+
+
+# pydantic's errors for a value that is not of the type a union member expects at all (a list given
+# to a model, a mapping to a list): noise beside the errors of the member the value was meant for.
+_WRONG_KIND = ("list_type", "dict_type", "model_type", "model_attributes_type")
+
+
+def _union_member(part: Any) -> bool:
+    """Whether an error path's part names a union's member (pydantic writes its type: 'list[float]',
+    'FromStudy'); field names are lower-case words and mapping keys are the file's."""
+    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+
+
+def _one_union_member(errors: list[dict]) -> list[dict]:
+    """The errors of a value that fits no member of a union (grid.lr: a list of LRs or
+    {from_study: ...}), reduced to those of the member the value was meant for, with the member's
+    name left out of the path: `grid.lr.0: Input should be a valid number`, not that and
+    `grid.lr.FromStudy: Input should be a valid dictionary`. Other errors are kept as they are."""
+
+    def member_at(loc: tuple) -> int | None:
+        return next((i for i, part in enumerate(loc) if _union_member(part)), None)
+
+    def wrong_kind(e: dict, at: int) -> bool:
+        return len(e["loc"]) == at + 1 and e["type"] in _WRONG_KIND
+
+    of_its_kind = set()  # fields whose value is of some member's kind (that member's errors are the point)
+    for e in errors:
+        at = member_at(e["loc"])
+        if at is not None and not wrong_kind(e, at):
+            of_its_kind.add(tuple(e["loc"][:at]))
+    out, seen = [], set()
+    for e in errors:
+        loc, at = tuple(e["loc"]), member_at(e["loc"])
+        if at is not None:
+            if wrong_kind(e, at) and loc[:at] in of_its_kind:
+                continue
+            loc = loc[:at] + loc[at + 1 :]
+            if loc in seen:  # a value of no member's kind: one line, not one per member
+                continue
+            seen.add(loc)
+        out.append({**e, "loc": loc})
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -257,14 +299,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.load(raw, Loader=StrictSafeLoader) if raw else ""  # noqa: S506 - a SafeLoader subclass
     except ConfigError as err:
         raise ConfigError(f"--set {short_repr(key.strip(), 40)}: {err}") from None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as exc:
+        if raw.lstrip()[:1] in ("[", "{"):  # meant as a list or mapping: taken as text it would mislead
+            raise ConfigError(
+                f"--set {short_repr(key.strip(), 40)}: {short_repr(raw, 60)} is not a valid YAML list or "
+                f"mapping{_yaml_problem(exc)}; write a list as [0, 1]"
+            ) from None
+        value = raw  # other text YAML cannot read (a leading @ or `, "a: b: c") is the text itself
     return key.strip(), value
 
 
 # ---- a YAML loader that refuses what safe_load lets through ----------------------------------
 MAX_YAML_NODES = 100_000  # nodes after expanding aliases: a real sweep file has a few hundred
 MAX_YAML_ALIASES = 100
+# No setting takes an integer near this long (the largest bound, MAX_SEED, has 10 digits); Python
+# refuses to read one of more than 4300 digits with a traceback, so a longer one is refused by name.
+MAX_INT_DIGITS = 100
 _NON_DECIMAL_INT = re.compile(r"^[-+]?(0[xob]|0[0-7_]+$|[0-9][0-9_]*(:[0-5]?[0-9])+$)")
 
 
@@ -296,6 +346,7 @@ class StrictSafeLoader(yaml.SafeLoader):
                 raise ConfigError(
                     f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); write the values out"
                 )
+            _refuse_long_integers(node, "", set())
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -324,6 +375,30 @@ class StrictSafeLoader(yaml.SafeLoader):
                 "decimal, or quote it"
             )
         return super().construct_yaml_int(node)
+
+
+def _refuse_long_integers(node, path: str, seen: set) -> None:
+    """A ConfigError naming the key (`grid.seed.0`) and the line of the first integer longer than
+    MAX_INT_DIGITS: the digits are never converted, so Python's own 4300-digit limit is never hit."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        digits = sum(ch.isdigit() for ch in str(node.value))
+        if node.tag == "tag:yaml.org,2002:int" and digits > MAX_INT_DIGITS:
+            where = f"{path}: " if path else ""
+            raise ConfigError(
+                f"{where}an integer of {digits} digits ({short_repr(node.value, 20)}) at line "
+                f"{node.start_mark.line + 1}; no setting takes more than {MAX_INT_DIGITS} digits"
+            )
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            _refuse_long_integers(child, f"{path}.{i}" if path else f"item {i}", seen)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = short_repr(key.value, 40).strip("'") if isinstance(key, yaml.ScalarNode) else "?"
+            _refuse_long_integers(key, path, seen)
+            _refuse_long_integers(value, f"{path}.{name}" if path else name, seen)
 
 
 def _expanded_size(node, memo: dict) -> int:

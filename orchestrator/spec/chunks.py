@@ -29,6 +29,7 @@ from .costs import trial_flops
 from .validation import NAME_MAX
 
 _CHUNK = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+MAX_CHUNK_DIGITS = 9  # a grid has at most validation.MAX_TRIALS trials, so at most that many chunks
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ def parse_chunk(text: str) -> Chunk:
     m = _CHUNK.match(str(text))
     if not m:
         raise ConfigError(f"--chunk: expected I/N, the I-th of N chunks, e.g. 3/20 (got {short_repr(text, 40)})")
+    if max(len(m.group(1)), len(m.group(2))) > MAX_CHUNK_DIGITS:  # read as ints, Python refuses 4300 digits
+        raise ConfigError(
+            f"--chunk: I and N may have at most {MAX_CHUNK_DIGITS} digits, more chunks than any grid has "
+            f"trials (got {short_repr(text, 40)})"
+        )
     index, count = int(m.group(1)), int(m.group(2))
     if count < 1 or not 1 <= index <= count:
         raise ConfigError(f"--chunk: I/N needs 1 <= I <= N (got {index}/{count})")

@@ -72,6 +72,13 @@ def _resolve(value: str | Path | None, default: str) -> Path:
     name = path.stem if path.suffix in (".yaml", ".yml") and path.parent == Path(".") else str(value)
     if name in bundled and path.parent == Path("."):
         return bundled[name]
+    if path.is_dir():
+        raise ConfigError(f"config: {str(value)!r} is a folder, not a spec file")
+    if path.is_symlink():  # a link to nothing, or a loop of links: is_file() says only False
+        try:
+            path.stat()
+        except OSError as exc:
+            raise ConfigError(f"config: {str(value)!r} cannot be read: {exc.strerror or exc}") from None
     names = ", ".join(bundled) or "none found"
     hint = did_you_mean(name, bundled) if "/" not in str(value) else ""
     raise ConfigError(f"config: no file {str(value)!r} and no bundled sweep of that name{hint} (bundled: {names})")

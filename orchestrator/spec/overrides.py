@@ -116,6 +116,22 @@ def check_path(key: str, kind: str = "sweep") -> list[Any]:
     return path
 
 
+def check_top_level(key: str, kind: str = "sweep") -> None:
+    """A one-line ConfigError for a plain key that is a top-level key of the file rather than a trial
+    setting or an axis: a whole section (`grid=null`) would replace every key in it, and name,
+    results and callbacks are not reached by --set (`--results` sets the results folder); without
+    this the key would be taken for a trial setting and called unknown in train."""
+    if "." in key or key in TrialConfig.model_fields:
+        return
+    sections = STUDY_SECTIONS if kind == "lr_study" else SECTIONS
+    reach = f"--set reaches {', '.join(f'{s}.KEY' for s in sections)} and plain train settings"
+    if key in sections:
+        raise ConfigError(f"--set {short_repr(key, 60)}: {key} is a section; set one key in it ({key}.KEY=VALUE)")
+    if key in RunSpec.model_fields or key in ("grid", "arms", "search"):
+        hint = "; give the folder with --results" if key == "results" else ""
+        raise ConfigError(f"--set {short_repr(key, 60)}: {key} is not a key --set can change ({reach}){hint}")
+
+
 def apply_overrides(
     data: dict, overrides: list[str] | None, axes: tuple[str, ...] = AXES + EXTRA_AXES, kind: str = "sweep"
 ) -> dict:
@@ -131,6 +147,7 @@ def apply_overrides(
     out = copy.deepcopy(data)
     for item in overrides or []:
         key, value = parse_override(item)
+        check_top_level(key, kind)
         if "." not in key and kind == "lr_study":
             key = f"{'arms' if key in _sections(kind)['arms'].model_fields else 'train'}.{key}"
         elif "." not in key:

@@ -50,9 +50,11 @@ from .costs import (
     uses_cuda,
     width_rows,
 )
+from .optuna_storage import storage_url
 from .prepare import check_results, sweep_spec
 from .study_file import expand_arms, load_lr_spec
 from .sweep_file import expand
+from .validation import check_trial_count
 
 
 def check_mfu(mfu: float) -> float:
@@ -123,7 +125,7 @@ def resolve_device(configs: list[TrialConfig], device_kind: str | None, gpu_name
     try:
         gpu = find_gpu(kind)
     except ConfigError:
-        names = ", ".join(["cpu", *(calibration.device_kind(g.name) for g in GPUS)])
+        names = ", ".join(dict.fromkeys(["cpu", *(calibration.device_kind(g.name) for g in GPUS)]))  # a100: 2 GPUs
         raise ConfigError(f"--device-kind: {device_kind!r} is not one of {names}") from None
     if not on_gpu:
         raise ConfigError(f"--device-kind {device_kind}: this sweep's trials run on the CPU (train.device: cpu)")
@@ -609,16 +611,27 @@ def check_sweep(options) -> tuple:
     starts with them (made twice, then: milliseconds, 768 grid points in 22 ms)."""
     spec, source = sweep_spec(options.config, options.overrides, options.spec)
     spec, configs, chunk = apply_chunk(spec, expand(spec), options.chunk)
-    return spec, source, configs, chunk, check_results(options.results or spec.results, spec.name)
+    return spec, source, configs, chunk, check_results(results_location(options, spec), spec.name)
 
 
 def check_study(options) -> tuple:
-    """`check_sweep` for `orchestrator.lr_study`: the spec, its arms and the results folder; returns
-    (spec, where it came from, arms, the results folder), what orchestrator.tune.study_run.prepare
-    starts with."""
+    """`check_sweep` for `orchestrator.lr_study`: the spec, its arms, the trials per arm, the results
+    folder and the Optuna storage (`--dry-run` makes the same checks); returns (spec, where it came
+    from, arms, the results folder), what orchestrator.tune.study_run.prepare starts with."""
     spec, source = load_lr_spec(options.config, list(options.overrides))
     arms = expand_arms(spec)
-    return spec, source, arms, check_results(options.results or spec.results, spec.name)
+    per_arm = options.trials or spec.search.trials_per_arm
+    how = "--trials" if options.trials else "search.trials_per_arm"
+    check_trial_count(len(arms) * per_arm, f"LR study: {len(arms)} arms x {per_arm:,} ({how})")
+    results = check_results(results_location(options, spec), spec.name)
+    storage_url(spec, results)  # refused here, so that a dry run refuses what a run would
+    return spec, source, arms, results
+
+
+def results_location(options, spec) -> str:
+    """--results, else the file's `results:`. An empty --results is refused by check_results, not
+    replaced by the file's: an unset shell variable ($OUT) must not send a run to the default place."""
+    return options.results if options.results is not None else spec.results
 
 
 def plan_sweep(options) -> str:
@@ -630,7 +643,7 @@ def plan_sweep(options) -> str:
         return plan_chunks(spec, path, configs, options, options.chunks_for)
     n_grid = len(configs)
     spec, configs, chunk = apply_chunk(spec, configs, getattr(options, "chunk", None))
-    location = options.results or spec.results
+    location = results_location(options, spec)
     results = check_results(location, spec.name)
     notes, title = _results_note(location), f"sweep {spec.name} from {path}"
     if chunk:
@@ -753,12 +766,10 @@ def plan_chunks(spec, path, configs: list[TrialConfig], options, minutes: float)
 def plan_study(options) -> str:
     """`orchestrator.lr_study --dry-run`: every arm's trials at full length (ASHA stops some early,
     so this is an upper bound)."""
-    spec, path = load_lr_spec(options.config, list(getattr(options, "overrides", ())))
-    arms = expand_arms(spec)
+    spec, path, arms, results = check_study(options)
     per_arm = options.trials or spec.search.trials_per_arm
     configs = [cfg for cfg in arms.values() for _ in range(per_arm)]
-    location = options.results or spec.results
-    results = check_results(location, spec.name)
+    location = results_location(options, spec)
     notes = [
         f"LR study: {per_arm} trials per arm at full length; ASHA stops some early, so FLOPs, "
         "hours and wall time are an upper bound"

@@ -8,18 +8,23 @@ once and shared by every trial. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from trainer.budget import check_device
 from trainer.config import NOT_IDENTITY, ConfigError, TrialConfig, short_repr
 from trainer.data import TokenData, corpus_key, load_tokens
 from trainer.safeio import inside, read_record
-from trainer.schema import SWEEP_JSON
+from trainer.schema import SWEEP_JSON, TRIALS_FILE, TRIALS_SCHEMA
 from trainer.storage import ResultsDir, check_writable
 from trainer.trials import read_trials
 
 from ..exits import StorageUnreachable, network_problem
 from .overrides import apply_overrides
 from .run_spec import RunSpec
-from .sweep_file import SweepSpec, load_spec
+from .sweep_file import SweepSpec, check_null_axes, load_spec
 from .validation import parse_model
 
 TUNE_DIR = "tune"  # <results>/<name>/tune: Tune's experiment state and trial checkpoints
@@ -31,13 +36,14 @@ def sweep_spec(config, overrides, given=None) -> tuple[SweepSpec, str]:
     if given is None:
         return load_spec(config, list(overrides))
     if isinstance(given, SweepSpec):
-        given = given.model_dump(mode="json")
+        given = given.model_dump(mode="json", exclude_none=True)  # an axis not swept is left out, not null
     if not isinstance(given, dict):
         raise ConfigError(
             f"run_sweep: expected a sweep file, a bundled sweep's name, a mapping or a SweepSpec, "
             f"got {type(given).__name__}"
         )
-    return parse_model(SweepSpec, apply_overrides(given, list(overrides)), "run_sweep"), "<python>"
+    data = check_null_axes(apply_overrides(given, list(overrides)), "run_sweep")
+    return parse_model(SweepSpec, data, "run_sweep"), "<python>"
 
 
 def check_results(location: str, name: str) -> ResultsDir:
@@ -45,9 +51,26 @@ def check_results(location: str, name: str) -> ResultsDir:
 
     A local `location` may be missing as long as its parent folder exists (it is created on the
     first write); a missing parent is almost always a typo, so that is an error. URIs are opened
-    (credentials, bucket) but not probed further.
+    (credentials, bucket) but not probed further. An empty location and a URI with no bucket
+    (`s3://`, `s3:///x`) are refused: both are what an unset shell variable leaves (`--results
+    "$OUT"`, `s3://$BUCKET`), and neither may turn into a local folder (./s3:/...) or the default.
     """
+    if not location.strip():
+        raise ConfigError(
+            f"results: the folder is empty (got {location!r}; an unset shell variable?); give a folder or "
+            "a URI such as s3://bucket/prefix"
+        )
+    scheme, sep, rest = location.partition("://")
+    if sep and scheme != "file" and not rest.split("/", 1)[0]:
+        raise ConfigError(
+            f"results: {location!r} names no bucket or host (an unset shell variable?); give {scheme}://bucket/prefix"
+        )
+    if not sep and _URI_ONE_SLASH.match(location):
+        raise ConfigError(f"results: {location!r} looks like a URI with a slash missing; give s3://bucket/prefix")
     return check_writable(location, "results", create_missing=False, child=name)
+
+
+_URI_ONE_SLASH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")  # s3:/bucket: a typo, not a folder named 's3:'
 
 
 def check_placement(configs: list[TrialConfig], spec: RunSpec, *, local: bool) -> None:
@@ -69,6 +92,7 @@ def check_previous(results: ResultsDir, kind: str, *, resume: bool) -> dict | No
     try:
         previous = read_record(results)
         read_trials(results)  # a corrupt trials.parquet is one line here, not a traceback later
+        check_trials_schema(results)
     except OSError as exc:  # the first read of an object store: one line, not a traceback
         if results.is_local:
             raise
@@ -81,16 +105,23 @@ def check_previous(results: ResultsDir, kind: str, *, resume: bool) -> dict | No
         ) from None
     if previous is None:
         return None
-    for key, ok in (
-        ("trial_ids", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
-        ("runs", lambda v: isinstance(v, list)),
-        ("config", lambda v: isinstance(v, dict)),
+    config = previous.get("config") if isinstance(previous.get("config"), dict) else {}
+    for key, value, ok in (
+        ("trial_ids", previous.get("trial_ids"), lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
+        ("runs", previous.get("runs"), lambda v: isinstance(v, list)),
+        ("config", previous.get("config"), lambda v: isinstance(v, dict)),
+        # the sections a rerun compares with its own (check_same_sweep, check_same_train)
+        *((f"config.{s}", config.get(s), lambda v: isinstance(v, dict)) for s in ("train", "grid")),
     ):
-        if previous.get(key) is not None and not ok(previous[key]):
+        if value is not None and not ok(value):
             raise ConfigError(
-                f"{results.uri}/{SWEEP_JSON}: {key} is malformed ({short_repr(previous[key], 60)}); "
-                "fix it or move the file away"
+                f"{results.uri}/{SWEEP_JSON}: {key} is malformed ({short_repr(value, 60)}); fix it or move the file away"
             )
+    if "corpus_hash" in previous and not isinstance(previous["corpus_hash"], str):  # else "another corpus" is unseen
+        raise ConfigError(
+            f"{results.uri}/{SWEEP_JSON}: corpus_hash is malformed ({short_repr(previous['corpus_hash'], 60)}, not "
+            "the corpus's hash); fix it or move the file away"
+        )
     found = previous.get("kind")
     if found is not None and found != kind:
         raise ConfigError(
@@ -107,6 +138,39 @@ def check_previous(results: ResultsDir, kind: str, *, resume: bool) -> dict | No
                     f"is outside {tune_root}; --resume restores (unpickles) only experiments there"
                 )
     return previous
+
+
+def check_trials_schema(results: ResultsDir) -> None:
+    """trials.parquet's columns as trainer.schema.TRIALS_SCHEMA has them (trial_id plain or
+    dictionary-encoded, strings plain or large; a column of nulls only takes any type): the ledger
+    rewrites the file whole with that schema on the first trial's report, so a column of another
+    type (width as text) is refused here in one line, before Ray starts, and the file is left as it is."""
+    if not results.exists(TRIALS_FILE):
+        return
+    with results.fs.open_input_file(results.path(TRIALS_FILE)) as f:
+        found = pq.read_schema(f)
+    for field in found:
+        if field.name not in TRIALS_SCHEMA.names:
+            raise ConfigError(
+                f"{results.uri}/{TRIALS_FILE}: column {field.name!r} is not in the trials table's schema "
+                f"(trainer.schema.TRIALS_SCHEMA); {MOVE_AWAY}"
+            )
+        kind, expected = _plain(field.type), TRIALS_SCHEMA.field(field.name).type
+        if kind != expected and not pa.types.is_null(kind):
+            raise ConfigError(
+                f"{results.uri}/{TRIALS_FILE}: column {field.name!r} has type {field.type}, the schema says "
+                f"{expected} (trainer.schema.TRIALS_SCHEMA); {MOVE_AWAY}"
+            )
+
+
+MOVE_AWAY = "fix it or move it away to start afresh (finished trials would run again)"
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    """A column's type as the trials schema writes it: dictionary-encoded as its values, large strings as strings."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.string() if pa.types.is_large_string(kind) else kind
 
 
 def check_resume(previous: dict | None, spec: SweepSpec, configs: list[TrialConfig], source: str, results) -> None:

@@ -21,7 +21,7 @@ from .files import check_kind, resolve_config
 from .lr_best import arm_name, read_lr_best
 from .overrides import apply_overrides
 from .run_spec import RunSpec
-from .validation import AXES, EXTRA_AXES, STRICT, as_list, parse_model
+from .validation import AXES, EXTRA_AXES, MAX_TRIALS, STRICT, as_list, check_trial_count, parse_model
 
 
 class FromStudy(BaseModel):
@@ -65,6 +65,8 @@ class Grid(BaseModel):
     def _not_empty(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("empty list: the grid would have no trials")
+        if isinstance(value, list) and len(value) > MAX_TRIALS:
+            raise ValueError(f"{len(value):,} values, more than a sweep may have trials ({MAX_TRIALS:,})")
         return no_duplicates(value) if isinstance(value, list) else value
 
 
@@ -72,9 +74,11 @@ def no_duplicates(values: list) -> list:
     """Each value of an axis once: `seed: [0, 0]` is a typo, not two trials (they would be merged
     silently). Points that differ only in a setting that does not act on them (muon_per_head under
     AdamW) are still merged by `expand`, on purpose."""
-    for i, value in enumerate(values):
-        if value in values[:i]:
+    seen: set = set()  # the values are scalars: a set finds a repeat in one pass over a long axis
+    for value in values:
+        if value in seen:
             raise ValueError(f"duplicate value {short_repr(value, 40)}: each value of an axis may appear once")
+        seen.add(value)
     return values
 
 
@@ -98,7 +102,21 @@ def load_spec(path: str | Path | None, overrides: list[str] | None = None) -> tu
     data = load_yaml(path)
     check_kind(data, "sweep", str(given if given is not None else path))  # an LR-study file names its command
     source = f"{path} (with --set)" if overrides else str(path)
-    return parse_model(SweepSpec, apply_overrides(data, overrides), source), str(path)
+    return parse_model(SweepSpec, check_null_axes(apply_overrides(data, overrides), source), source), str(path)
+
+
+def check_null_axes(data: dict, source: str) -> dict:
+    """`data` (a sweep file's mapping), or a ConfigError naming its first null grid axis: the model
+    reads null as "not swept, the value from train:", which a file says by leaving the axis out, so
+    `width: null` (an empty variable, a slip) would silently run the default width."""
+    grid = data.get("grid") if isinstance(data, dict) else None
+    nulls = [axis for axis in AXES + EXTRA_AXES if isinstance(grid, dict) and axis in grid and grid[axis] is None]
+    if nulls:
+        raise ConfigError(
+            f"{source}: grid.{nulls[0]} is null; give it a value or a list of values, or leave the axis out "
+            "to take its value from train:"
+        )
+    return data
 
 
 def _round_lr(value: float) -> float:
@@ -112,8 +130,12 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
     for axis in ("optimizer", "qk_norm", "width", "seed"):
         values = getattr(grid, axis)
         axis_values[axis] = values if values is not None else [train.get(axis, TrialConfig.model_fields[axis].default)]
-    lr_best = read_lr_best(grid.lr.from_study) if isinstance(grid.lr, FromStudy) else None
     fixed_lrs = grid.lr if isinstance(grid.lr, list) else [train.get("lr", TrialConfig.model_fields["lr"].default)]
+    n_lrs = len(grid.lr.multipliers) if isinstance(grid.lr, FromStudy) else len(fixed_lrs)
+    sizes = {axis: n_lrs if axis == "lr" else len(axis_values[axis]) for axis in AXES}
+    sizes.update((axis, len(getattr(grid, axis))) for axis in EXTRA_AXES if getattr(grid, axis) is not None)
+    check_trial_count(math.prod(sizes.values()), "grid: " + " x ".join(f"{a} {n}" for a, n in sizes.items()))
+    lr_best = read_lr_best(grid.lr.from_study) if isinstance(grid.lr, FromStudy) else None
 
     configs: dict[str, TrialConfig] = {}
     errors: dict[str, dict] = {}

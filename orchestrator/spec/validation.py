@@ -19,6 +19,10 @@ AXES = ("optimizer", "qk_norm", "width", "lr", "seed")
 EXTRA_AXES = ("init", "init_std", "muon_per_head", "qk_clip_tau", "logit_softcap")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # starts with a letter or digit: never an option (-rf)
 NAME_MAX = 100  # a folder name; file systems refuse 255 bytes and more
+# The most trials one sweep or LR-study run may plan: 130 times the largest bundled study (paradox,
+# 768). Each trial costs the driver memory and Tune state before it runs (a 45 KB file of 3,000 seeds
+# x 3,000 LRs made a dry run grow past 3 GB), so a grid past this is a mistake, refused before it is built.
+MAX_TRIALS = 100_000
 # Spec sections: unknown keys rejected, strict types (a quoted '0.01' or true is not a number), finite floats.
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -28,6 +32,16 @@ def as_list(value: Any) -> Any:
     if value is None or isinstance(value, (list, tuple, dict)):
         return list(value) if isinstance(value, tuple) else value
     return [value]
+
+
+def check_trial_count(count: int, what: str) -> None:
+    """A one-line ConfigError when a run would plan more than MAX_TRIALS trials (`what` says how they
+    were counted: 'grid: optimizer 2 x ... x seed 3000'), before any of them is built."""
+    if count > MAX_TRIALS:
+        raise ConfigError(
+            f"{what} = {count:,} trials, more than the limit of {MAX_TRIALS:,} (orchestrator.spec.validation."
+            "MAX_TRIALS: far above the largest bundled study); split the study or shrink it"
+        )
 
 
 def did_you_mean(key: Any, known) -> str:
