@@ -88,6 +88,8 @@ def scope_line(verdict: dict) -> str:
     s = verdict.get("scope") or {}
     if not s:
         return "unknown (no scope in verdict.json)."
+    if not s.get("optimizers"):  # every finished trial has one (analysis.contract): none finished
+        return "no trial has finished, so the answer covers nothing yet."
 
     def join(values) -> str:
         return ", ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in values or []) or "none"
@@ -104,8 +106,28 @@ def scope_line(verdict: dict) -> str:
     )
 
 
+def _none_completed(verdict: dict) -> str | None:
+    """The next step when no trial completed: more seeds would not help, the failures, the
+    divergences (or the wait) come first; None when some trial completed."""
+    by_status = (verdict.get("counts") or {}).get("by_status") or {}
+    if not by_status or by_status.get("completed"):
+        return None
+    if set(by_status) == {"failed"}:
+        return (
+            f"every trial failed ({by_status['failed']}): nothing to compare; read their error column in "
+            "trials.parquet (tables/status.csv counts them per arm), fix the cause and run the sweep again."
+        )
+    if set(by_status) == {"diverged"}:
+        return f"every trial diverged ({by_status['diverged']}): nothing to compare; run the sweep with lower LRs."
+    counts = ", ".join(f"{k} {n}" for k, n in by_status.items())
+    return f"no trial has completed ({counts}): nothing to compare yet; see tables/status.csv and trials.parquet."
+
+
 def todo(verdict: dict) -> str:
     """The theory's advice as judged, then the next step when the data do not decide."""
+    none_completed = _none_completed(verdict)
+    if none_completed:
+        return none_completed
     claims = verdict.get("claims", [])
     advice = [ADVICE[(c["id"], c["verdict"])] for c in claims if (c["id"], c["verdict"]) in ADVICE]
     steps = []

@@ -2,7 +2,11 @@
 
 - `trials.parquet` and every part's footer must match the contract: a mismatch is a
   `ResultsError` naming the file, the column, the type found and the type expected;
-- a part whose footer cannot be read (truncated, not Parquet) is skipped and reported by name;
+- every row of `trials.parquet` must hold what the trainer writes (ROW_RULES: a status, an lr > 0,
+  ...), and the keys of `sweep.json` the report reads their type (SWEEP_RULES): else a
+  `ResultsError` naming the file, the column or key, the trial and the value;
+- a part whose footer cannot be read (truncated, not Parquet), or that is a symlink (never
+  followed), is skipped and reported by name;
 - a part whose trial_id disagrees with its folder (`trial_id=<id>`: a part copied or moved from
   another trial) is skipped and reported by name; the check reads the trial_id column's min and
   max from the footer, or the column alone when a writer left the statistics out;
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -119,7 +125,10 @@ Footer = tuple[pa.Schema, int, "int | None", "int | None", "set[str] | None"]
 
 def _read_footer(path: Path) -> Footer | str:
     """(its Arrow schema, rows, step min, step max, the trial ids its rows hold), or why the file
-    cannot be read. pyarrow only: it runs in a forked child for half of a large study (check_parts)."""
+    cannot be read. pyarrow only: it runs in a forked child for half of a large study (check_parts).
+    A symlink is not followed (it may point out of the results folder, or loop): skipped, named."""
+    if not isinstance(path, UriPath) and os.path.islink(path):
+        return f"a symlink (to {repr(os.readlink(path))[:300]}), not followed; the trainer writes none"
     try:
         md = pq.read_metadata(path.key, filesystem=path.fs) if isinstance(path, UriPath) else pq.read_metadata(path)
         schema = md.schema.to_arrow_schema()
@@ -284,6 +293,42 @@ def check_columns(path: Path, found: pl.Schema, expected: pl.Schema, required) -
             raise ResultsError(f"{path}: column {col!r} has type {found[col]}, the contract says {dtype}")
 
 
+MAX_LR = 10.0  # the largest lr a trial accepts (trainer.config.TrialConfig.lr; pydantic not imported here)
+# What every row of trials.parquet must hold, as the trainer writes it (trainer.trials.trial_row):
+# (column, the condition, what is expected). A row breaking one would end the report far from its
+# cause (a NaN lr in a figure's axis limits, a null trial_id in a joined list of names), so it is
+# refused here, by the column and the trial. A null is allowed only where the condition says so.
+ROW_RULES = (
+    ("trial_id", pl.col("trial_id").is_not_null(), "a trial id, not null"),
+    ("status", pl.col("status").is_in(STATUSES), f"one of {', '.join(STATUSES)}"),
+    ("optimizer", pl.col("optimizer").is_not_null(), "an optimizer name, not null"),
+    ("qk_norm", pl.col("qk_norm").is_not_null(), "a QK-Norm variant, not null"),
+    (
+        "lr",
+        pl.col("lr").is_finite() & (pl.col("lr") > 0) & (pl.col("lr") <= MAX_LR),
+        f"a learning rate in (0, {MAX_LR:g}]",
+    ),
+    ("width", pl.col("width").is_null() | (pl.col("width") > 0), "a width > 0"),
+    ("d_head", pl.col("d_head").is_null() | (pl.col("d_head") > 0), "a d_head > 0"),
+    ("steps_done", pl.col("steps_done").is_null() | (pl.col("steps_done") >= 0), "a step count >= 0"),
+)
+
+
+def check_rows(path: Path, df: pl.DataFrame) -> None:
+    """Raise ResultsError on the first ROW_RULES column a row breaks: one line naming the file, the
+    column, the first such trial (its row number when its trial_id is null) and its value, and how
+    many rows break it."""
+    for col, ok, expected in ROW_RULES:
+        bad = df.with_row_index("_row").filter(~ok.fill_null(False))
+        if not bad.height:
+            continue
+        row = bad.row(0, named=True)
+        where = f"trial {row['trial_id']!r}" if row["trial_id"] is not None else f"row {row['_row']} (counting from 0)"
+        more = f" (and {bad.height - 1} more row(s))" if bad.height > 1 else ""
+        value = "null" if row[col] is None else repr(row[col])
+        raise ResultsError(f"{path}: column {col!r} has value {value} for {where}{more}; expected {expected}")
+
+
 def read_trials_frame(path: Path) -> tuple[pl.DataFrame, int]:
     """trials.parquet as a checked Polars frame with every TRIALS_SCHEMA column, and how many
     repeated trial_id rows were dropped (the last row of an id is kept). Not to be confused with
@@ -296,19 +341,59 @@ def read_trials_frame(path: Path) -> tuple[pl.DataFrame, int]:
     # a plain string before: the analysis sees a String either way.
     df = df.with_columns(pl.col(c).cast(pl.String) for c, t in df.schema.items() if isinstance(t, pl.Categorical))
     check_columns(path, df.schema, TRIALS_PL, TRIALS_REQUIRED)
+    if df.height == 0:  # a report of nothing would print "trials 0" and a scope of "none"
+        raise ResultsError(f"{path}: no trials (0 rows): nothing to report; run it once the sweep has recorded a trial")
     missing = [c for c in TRIALS_PL.names() if c not in df.columns]
     df = df.with_columns(pl.lit(None, TRIALS_PL[c]).alias(c) for c in missing)
     df = df.select(TRIALS_PL.names())
-    bad = df.filter(~pl.col("status").is_in(STATUSES) | pl.col("status").is_null())
-    if bad.height:
-        row = bad.row(0, named=True)
-        raise ResultsError(
-            f"{path}: column 'status' has value {row['status']!r} for trial {row['trial_id']!r};"
-            f" expected one of {', '.join(STATUSES)}"
-        )
+    check_rows(path, df)
     n = df.height
     df = df.unique(subset="trial_id", keep="last", maintain_order=True)
     return df, n - df.height
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _time_or_null(v) -> bool:
+    """An ISO 8601 time as the trainer writes it (trainer.provenance), or null/"" (not finished)."""
+    if v is None or v == "":
+        return True
+    try:
+        datetime.fromisoformat(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+SWEEP_KINDS = ("trial", "sweep", "lr_study")  # who wrote it (trainer.provenance.sweep_record)
+# The keys of sweep.json the report reads, when present: (key, or parent.key, the check, what is
+# expected). A wrong type would be read silently as something else (an n_trials of "abc" as no
+# plan, a finished_at of 5 as finished) or end in a traceback far from the file. null is allowed
+# where the trainer writes it (finished_at of a running sweep, a corpus it could not hash).
+SWEEP_RULES = (
+    ("kind", lambda v: v in SWEEP_KINDS, f"one of {', '.join(SWEEP_KINDS)}"),
+    ("n_trials", _count, "a whole number >= 0 (the trials planned)"),
+    ("finished_at", _time_or_null, "an ISO 8601 time, or null while the sweep runs"),
+    ("config", lambda v: isinstance(v, dict), "an object (the sweep's settings)"),
+    ("config.train", lambda v: isinstance(v, dict), "an object (the train: settings)"),
+    ("corpus_hash", lambda v: v is None or isinstance(v, str), "a string"),
+    ("corpus_source", lambda v: v is None or isinstance(v, str), "a string"),
+    ("heldout", lambda v: v is None or isinstance(v, dict), "an object"),
+    ("heldout.train_tokens", lambda v: v is None or _count(v), "a whole number >= 0"),
+)
+
+
+def check_sweep(path: Path, sweep: dict) -> None:
+    """Raise ResultsError naming sweep.json, the key and its value for the first SWEEP_RULES key
+    present with a value of the wrong type."""
+    for key, ok, expected in SWEEP_RULES:
+        parent, _, name = key.rpartition(".")
+        holder = sweep.get(parent) if parent else sweep
+        if isinstance(holder, dict) and name in holder and not ok(holder[name]):
+            value = "null" if holder[name] is None else short_repr(holder[name], 60)
+            raise ResultsError(f"{path}: key {key!r} is {value}; expected {expected}")
 
 
 def read_sweep_json(path: Path) -> dict | None:
@@ -325,4 +410,5 @@ def read_sweep_json(path: Path) -> dict | None:
             check_run_name(sweep["name"], str(path))
         except ConfigError as e:
             raise ResultsError(str(e)) from None
+    check_sweep(path, sweep)
     return sweep

@@ -9,8 +9,8 @@ Checks, in the order they run (all before anything is written):
 - the folder exists and holds `trials.parquet` (or holds exactly one sweep folder that does;
   local or a URI: analysis.paths); every path is read literally, never as a glob pattern;
 - `trials.parquet` and every part's footer match `trainer.schema` (analysis.contract);
-- a part whose footer cannot be read (truncated, not Parquet), or whose trial_id disagrees with
-  its folder `trial_id=<id>`, is skipped and reported by name.
+- a part whose footer cannot be read (truncated, not Parquet), that is a symlink, or whose
+  trial_id disagrees with its folder `trial_id=<id>`, is skipped and reported by name.
 
 Several folders of one study (the chunks of `orchestrator.sweep --chunk I/N`, copied back side by
 side) are read as one dataset by `load_results([dir1, dir2, ...])` (`combine`): each folder is
@@ -230,7 +230,7 @@ class Results:
             reasons += _sweep_reasons(self.sweep, self.trials.height)
         if self.skipped:  # their rows are not in the tables (skipped_files names each, with why)
             reasons.append(
-                f"{len(self.skipped)} part file(s) skipped (unreadable, removed while being read, or in"
+                f"{len(self.skipped)} part file(s) skipped (unreadable, a symlink, removed while being read, or in"
                 " another trial's folder): see skipped_files"
             )
         return reasons
@@ -348,11 +348,14 @@ def combine(results: list[Results]) -> Results:
     folders are not one study (train settings, corpus hash) or when a trial is in two of them."""
     if len(results) == 1:
         return results[0]
-    seen = set()
+    seen = {}
     for r in results:
-        if r.sweep_dir in seen:
-            raise ResultsError(f"{r.sweep_dir}: the same results folder is given twice")
-        seen.add(r.sweep_dir)
+        # resolved: the same folder reached through a symlink or ../ is still the same folder
+        key = r.sweep_dir.resolve() if isinstance(r.sweep_dir, Path) else r.sweep_dir
+        if key in seen:
+            also = "" if seen[key] == r.sweep_dir else f" (as {seen[key]})"
+            raise ResultsError(f"{r.sweep_dir}: the same results folder is given twice{also}")
+        seen[key] = r.sweep_dir
     _check_one_study(results)
     _check_disjoint(results)
     folders = [Folder(r.sweep_dir, r.sweep, r.trials.height) for r in results]

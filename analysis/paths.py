@@ -10,7 +10,9 @@ ending in '.tmp') are ignored, as the trainer writes them.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +109,13 @@ def find_sweep_dir(path: str | os.PathLike) -> Path:
     if why is not None:
         raise ResultsError(f"results folder {short_repr(str(path), 80)}: {why}")
     if not path.exists():
-        raise ResultsError(f"results folder {str(path)!r} does not exist")
+        raise ResultsError(f"results folder {str(path)!r} {_missing(path)}")
     if not path.is_dir():
         raise ResultsError(f"results path {str(path)!r} is not a folder")
     if (path / TRIALS_FILE).is_file():
         return path
+    if not isinstance(path, UriPath) and os.path.lexists(path / TRIALS_FILE):  # there, but not a file
+        raise ResultsError(f"{path / TRIALS_FILE} {_not_a_file(path / TRIALS_FILE)}, where the trials file belongs")
     inner = sorted(p for p in path.iterdir() if p.is_dir() and (p / TRIALS_FILE).is_file())
     if len(inner) == 1:
         return inner[0]
@@ -122,6 +126,25 @@ def find_sweep_dir(path: str | os.PathLike) -> Path:
         )
     names = ", ".join(p.name for p in inner)
     raise ResultsError(f"{str(path)!r} holds {len(inner)} sweep folders ({names}): pass one of them")
+
+
+def _missing(path: Path | UriPath) -> str:
+    """Why a path that does not exist is missing: a symlink loop or a broken symlink says so
+    (`exists()` is False for both, and "does not exist" sends the reader to the wrong place)."""
+    if isinstance(path, UriPath) or not os.path.islink(path):
+        return "does not exist"
+    return _not_a_file(path)
+
+
+def _not_a_file(path: Path) -> str:
+    """What a local path that is not a regular file is: a directory, a symlink loop, a broken symlink."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        return f"is a broken symlink (to {os.readlink(path)!r})" if os.path.islink(path) else f"cannot be read ({e})"
+    return "is a directory" if stat.S_ISDIR(mode) else "is not a regular file"
 
 
 @dataclass(frozen=True)
@@ -166,9 +189,11 @@ def _list_local_parts(folder: Path) -> list[Listed]:
                 for p in parts:
                     if p.name.startswith(".") or p.name.endswith(".tmp"):
                         continue
-                    if p.name.endswith(".parquet") and p.is_file():
+                    # a symlink is listed (as itself: lstat) and never followed: contract.check_parts
+                    # skips and names it, so the report says it is partial
+                    if p.name.endswith(".parquet") and (p.is_symlink() or p.is_file()):
                         try:
-                            st = p.stat()
+                            st = p.stat(follow_symlinks=False)
                             found.append((st.st_mtime_ns, p.path, st.st_size, st.st_ctime_ns, st.st_ino))
                         except FileNotFoundError:  # removed since the listing (a compaction): the
                             found.append((0, p.path, -1, 0, 0))  # footer check then skips and names it

@@ -56,6 +56,8 @@ def _list(values) -> str:
 
 
 def scope_sentence(scope: dict) -> str:
+    if not scope["optimizers"]:  # every finished trial has one (analysis.contract): none finished
+        return "No trial has finished: these answers cover nothing yet."
     data = scope["data"]
     corpus = data.get("corpus") or "unknown data"
     tokens = f", {data['train_tokens']:,} training tokens" if data.get("train_tokens") else ""

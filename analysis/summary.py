@@ -232,7 +232,7 @@ def markdown(r: Report, figure_format: str = "png") -> str:
         + (f" of {c['planned']} planned" if c.get("planned") else ""),
         f"- Metric rows read: {c['metric_rows']:,}; duplicate keys resolved (last written wins): "
         f"{c['duplicate_rows']:,}; spectra rows: {c['spectra_rows']:,}",
-        f"- Part files skipped as unreadable: {len(c['skipped_files'])}",
+        f"- Part files skipped (unreadable, a symlink, or in another trial's folder): {len(c['skipped_files'])}",
     ]
     lines += [f"  - {code_span(str(p))}: {why}" for p, why in c["skipped_files"]]
     if c["incomplete_trials"]:

@@ -126,7 +126,8 @@ class SummaryCache:
     def _read(self) -> None:
         try:
             meta = json.loads((self.dir / "meta.json").read_text())
-            if meta.get("key") != cache_key() or os.path.islink(self.dir):
+            # valid JSON that is not an object ([1], null) is a damaged cache too: ignored, rewritten
+            if not isinstance(meta, dict) or meta.get("key") != cache_key() or os.path.islink(self.dir):
                 return
             self.parts = pl.read_parquet(self.dir / "parts.parquet", schema=PARTS_SCHEMA)
             self.folder_table = pl.read_parquet(self.dir / "folders.parquet")
