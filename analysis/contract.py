@@ -341,8 +341,6 @@ def read_trials_frame(path: Path) -> tuple[pl.DataFrame, int]:
     # a plain string before: the analysis sees a String either way.
     df = df.with_columns(pl.col(c).cast(pl.String) for c, t in df.schema.items() if isinstance(t, pl.Categorical))
     check_columns(path, df.schema, TRIALS_PL, TRIALS_REQUIRED)
-    if df.height == 0:  # a report of nothing would print "trials 0" and a scope of "none"
-        raise ResultsError(f"{path}: no trials (0 rows): nothing to report; run it once the sweep has recorded a trial")
     missing = [c for c in TRIALS_PL.names() if c not in df.columns]
     df = df.with_columns(pl.lit(None, TRIALS_PL[c]).alias(c) for c in missing)
     df = df.select(TRIALS_PL.names())

@@ -228,8 +228,7 @@ def markdown(r: Report, figure_format: str = "png") -> str:
         "",
         f"- Results folder: {code_span(str(v['results_dir']))}",
         "- Design: " + "; ".join(f"{k} {', '.join(fmt(x) for x in vals)}" for k, vals in v["design"].items() if vals),
-        f"- Trials: {c['trials']} ({', '.join(f'{k} {n}' for k, n in c['by_status'].items())})"
-        + (f" of {c['planned']} planned" if c.get("planned") else ""),
+        f"- Trials: {c['trials']}" + (f" ({_by_status(c)})" if c["by_status"] else "") + _planned(c),
         f"- Metric rows read: {c['metric_rows']:,}; duplicate keys resolved (last written wins): "
         f"{c['duplicate_rows']:,}; spectra rows: {c['spectra_rows']:,}",
         f"- Part files skipped (unreadable, a symlink, or in another trial's folder): {len(c['skipped_files'])}",
@@ -302,9 +301,9 @@ def terminal(r: Report, out: Path, figure_format: str = "png", verbose: bool = F
     if v["partial"]:
         head.append("PARTIAL: " + "; ".join(v["partial_reasons"]))
     head.append(
-        f"trials {c['trials']}: "
-        + ", ".join(f"{k} {n}" for k, n in c["by_status"].items())
-        + (f" of {c['planned']} planned" if c.get("planned") else "")
+        f"trials {c['trials']}"
+        + (f": {_by_status(c)}" if c["by_status"] else "")
+        + _planned(c)
         + f"; metric rows {c['metric_rows']:,}; duplicates resolved {c['duplicate_rows']:,};"
         f" parts skipped {len(c['skipped_files'])}"
     )
@@ -338,3 +337,12 @@ def terminal(r: Report, out: Path, figure_format: str = "png", verbose: bool = F
     if warnings:
         body += ["-- Warnings", *_capped(warnings, max(room - len(claims), 2), f"{out}/summary.md (Warnings)")]
     return "\n".join(terminal_lines(v, out, figure_format) + head + body + tail) + "\n"
+
+
+def _by_status(c: dict) -> str:
+    """The trials by status, "completed 10, failed 2" (empty when there are none yet)."""
+    return ", ".join(f"{k} {n}" for k, n in c["by_status"].items())
+
+
+def _planned(c: dict) -> str:
+    return f" of {c['planned']} planned" if c.get("planned") else ""

@@ -112,9 +112,12 @@ def test_part_removed_while_its_folder_is_listed_is_skipped_not_an_error(tmp_pat
         def is_dir(self):
             return self.entry.is_dir()
 
-        def stat(self):
+        def is_symlink(self):
+            return self.entry.is_symlink()
+
+        def stat(self, follow_symlinks=True):
             os.unlink(self.path)
-            return os.stat(self.path)
+            return os.stat(self.path, follow_symlinks=follow_symlinks)
 
     @contextlib.contextmanager
     def listing(path):

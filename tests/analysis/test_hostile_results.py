@@ -96,10 +96,20 @@ def test_a_null_trial_id_is_named_by_its_row(sweep, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_trials_file_without_rows_is_refused(sweep, tmp_path, capsys):
-    pl.read_parquet(sweep / TRIALS_FILE).clear().write_parquet(sweep / TRIALS_FILE)
-    err = refused(capsys, sweep, "--out", tmp_path / "out")
-    assert f"{sweep / TRIALS_FILE}: no trials (0 rows)" in err
+def test_a_sweep_without_trials_yet_is_reported_as_such(tmp_path, capsys):
+    """A sweep that has just started (trials.parquet without rows) is reported, partial, with its
+    counts worded for none: "trials 0 of 8 planned", not "trials 0:  of 8 planned"."""
+    folder = tmp_path / "s"
+    write_results(SyntheticSpec(**SPEC), folder)
+    pl.read_parquet(folder / TRIALS_FILE).clear().write_parquet(folder / TRIALS_FILE)
+    shutil.rmtree(folder / METRICS_DIR)
+    sweep_json = json.loads((folder / SWEEP_JSON).read_text())
+    (folder / SWEEP_JSON).write_text(json.dumps({**sweep_json, "n_trials": 8, "finished_at": None}))
+    rc = main([str(folder), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "trials 0 of 8 planned;" in out and "PARTIAL" in out
+    assert "- Trials: 0 of 8 planned\n" in (tmp_path / "out" / "summary.md").read_text()
 
 
 # ---- 2. a summary cache whose meta.json is JSON but not an object ----------------------------
