@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -129,6 +130,7 @@ def check_writable(location: str, field: str, *, create_missing: bool, child: st
     Errors are ConfigErrors that start with `field`. URIs (s3://, gs://) are opened (credentials,
     bucket) but not probed further.
     """
+    check_location(location, field)
     remote = "://" in location and not location.startswith("file://")
     if not remote:
         check_name_lengths(location.removeprefix("file://") + (f"/{child}" if child else ""), field)
@@ -156,6 +158,29 @@ def check_writable(location: str, field: str, *, create_missing: bool, child: st
     if opened is not None:
         return opened.child(child) if child else opened
     return ResultsDir(target)
+
+
+# s3:/bucket: a URI with a slash missing (a typo), not a folder named 's3:'
+_URI_ONE_SLASH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")
+
+
+def check_location(location: str, field: str) -> None:
+    """ConfigError (starting with `field`) for an empty location and a URI with no bucket or host
+    (`s3://`, `s3:///x`) or a slash missing (`s3:/bucket`): what an unset shell variable or a slip
+    leaves (`--results "$OUT"`, `s3://$BUCKET`), and none may turn into the default folder or a
+    local folder named `s3:`."""
+    if not location.strip():
+        raise ConfigError(
+            f"{field}: the folder is empty (got {location!r}; an unset shell variable?); give a folder or "
+            "a URI such as s3://bucket/prefix"
+        )
+    scheme, sep, rest = location.partition("://")
+    if sep and scheme != "file" and not rest.split("/", 1)[0]:
+        raise ConfigError(
+            f"{field}: {location!r} names no bucket or host (an unset shell variable?); give {scheme}://bucket/prefix"
+        )
+    if not sep and _URI_ONE_SLASH.match(location):
+        raise ConfigError(f"{field}: {location!r} looks like a URI with a slash missing; give s3://bucket/prefix")
 
 
 def _open(location: str, field: str) -> ResultsDir:

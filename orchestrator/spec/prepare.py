@@ -8,8 +8,6 @@ once and shared by every trial. Nothing here imports Ray.
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -51,26 +49,10 @@ def check_results(location: str, name: str) -> ResultsDir:
 
     A local `location` may be missing as long as its parent folder exists (it is created on the
     first write); a missing parent is almost always a typo, so that is an error. URIs are opened
-    (credentials, bucket) but not probed further. An empty location and a URI with no bucket
-    (`s3://`, `s3:///x`) are refused: both are what an unset shell variable leaves (`--results
-    "$OUT"`, `s3://$BUCKET`), and neither may turn into a local folder (./s3:/...) or the default.
+    (credentials, bucket) but not probed further. An empty location and a URI with no bucket are
+    refused (trainer.storage.check_location).
     """
-    if not location.strip():
-        raise ConfigError(
-            f"results: the folder is empty (got {location!r}; an unset shell variable?); give a folder or "
-            "a URI such as s3://bucket/prefix"
-        )
-    scheme, sep, rest = location.partition("://")
-    if sep and scheme != "file" and not rest.split("/", 1)[0]:
-        raise ConfigError(
-            f"results: {location!r} names no bucket or host (an unset shell variable?); give {scheme}://bucket/prefix"
-        )
-    if not sep and _URI_ONE_SLASH.match(location):
-        raise ConfigError(f"results: {location!r} looks like a URI with a slash missing; give s3://bucket/prefix")
     return check_writable(location, "results", create_missing=False, child=name)
-
-
-_URI_ONE_SLASH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")  # s3:/bucket: a typo, not a folder named 's3:'
 
 
 def check_placement(configs: list[TrialConfig], spec: RunSpec, *, local: bool) -> None:

@@ -185,6 +185,19 @@ def test_a_results_location_without_a_place_is_refused(tmp_path, capsys, monkeyp
     assert os.listdir(tmp_path) == []  # no ./s3:/smoke, no ./results
 
 
+@pytest.mark.parametrize(
+    "out, says",
+    [("", "out: the folder is empty (got ''"), ("s3://", "out: 's3://' names no bucket or host")],
+)
+def test_a_trials_out_without_a_place_is_refused(tmp_path, capsys, monkeypatch, out, says):
+    """The trainer's own --out (trainer.storage.check_location, shared with the sweep's results)."""
+    from trainer import train
+
+    monkeypatch.chdir(tmp_path)
+    assert says in refused(capsys, train.main, ["--out", out])
+    assert os.listdir(tmp_path) == []
+
+
 # ---- 6. a null axis ----------------------------------------------------------------------------
 
 
