@@ -247,11 +247,18 @@ def pack(
         if clash:
             raise PackError(f"{out_dir} already holds {sorted(set(clash))[0]}: pack into another folder or --name")
         parts = []
-        with open(archive, "rb") as f:
+        try:
+            with open(archive, "rb") as f:
+                for target in targets[1:]:
+                    data = f.read(part_bytes)
+                    target.write_bytes(data)
+                    parts.append({"name": target.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        except OSError as exc:  # a full disk, a quota: take back what was written, so that a retry may run
             for target in targets[1:]:
-                data = f.read(part_bytes)
-                target.write_bytes(data)
-                parts.append({"name": target.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+                target.unlink(missing_ok=True)
+            raise PackError(
+                f"{out_dir}: cannot write the pack ({exc.strerror or exc}); nothing of it is left there"
+            ) from None
         manifest = {
             "format": FORMAT,
             "folders": names,

@@ -105,6 +105,28 @@ def test_out_dir_that_is_a_file_is_one_line(results, tmp_path, capsys):
     assert out.read_text() == "mine"
 
 
+def test_a_full_disk_while_writing_leaves_no_parts_and_a_retry_runs(results, tmp_path, capsys, monkeypatch):
+    """A write that fails halfway (a full disk, here the third part) is one line, and the parts
+    already written are taken back: a retry is not refused for what the failed run left."""
+    import errno
+
+    out, write_bytes, written = tmp_path / "out", Path.write_bytes, []
+
+    def fills_up(self, data):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(self.name)
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fills_up)
+    assert pack.main([str(results), str(out), "--max-mib", "0.001", "--max-files", "100000"]) == 2
+    one_line(capsys, str(out), "No space left on device", "nothing of it is left")
+    assert len(written) == 2 and on_disk(out) == []
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    packed(results, out, "--max-mib", "0.001", "--max-files", "100000")  # the retry
+    assert any(name.endswith(".pack.json") for name in on_disk(out))
+
+
 @pytest.mark.parametrize("mib", ["inf", "1e-9", "nan", "0", "-1", "0.0005"])
 def test_max_mib_not_finite_or_too_small_is_one_line(results, tmp_path, capsys, mib):
     assert pack.main([str(results), str(tmp_path / "out"), "--max-mib", mib, "--max-files", "1000000"]) == 2
