@@ -2,7 +2,7 @@
 
 - `trials.parquet` and every part's footer must match the contract: a mismatch is a
   `ResultsError` naming the file, the column, the type found and the type expected;
-- every row of `trials.parquet` must hold what the trainer writes (ROW_RULES: a status, an lr > 0,
+- every row of `trials.parquet` must hold what the trainer writes (ROW_RULES: a status, an lr > 0, a seed,
   ...), and the keys of `sweep.json` the report reads their type (SWEEP_RULES): else a
   `ResultsError` naming the file, the column or key, the trial and the value;
 - a part whose footer cannot be read (truncated, not Parquet), or that is a symlink (never
@@ -308,8 +308,9 @@ ROW_RULES = (
         pl.col("lr").is_finite() & (pl.col("lr") > 0) & (pl.col("lr") <= MAX_LR),
         f"a learning rate in (0, {MAX_LR:g}]",
     ),
-    ("width", pl.col("width").is_null() | (pl.col("width") > 0), "a width > 0"),
-    ("d_head", pl.col("d_head").is_null() | (pl.col("d_head") > 0), "a d_head > 0"),
+    ("width", pl.col("width") > 0, "a width > 0"),
+    ("d_head", pl.col("d_head") > 0, "a d_head > 0"),
+    ("seed", pl.col("seed").is_not_null(), "a seed, not null"),
     ("steps_done", pl.col("steps_done").is_null() | (pl.col("steps_done") >= 0), "a step count >= 0"),
 )
 
