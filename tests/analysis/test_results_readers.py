@@ -55,6 +55,9 @@ def sweep(tmp_path_factory, request):
             "optimizer": tid[:5].rstrip("_"),
             "qk_norm": tid.split("_")[1],
             "lr": 0.01,
+            "width": 32,
+            "d_head": 16,
+            "seed": int(tid.split("_")[4].removeprefix("s")),
             "status": "completed",
         }
         for tid in TRIALS
