@@ -29,11 +29,12 @@ from urllib.parse import unquote
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainer.errors import ConfigError, short_repr
 from trainer.safeio import check_run_name
-from trainer.schema import METRICS_SCHEMA, SPECTRA_SCHEMA, STATUSES, TRIALS_SCHEMA
+from trainer.schema import MAX_LR, METRICS_SCHEMA, SPECTRA_SCHEMA, STATUSES, TRIALS_SCHEMA
 
 from . import forked
 from .paths import ResultsError, UriPath
@@ -94,6 +95,9 @@ class Part:
 def _min_max(md: pq.FileMetaData, column: int) -> tuple | None:
     """(min, max) of a column over every row group from the footer's statistics; None when any row
     group lacks them."""
+    if md.num_row_groups == 1:  # what the trainer writes: one row group a part
+        s = md.row_group(0).column(column).statistics
+        return (s.min, s.max) if s is not None and s.has_min_max else None
     stats = [md.row_group(i).column(column).statistics for i in range(md.num_row_groups)]
     if not stats or not all(s is not None and s.has_min_max for s in stats):
         return None
@@ -123,15 +127,20 @@ def _trial_ids(path: Path, md: pq.FileMetaData, schema: pa.Schema) -> set[str] |
 Footer = tuple[pa.Schema, int, "int | None", "int | None", "set[str] | None"]
 
 
+_LOCAL = pafs.LocalFileSystem()  # named, so that pyarrow does not work out each path's filesystem again
+
+
 def _read_footer(path: Path) -> Footer | str:
     """(its Arrow schema, rows, step min, step max, the trial ids its rows hold), or why the file
     cannot be read. pyarrow only: it runs in a forked child for half of a large study (check_parts).
     A symlink is not followed (it may point out of the results folder, or loop): skipped, named."""
-    if not isinstance(path, UriPath) and os.path.islink(path):
-        return f"a symlink (to {repr(os.readlink(path))[:300]}), not followed; the trainer writes none"
+    remote = isinstance(path, UriPath)
+    where = path.key if remote else os.fspath(path)
+    if not remote and os.path.islink(where):
+        return f"a symlink (to {repr(os.readlink(where))[:300]}), not followed; the trainer writes none"
     try:
-        md = pq.read_metadata(path.key, filesystem=path.fs) if isinstance(path, UriPath) else pq.read_metadata(path)
-        schema = md.schema.to_arrow_schema()
+        md = pq.read_metadata(where, filesystem=path.fs if remote else _LOCAL)
+        schema = _arrow_schema(md)
         lo = hi = None
         j = schema.get_field_index("step")
         if j >= 0 and md.num_row_groups:
@@ -139,6 +148,22 @@ def _read_footer(path: Path) -> Footer | str:
         return schema, md.num_rows, lo, hi, _trial_ids(path, md, schema)
     except (OSError, pa.ArrowException, ValueError) as e:
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+
+
+def _arrow_schema(md: pq.FileMetaData) -> pa.Schema:
+    """The footer's Arrow schema; the previous footer's when this one has the same Parquet schema
+    and key-value metadata (which holds the Arrow schema pyarrow wrote), the two things pyarrow
+    builds it from: a study's parts share a few schemas, and comparing costs a fifth of building."""
+    global _LAST_FOOTER
+    parquet, meta = md.schema, md.metadata
+    if _LAST_FOOTER is not None and meta == _LAST_FOOTER[1] and parquet.equals(_LAST_FOOTER[0]):
+        return _LAST_FOOTER[2]
+    schema = parquet.to_arrow_schema()
+    _LAST_FOOTER = parquet, meta, schema
+    return schema
+
+
+_LAST_FOOTER: tuple[pq.ParquetSchema, dict | None, pa.Schema] | None = None  # _arrow_schema's last answer
 
 
 class _FooterJson:
@@ -293,7 +318,6 @@ def check_columns(path: Path, found: pl.Schema, expected: pl.Schema, required) -
             raise ResultsError(f"{path}: column {col!r} has type {found[col]}, the contract says {dtype}")
 
 
-MAX_LR = 10.0  # the largest lr a trial accepts (trainer.config.TrialConfig.lr; pydantic not imported here)
 # What every row of trials.parquet must hold, as the trainer writes it (trainer.trials.trial_row):
 # (column, the condition, what is expected). A row breaking one would end the report far from its
 # cause (a NaN lr in a figure's axis limits, a null trial_id in a joined list of names), so it is
@@ -334,6 +358,7 @@ def read_trials_frame(path: Path) -> tuple[pl.DataFrame, int]:
     """trials.parquet as a checked Polars frame with every TRIALS_SCHEMA column, and how many
     repeated trial_id rows were dropped (the last row of an id is kept). Not to be confused with
     `trainer.trials.read_trials` (rows as dicts, for the sweep's own bookkeeping)."""
+    not_a_link(path)
     try:
         df = pl.read_parquet(str(path), hive_partitioning=False, glob=False)
     except Exception as e:  # noqa: BLE001
@@ -395,7 +420,18 @@ def check_sweep(path: Path, sweep: dict) -> None:
             raise ResultsError(f"{path}: key {key!r} is {value}; expected {expected}")
 
 
+def not_a_link(path: Path) -> None:
+    """ResultsError when a local sweep.json or trials.parquet is a symlink: as a part file that is one
+    (skipped), it is never followed; a sweep writes no link, and one may lead anywhere."""
+    if not isinstance(path, UriPath) and os.path.islink(path):
+        raise ResultsError(
+            f"{path}: a symlink (to {repr(os.readlink(path))[:300]}), not followed; the report reads only"
+            " the files a sweep writes, and a sweep writes no link: copy the file in its place"
+        )
+
+
 def read_sweep_json(path: Path) -> dict | None:
+    not_a_link(path)
     if not path.exists():
         return None
     try:

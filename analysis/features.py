@@ -161,6 +161,9 @@ CURVES = pl.col("name").is_in(RANK_METRICS) & pl.col("tensor").is_in(TENSORS)
 ACTIVATION = pl.col("name").is_in(ACTIVATION_METRICS + STAGE_METRICS) & pl.col("tensor").is_in(ACTIVATION_TENSORS)
 LAYERS = (pl.col("name") == "pr") & pl.col("tensor").is_in(LAYER_TENSORS)
 LAYER_KEYS = ["trial_id", "step", "layer", "tensor"]
+# the groups whose last step `last_step` keeps: the activation statistics, the per-layer PR
+ACTIVATION_LAST = ["trial_id", "name", "tensor"]
+LAYERS_LAST = ["trial_id", "layer", "tensor"]
 # The rows `_scalar_queries` can read: every run of them has one of these names and no tensor
 SCALARS = (
     pl.col("name").is_in(["val_loss", "train_loss", "tokens", "max_logit", *CLIP_METRICS]) & pl.col("tensor").is_null()
@@ -171,8 +174,8 @@ HEAD_FRAMES = ("curves", "activation", "layers")
 def _queries(lf: pl.LazyFrame) -> list[pl.LazyFrame]:
     """The seven feature frames of `lf` (in head order: `in_head_order`), in FRAMES order."""
     curves = head_means(lf.filter(CURVES & PER_HEAD), list(GROUP))
-    activation = last_step(head_means(lf.filter(ACTIVATION & PER_HEAD), list(GROUP)), ["trial_id", "name", "tensor"])
-    layers = last_step(head_means(lf.filter(LAYERS & PER_HEAD), LAYER_KEYS).drop("n"), ["trial_id", "layer", "tensor"])
+    activation = last_step(head_means(lf.filter(ACTIVATION & PER_HEAD), list(GROUP)), ACTIVATION_LAST)
+    layers = last_step(head_means(lf.filter(LAYERS & PER_HEAD), LAYER_KEYS).drop("n"), LAYERS_LAST)
     val, ends, logits, clip = _scalar_queries(lf)
     return [curves, val, ends, activation, layers, logits, clip]
 
@@ -250,8 +253,8 @@ def _run_frames(frame: pl.DataFrame) -> list[pl.DataFrame] | None:
         curves,
         val,
         ends,
-        last_step(activation.lazy(), ["trial_id", "name", "tensor"]).collect(engine=ENGINE),
-        last_step(layers.lazy(), ["trial_id", "layer", "tensor"]).collect(engine=ENGINE),
+        last_step(activation.lazy(), ACTIVATION_LAST).collect(engine=ENGINE),
+        last_step(layers.lazy(), LAYERS_LAST).collect(engine=ENGINE),
         logits,
         clip,
     ]

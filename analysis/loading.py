@@ -338,6 +338,17 @@ def _check_disjoint(results: list[Results]) -> None:
         seen.update(dict.fromkeys(ids, r))
 
 
+def _check_given_once(sweep_dirs: list) -> None:
+    """ResultsError naming a sweep folder given twice, also through a symlink or ../ (resolved)."""
+    seen = {}
+    for d in sweep_dirs:
+        key = d.resolve() if isinstance(d, Path) else d
+        if key in seen:
+            also = "" if seen[key] == d else f" (as {seen[key]})"
+            raise ResultsError(f"{d}: the same results folder is given twice{also}")
+        seen[key] = d
+
+
 def combine(results: list[Results]) -> Results:
     """Several folders of one study as one Results: trials, parts and skipped parts concatenated
     (each part keeps its path), `folders` recording each folder's sweep.json, and `sweep` the first
@@ -348,14 +359,7 @@ def combine(results: list[Results]) -> Results:
     folders are not one study (train settings, corpus hash) or when a trial is in two of them."""
     if len(results) == 1:
         return results[0]
-    seen = {}
-    for r in results:
-        # resolved: the same folder reached through a symlink or ../ is still the same folder
-        key = r.sweep_dir.resolve() if isinstance(r.sweep_dir, Path) else r.sweep_dir
-        if key in seen:
-            also = "" if seen[key] == r.sweep_dir else f" (as {seen[key]})"
-            raise ResultsError(f"{r.sweep_dir}: the same results folder is given twice{also}")
-        seen[key] = r.sweep_dir
+    _check_given_once([r.sweep_dir for r in results])
     _check_one_study(results)
     _check_disjoint(results)
     folders = [Folder(r.sweep_dir, r.sweep, r.trials.height) for r in results]
@@ -392,6 +396,7 @@ def load_results(path: str | os.PathLike | Sequence[str | os.PathLike], cache: b
     if isinstance(path, (list, tuple)):
         if not path:
             raise ResultsError("no results folder given")
+        _check_given_once([find_sweep_dir(p) for p in path])  # before any folder is read
         return combine([_load_one(p, cache) for p in path])
     return _load_one(path, cache)
 

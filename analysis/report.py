@@ -17,6 +17,7 @@ that breaks the schema contract) ends with one message and exit status 2, before
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -469,5 +470,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Leave the process with `code` once stdout and stderr are flushed, without Python's teardown.
+    By then every report file is written whole and closed, every child process reaped and the
+    reading thread ended; the teardown would only free the report's objects one by one (0.6 s of a
+    30 s report of 13,680 trials, on one CPU). Exit status 120 when stdout cannot be flushed, as
+    Python's own exit gives."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .architecture import ModelConfig
 from .errors import ConfigError, short_repr  # noqa: F401 - re-exported: trainer.config.ConfigError is the name used
-from .schema import OPTIMIZERS, QK_NORM_VARIANTS
+from .schema import MAX_LR, OPTIMIZERS, QK_NORM_VARIANTS
 
 # Literals so that pydantic names the choices in its errors; the vocabularies live in trainer.schema.
 Optimizer = Literal["adamw", "muon"]
@@ -50,7 +50,7 @@ class TrialConfig(BaseModel):
     optimizer: Optimizer = Field("adamw", description="adamw, or muon (Muon on hidden 2-D matrices, AdamW elsewhere)")
     qk_norm: QKNorm = Field("none", description="per-head normalisation of q and k before RoPE")
     width: int = Field(64, gt=0, le=MAX_WIDTH, description="d_model")
-    lr: float = Field(1e-2, gt=0, le=10.0, description="peak learning rate (AdamW scale; Muon uses match_rms_adamw)")
+    lr: float = Field(1e-2, gt=0, le=MAX_LR, description="peak learning rate (AdamW scale; Muon uses match_rms_adamw)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds weights and batch order (numpy seeds are < 2**32)")
 
     # --- model

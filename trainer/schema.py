@@ -26,6 +26,9 @@ CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_DIR = "weights"  # weights/<trial_id>.pt: final weights of a completed trial (train.save_final)
 
 STATUSES = ("running", "completed", "diverged", "pruned", "failed")
+# the largest peak learning rate a trial takes (trainer.config.TrialConfig.lr); the report refuses a
+# trials.parquet row above it (analysis.contract.ROW_RULES)
+MAX_LR = 10.0
 # A finished trial is never run again (a sweep skips it; the report treats it as final).
 FINISHED_STATUSES = ("completed", "diverged")
 OPTIMIZERS = ("adamw", "muon")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from trainer.config import ConfigError, TrialConfig, build_config, load_yaml
+from trainer.schema import MAX_LR
 
 from .files import check_kind, resolve_config
 from .lr_best import arm_name
@@ -39,7 +40,7 @@ class Arms(BaseModel):
 class Search(BaseModel):
     model_config = STRICT
     lr_min: float = Field(1e-4, gt=0, description="lower end of the log-uniform LR range")
-    lr_max: float = Field(3e-1, gt=0, le=10.0, description="upper end of the log-uniform LR range")
+    lr_max: float = Field(3e-1, gt=0, le=MAX_LR, description="upper end of the log-uniform LR range")
     trials_per_arm: int = Field(8, ge=1, description="trials each run adds to each arm's study")
     startup_trials: int = Field(4, ge=1, description="TPE's random trials before it models the objective")
     seed: int = Field(0, ge=0, description="seeds TPE (offset by the study's size, so a rerun explores anew)")

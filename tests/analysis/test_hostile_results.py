@@ -189,6 +189,16 @@ def test_a_trials_file_that_is_a_directory_is_named_as_one(sweep, tmp_path, caps
     assert f"{sweep / TRIALS_FILE} is a directory, where the trials file belongs" in err
 
 
+@pytest.mark.parametrize("name", [TRIALS_FILE, SWEEP_JSON])
+def test_a_symlinked_trials_or_sweep_file_is_not_followed(sweep, tmp_path, capsys, name):
+    elsewhere = tmp_path / f"elsewhere-{name}"
+    (sweep / name).rename(elsewhere)
+    (sweep / name).symlink_to(elsewhere)
+    err = refused(capsys, sweep, "--out", tmp_path / "out")
+    assert f"{sweep / name}: a symlink (to {str(elsewhere)!r}), not followed" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_results_folder_that_is_a_symlink_loop_is_named_as_one(tmp_path, capsys):
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
@@ -208,6 +218,16 @@ def test_the_same_folder_given_twice_is_named_so(sweep, tmp_path, capsys, alias)
     err = refused(capsys, sweep, other, "--out", tmp_path / "out")
     assert "the same results folder is given twice" in err and "two results folders" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_given_twice_is_refused_before_any_is_read(sweep, tmp_path, capsys, monkeypatch):
+    import analysis.loading
+
+    def reads(*args, **kwargs):
+        raise AssertionError("a folder was read before the folders were checked")
+
+    monkeypatch.setattr(analysis.loading, "_load_one", reads)
+    assert "given twice" in refused(capsys, sweep, sweep / ".." / sweep.name, "--out", tmp_path / "out")
 
 
 # ---- 6 and 7. every trial failed: the advice, and no raw warnings ----------------------------
