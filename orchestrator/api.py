@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+from trainer.errors import ConfigError, short_repr
+
 from .options import SweepOptions, SweepResult
 
 
@@ -70,5 +72,19 @@ def _override_items(overrides) -> list[str]:
     if overrides is None:
         return []
     if isinstance(overrides, dict):
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]  # JSON is YAML
+        return [f"{key}={_as_yaml(key, value)}" for key, value in overrides.items()]
     return [str(item) for item in overrides]
+
+
+def _as_yaml(key, value) -> str:
+    """An override's value as --set text (JSON is YAML); ConfigError for one JSON cannot write (an
+    integer past Python's 4,300-digit limit, an object)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        from trainer.config import MAX_INT_DIGITS  # pydantic: only when a message needs it
+
+        raise ConfigError(
+            f"overrides[{key!r}]: {short_repr(value, 60)} is not a value a setting takes (numbers of at most"
+            f" {MAX_INT_DIGITS} digits, strings, true/false, null, and lists and mappings of them)"
+        ) from None

@@ -165,7 +165,9 @@ def write_archive(folders: list[Path], out, spectra: str) -> dict:
                 if spectra == "last" and rel.startswith("spectra/"):
                     by_trial.setdefault(rel.split("/")[1], []).append((f"{folder.name}/{rel}", path))
                     continue
-                add_bytes(tar, f"{folder.name}/{rel}", path.read_bytes(), counts, spectrum=rel.startswith("spectra/"))
+                data = read_member(path, f"{folder.name}/{rel}", counts["skipped"])
+                if data is not None:
+                    add_bytes(tar, f"{folder.name}/{rel}", data, counts, spectrum=rel.startswith("spectra/"))
             for trial, files in sorted(by_trial.items()):
                 last = last_probe(files, counts["skipped"])
                 if last is not None:
@@ -174,6 +176,21 @@ def write_archive(folders: list[Path], out, spectra: str) -> dict:
                     add_bytes(tar, name, data, counts, spectrum=True)
             counts["trials"] += len({rel.split("/")[1] for rel, _ in items if rel.startswith("metrics/")})
     return counts
+
+
+def read_member(path: Path, name: str, skipped: list) -> bytes | None:
+    """A file's bytes for the archive. A part file that cannot be read (its permissions, an I/O error)
+    is skipped and named in `skipped`, as a damaged spectra part is (`last_probe`): the pack is often
+    the last thing a lease does. A top-level file (sweep.json, trials.parquet, ...) is what makes the
+    folder a results folder: PackError naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if name.count("/") == 1:  # <folder>/<file>: a top-level file
+            raise PackError(f"{path}: cannot read it ({why}); fix that, then pack again") from None
+        skipped.append((name, f"unreadable ({why})"))
+        return None
 
 
 def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, counts: dict, *, spectrum: bool) -> None:
@@ -222,43 +239,56 @@ def pack(
             f"{folders[0]}: the folder's name cannot name the pack's files (letters, digits, '.', '_' and '-' only);"
             " pass --name STEM"
         )
-    part_bytes = int(max_mib * MIB)
-    with tempfile.TemporaryDirectory(prefix="qkc-pack-") as tmp:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="qkc-pack-")
+    except OSError as exc:
+        raise PackError(
+            f"{tempfile.gettempdir()}: cannot make a temporary folder there ({exc.strerror or exc}); set TMPDIR"
+        ) from None
+    with scratch as tmp:
         archive = Path(tmp) / "archive.tgz"
-        with open(archive, "wb") as out:
-            counts = write_archive(folders, out, spectra)
-        size = archive.stat().st_size
-        n_parts = max(1, math.ceil(size / part_bytes))
-        if n_parts + 1 > max_files:
-            hint = "; try --spectra last (spectra: only each trial's last probe)" if spectra == "all" else ""
-            raise PackError(
-                f"does not fit: {', '.join(names)} pack to {_size(size)} ({counts['files']} files, spectra "
-                f"{_size(counts['spectra_bytes'])} of {_size(counts['bytes'])} before compression), "
-                f"{n_parts + 1} files of at most {max_mib:g} MiB with the manifest, more than --max-files {max_files}"
-                + hint
-            )
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PackError(f"{out_dir}: cannot be made ({exc.strerror or exc})") from None
-        manifest_path = out_dir / f"{stem}.pack.json"
-        targets = [manifest_path] + [out_dir / f"{stem}.tgz.{i:03d}" for i in range(n_parts)]
-        clash = [t.name for t in targets if t.exists()] + [p.name for p in out_dir.glob(f"{stem}.tgz.*")]
-        if clash:
-            raise PackError(f"{out_dir} already holds {sorted(set(clash))[0]}: pack into another folder or --name")
-        parts = []
-        try:
-            with open(archive, "rb") as f:
-                for target in targets[1:]:
-                    data = f.read(part_bytes)
-                    target.write_bytes(data)
-                    parts.append({"name": target.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        except OSError as exc:  # a full disk, a quota: take back what was written, so that a retry may run
-            for target in targets[1:]:
-                target.unlink(missing_ok=True)
+            with open(archive, "wb") as out:
+                counts = write_archive(folders, out, spectra)
+        except OSError as exc:  # TMPDIR full or not writable (a results file that cannot be read is skipped)
             raise PackError(
-                f"{out_dir}: cannot write the pack ({exc.strerror or exc}); nothing of it is left there"
+                f"{tmp}: cannot write the archive there ({exc.strerror or exc}); free space or set TMPDIR"
             ) from None
+        return _write_pack(archive, counts, out_dir, names, stem, max_files, max_mib, spectra)
+
+
+def _write_pack(
+    archive: Path, counts: dict, out_dir: Path, names: list[str], stem: str, max_files: int, max_mib: float, spectra
+) -> dict:
+    """The archive cut into parts of at most `max_mib` MiB in `out_dir`, and the manifest beside them;
+    PackError when they do not fit `max_files` files, or cannot be written (nothing is then left)."""
+    part_bytes = int(max_mib * MIB)
+    size = archive.stat().st_size
+    n_parts = max(1, math.ceil(size / part_bytes))
+    if n_parts + 1 > max_files:
+        hint = "; try --spectra last (spectra: only each trial's last probe)" if spectra == "all" else ""
+        raise PackError(
+            f"does not fit: {', '.join(names)} pack to {_size(size)} ({counts['files']} files, spectra "
+            f"{_size(counts['spectra_bytes'])} of {_size(counts['bytes'])} before compression), "
+            f"{n_parts + 1} files of at most {max_mib:g} MiB with the manifest, more than --max-files {max_files}"
+            + hint
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PackError(f"{out_dir}: cannot be made ({exc.strerror or exc})") from None
+    manifest_path = out_dir / f"{stem}.pack.json"
+    targets = [manifest_path] + [out_dir / f"{stem}.tgz.{i:03d}" for i in range(n_parts)]
+    clash = [t.name for t in targets if t.exists()] + [p.name for p in out_dir.glob(f"{stem}.tgz.*")]
+    if clash:
+        raise PackError(f"{out_dir} already holds {sorted(set(clash))[0]}: pack into another folder or --name")
+    parts = []
+    try:
+        with open(archive, "rb") as f:
+            for target in targets[1:]:
+                data = f.read(part_bytes)
+                target.write_bytes(data)
+                parts.append({"name": target.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
         manifest = {
             "format": FORMAT,
             "folders": names,
@@ -271,8 +301,26 @@ def pack(
             "skipped": [{"path": path, "reason": reason} for path, reason in counts["skipped"]],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        text = json.dumps(manifest, indent=1) + "\n"
+        if len(text.encode()) > part_bytes:  # the manifest is one of the files the trip takes too
+            raise _TooLarge(
+                f"does not fit: the manifest takes {_size(len(text.encode()))} ({len(counts['skipped'])} skipped"
+                f" files named in it), more than --max-mib {max_mib:g}; raise --max-mib"
+            )
+        manifest_path.write_text(text)
+    except (OSError, _TooLarge) as exc:  # a full disk, a quota: take back what was written, so that a retry may run
+        for target in targets:
+            target.unlink(missing_ok=True)
+        if isinstance(exc, _TooLarge):
+            raise PackError(str(exc)) from None
+        raise PackError(
+            f"{out_dir}: cannot write the pack ({exc.strerror or exc}); nothing of it is left there"
+        ) from None
     return manifest
+
+
+class _TooLarge(Exception):
+    """The manifest would not fit --max-mib (`_write_pack` takes the parts back, then refuses)."""
 
 
 # ---- back --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ let the folder through would fail at once rather than run trials.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -16,13 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import orchestrator
 from orchestrator import lr_study, sweep
 from orchestrator.spec.validation import MAX_TRIALS
 from orchestrator.tune import sweep_run
-from tests.helpers import cli_args, write_spec
+from tests.helpers import BUNDLED_SMOKE, cli_args, write_spec
+from trainer.errors import ConfigError, short_repr
 from trainer.schema import SWEEP_JSON, TRIALS_FILE, TRIALS_SCHEMA
 
 HUGE = "9" * 5000  # past Python's 4300-digit limit on reading an integer
+HUGE_INT = 10**5000 - 1  # the same number, made without reading it (int(HUGE) is refused)
 
 
 def refused(capsys, main, argv) -> str:
@@ -72,6 +76,24 @@ def test_a_huge_integer_in_a_sweep_file_names_its_key(tmp_path, capsys):
 def test_a_huge_integer_on_the_command_line_is_one_line(main, argv, says, capsys):
     config = [] if "--config" in argv else ["--config", "smoke"]
     assert says in refused(capsys, main, [*config, *argv, "--dry-run"])
+
+
+def test_short_repr_names_a_huge_integer_by_its_length():
+    # str() of an integer past 4300 digits raises: an error message must not
+    assert short_repr(HUGE_INT) == "<an integer of 5000 digits>"
+    assert short_repr([0, -(10**60)]) == "[0, <an integer of 61 digits>]"
+    assert short_repr(12345) == "12345" and short_repr(10**40) == "<an integer of 41 digits>"
+
+
+@pytest.mark.parametrize("where", ["overrides dict", "spec mapping"])
+def test_run_sweep_refuses_a_huge_integer_with_a_config_error(tmp_path, no_ray, where):
+    spec, overrides = "smoke", {"train.steps": HUGE_INT}
+    if where == "spec mapping":  # the smoke sweep as a mapping, steps past Python's limit
+        spec, overrides = copy.deepcopy(BUNDLED_SMOKE), None
+        spec["train"]["steps"] = HUGE_INT
+    with pytest.raises(ConfigError, match="an integer of 5000 digits") as e:
+        orchestrator.run_sweep(spec, results=tmp_path / "r", overrides=overrides)
+    assert "\n" not in str(e.value) and not (tmp_path / "r").exists()
 
 
 # ---- 2., 3., 8.: what an existing results folder holds -----------------------------------------

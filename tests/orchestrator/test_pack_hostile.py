@@ -119,12 +119,63 @@ def test_a_full_disk_while_writing_leaves_no_parts_and_a_retry_runs(results, tmp
         return write_bytes(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", fills_up)
-    assert pack.main([str(results), str(out), "--max-mib", "0.001", "--max-files", "100000"]) == 2
+    assert pack.main([str(results), str(out), "--max-mib", "0.004", "--max-files", "100000"]) == 2
     one_line(capsys, str(out), "No space left on device", "nothing of it is left")
     assert len(written) == 2 and on_disk(out) == []
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
-    packed(results, out, "--max-mib", "0.001", "--max-files", "100000")  # the retry
+    packed(results, out, "--max-mib", "0.004", "--max-files", "100000")  # the retry
     assert any(name.endswith(".pack.json") for name in on_disk(out))
+
+
+def unreadable(monkeypatch, name: str) -> None:
+    """Reading any file called `name` fails as a file without read permission does (root reads them all)."""
+    import errno
+
+    read_bytes = Path.read_bytes
+
+    def refuses(self):
+        if self.name == name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuses)
+
+
+def test_an_unreadable_part_is_skipped_and_named(copy, tmp_path, capsys, monkeypatch):
+    victim = sorted((copy / "metrics").rglob("*.parquet"))[0]
+    unreadable(monkeypatch, victim.name)
+    out = packed(copy, tmp_path / "out")
+    err = capsys.readouterr().err
+    rel = f"tiny/{victim.relative_to(copy).as_posix()}"
+    assert f"warning: pack: skipped {rel}: unreadable (Permission denied)" in err
+    manifest = json.loads((out / "tiny.pack.json").read_text())
+    assert {"path": rel, "reason": "unreadable (Permission denied)"} in manifest["skipped"]
+    assert rel not in [m.name for m, _ in entries(out)]
+
+
+def test_an_unreadable_trials_file_is_one_line(copy, tmp_path, capsys, monkeypatch):
+    unreadable(monkeypatch, "trials.parquet")
+    assert pack.main([str(copy), str(tmp_path / "out")]) == 2
+    one_line(capsys, str(copy / "trials.parquet"), "cannot read it (Permission denied)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_larger_than_max_mib_is_refused_and_nothing_left(results, tmp_path, capsys):
+    # 1 KiB parts: the manifest names 16 of them with their SHA-256s, more than 1 KiB itself
+    assert pack.main([str(results), str(tmp_path / "out"), "--max-mib", "0.001", "--max-files", "100000"]) == 2
+    one_line(capsys, "the manifest takes", "--max-mib 0.001")
+    assert on_disk(tmp_path / "out") == []
+
+
+def test_an_unwritable_temporary_folder_is_one_line(results, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    not_a_folder = tmp_path / "tmpfile"
+    not_a_folder.write_text("x")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    assert pack.main([str(results), str(tmp_path / "out")]) == 2
+    one_line(capsys, str(not_a_folder), "set TMPDIR")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mib", ["inf", "1e-9", "nan", "0", "-1", "0.0005"])
