@@ -159,7 +159,8 @@ class Listed:
 
 
 def list_parts(folder: Path) -> list[Path]:
-    """Part files under <folder>/trial_id=*/, oldest first (mtime, then name)."""
+    """Part files under <folder>/trial_id=*/, oldest first (mtime, then name); a symlink where a part or
+    a trial folder would be is listed as itself (never followed: contract.check_parts skips and names it)."""
     return [e.path for e in list_part_files(folder)]
 
 
@@ -183,7 +184,12 @@ def _list_local_parts(folder: Path) -> list[Listed]:
     found = []
     with os.scandir(folder) as trials:
         for t in trials:
-            if not t.is_dir() or t.name.startswith("."):
+            if t.name.startswith("."):
+                continue
+            if t.is_symlink():  # a linked trial folder is never followed either (it may loop, or lead out of
+                found.append(_listed_link(t))  # the results folder): listed as itself, skipped and named
+                continue
+            if not t.is_dir():
                 continue
             with os.scandir(t.path) as parts:
                 for p in parts:
@@ -198,6 +204,16 @@ def _list_local_parts(folder: Path) -> list[Listed]:
                         except FileNotFoundError:  # removed since the listing (a compaction): the
                             found.append((0, p.path, -1, 0, 0))  # footer check then skips and names it
     return [Listed(Path(path), size, mtime, ctime, ino) for mtime, path, size, ctime, ino in sorted(found)]
+
+
+def _listed_link(entry: os.DirEntry) -> tuple:
+    """A symlink in a dataset folder where a trial folder would be, as a listing entry of its own
+    (lstat): contract.check_parts skips and names it, so the report says it is partial."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:  # removed since the listing
+        return (0, entry.path, -1, 0, 0)
+    return (st.st_mtime_ns, entry.path, st.st_size, st.st_ctime_ns, st.st_ino)
 
 
 def _list_remote_parts(folder: UriPath) -> list[Listed]:

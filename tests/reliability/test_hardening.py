@@ -542,12 +542,18 @@ def test_case6_storage_check_refuses_in_memory_sqlite():
 
 
 @pytest.mark.slow
-def test_case6_a_symlink_loop_in_metrics_is_one_line(results, env):
+def test_case6_a_symlink_loop_in_metrics_is_skipped_and_named(results, env):
+    """A linked folder under metrics/ is never followed (a loop, or a link out of the results folder):
+    each link is skipped and named as a linked part is, and the report is partial, not refused."""
     (results / "metrics" / "a").symlink_to(results / "metrics" / "b")
     (results / "metrics" / "b").symlink_to(results / "metrics" / "a")
-    proc, _ = cli("analysis.report", results, env=env)
-    err = one_line(proc)
-    assert "metrics" in err and "symbolic links" in err
+    (results / "metrics" / "out").symlink_to(results.parent)  # out of the results folder
+    proc, _ = cli("analysis.report", results, "--quiet", env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    verdict = json.loads((results / "report" / "verdict.json").read_text())
+    skipped = {Path(path).name: why for path, why in verdict["counts"]["skipped_files"]}
+    assert verdict["partial"] and set(skipped) == {"a", "b", "out"}
+    assert all("a symlink (to " in why and "not followed" in why for why in skipped.values())
 
 
 @pytest.mark.slow
