@@ -136,8 +136,9 @@ def _read_footer(path: Path) -> Footer | str:
     A symlink is not followed (it may point out of the results folder, or loop): skipped, named."""
     remote = isinstance(path, UriPath)
     where = path.key if remote else os.fspath(path)
-    if not remote and os.path.islink(where):
-        return f"a symlink (to {repr(os.readlink(where))[:300]}), not followed; the trainer writes none"
+    link = None if remote else symlink_to(where)
+    if link is not None:
+        return f"{link}; the trainer writes none"
     try:
         md = pq.read_metadata(where, filesystem=path.fs if remote else _LOCAL)
         schema = _arrow_schema(md)
@@ -420,13 +421,22 @@ def check_sweep(path: Path, sweep: dict) -> None:
             raise ResultsError(f"{path}: key {key!r} is {value}; expected {expected}")
 
 
+def symlink_to(path: str | Path) -> str | None:
+    """ "a symlink (to '<target>'), not followed" when the local `path` is a symlink, else None: the
+    report follows none (it may loop, or lead out of the results folder)."""
+    if not os.path.islink(path):
+        return None
+    return f"a symlink (to {repr(os.readlink(path))[:300]}), not followed"
+
+
 def not_a_link(path: Path) -> None:
-    """ResultsError when a local sweep.json or trials.parquet is a symlink: as a part file that is one
-    (skipped), it is never followed; a sweep writes no link, and one may lead anywhere."""
-    if not isinstance(path, UriPath) and os.path.islink(path):
+    """ResultsError when a local sweep.json or trials.parquet is a symlink (`symlink_to`): a part file
+    that is one is skipped; these two make the folder a results folder, and a sweep writes no link."""
+    link = None if isinstance(path, UriPath) else symlink_to(path)
+    if link is not None:
         raise ResultsError(
-            f"{path}: a symlink (to {repr(os.readlink(path))[:300]}), not followed; the report reads only"
-            " the files a sweep writes, and a sweep writes no link: copy the file in its place"
+            f"{path}: {link}; the report reads only the files a sweep writes, and a sweep writes no link:"
+            " copy the file in its place"
         )
 
 

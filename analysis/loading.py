@@ -396,8 +396,9 @@ def load_results(path: str | os.PathLike | Sequence[str | os.PathLike], cache: b
     if isinstance(path, (list, tuple)):
         if not path:
             raise ResultsError("no results folder given")
-        _check_given_once([find_sweep_dir(p) for p in path])  # before any folder is read
-        return combine([_load_one(p, cache) for p in path])
+        found = [find_sweep_dir(p) for p in path]
+        _check_given_once(found)  # before any folder is read
+        return combine([_load_one(d, cache) for d in found])
     return _load_one(path, cache)
 
 

@@ -187,7 +187,7 @@ def _list_local_parts(folder: Path) -> list[Listed]:
             if t.name.startswith("."):
                 continue
             if t.is_symlink():  # a linked trial folder is never followed either (it may loop, or lead out of
-                found.append(_listed_link(t))  # the results folder): listed as itself, skipped and named
+                found.append(_as_listed(t))  # the results folder): listed as itself, skipped and named
                 continue
             if not t.is_dir():
                 continue
@@ -198,20 +198,17 @@ def _list_local_parts(folder: Path) -> list[Listed]:
                     # a symlink is listed (as itself: lstat) and never followed: contract.check_parts
                     # skips and names it, so the report says it is partial
                     if p.name.endswith(".parquet") and (p.is_symlink() or p.is_file()):
-                        try:
-                            st = p.stat(follow_symlinks=False)
-                            found.append((st.st_mtime_ns, p.path, st.st_size, st.st_ctime_ns, st.st_ino))
-                        except FileNotFoundError:  # removed since the listing (a compaction): the
-                            found.append((0, p.path, -1, 0, 0))  # footer check then skips and names it
+                        found.append(_as_listed(p))
     return [Listed(Path(path), size, mtime, ctime, ino) for mtime, path, size, ctime, ino in sorted(found)]
 
 
-def _listed_link(entry: os.DirEntry) -> tuple:
-    """A symlink in a dataset folder where a trial folder would be, as a listing entry of its own
-    (lstat): contract.check_parts skips and names it, so the report says it is partial."""
+def _as_listed(entry: os.DirEntry) -> tuple:
+    """(mtime, path, size, ctime, inode) of a part file, or of a symlink as itself (lstat: never
+    followed); an entry removed since the listing (a compaction) gets size -1, and the footer check
+    then skips and names it."""
     try:
         st = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:  # removed since the listing
+    except FileNotFoundError:
         return (0, entry.path, -1, 0, 0)
     return (st.st_mtime_ns, entry.path, st.st_size, st.st_ctime_ns, st.st_ino)
 

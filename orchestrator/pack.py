@@ -301,26 +301,28 @@ def _write_pack(
             "skipped": [{"path": path, "reason": reason} for path, reason in counts["skipped"]],
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        text = json.dumps(manifest, indent=1) + "\n"
-        if len(text.encode()) > part_bytes:  # the manifest is one of the files the trip takes too
-            raise _TooLarge(
-                f"does not fit: the manifest takes {_size(len(text.encode()))} ({len(counts['skipped'])} skipped"
-                f" files named in it), more than --max-mib {max_mib:g}; raise --max-mib"
-            )
-        manifest_path.write_text(text)
-    except (OSError, _TooLarge) as exc:  # a full disk, a quota: take back what was written, so that a retry may run
-        for target in targets:
-            target.unlink(missing_ok=True)
-        if isinstance(exc, _TooLarge):
-            raise PackError(str(exc)) from None
+        text = (json.dumps(manifest, indent=1) + "\n").encode()
+        fits = len(text) <= part_bytes  # the manifest is one of the files the trip takes too
+        if fits:
+            manifest_path.write_bytes(text)
+    except OSError as exc:  # a full disk, a quota: take back what was written, so that a retry may run
+        _take_back(targets)
         raise PackError(
             f"{out_dir}: cannot write the pack ({exc.strerror or exc}); nothing of it is left there"
         ) from None
+    if not fits:
+        _take_back(targets)
+        raise PackError(
+            f"does not fit: the manifest takes {_size(len(text))} ({len(counts['skipped'])} skipped files named"
+            f" in it), more than --max-mib {max_mib:g}; raise --max-mib"
+        )
     return manifest
 
 
-class _TooLarge(Exception):
-    """The manifest would not fit --max-mib (`_write_pack` takes the parts back, then refuses)."""
+def _take_back(targets: list[Path]) -> None:
+    """Remove the pack's files written so far (none of them was there before: `_write_pack` checks)."""
+    for target in targets:
+        target.unlink(missing_ok=True)
 
 
 # ---- back --------------------------------------------------------------------------------------
