@@ -14,15 +14,12 @@ fits summarised per arm and LR.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from .decay import CENSORED, FIT_FIELDS, FIT_STATUSES, N_PARAMS, fit_decay
 from .features import as_strings
-from .stats import CI_LEVEL
+from .stats import CI_LEVEL, t_quantile
 
 _KEYS = ("trial_id", "name", "tensor")
 
@@ -230,12 +227,6 @@ def init_axis(df: pl.DataFrame) -> tuple[str, ...]:
 ARM_QUANTITIES = ("min_step", "min_norm", "final_norm", "recovery")
 
 
-@lru_cache(maxsize=4096)
-def _t_quantile(q: float, dof: int) -> float:
-    """Student t quantile (scipy's, remembered: a study asks for the same few thousands of times)."""
-    return float(stats.t.ppf(q, dof))
-
-
 def t_interval(x: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, float]:
     """(mean, low, high): Student t interval over the entries of x (n - 1 dof); NaN interval
     below 2 entries, NaN everything when x is empty."""
@@ -246,7 +237,7 @@ def t_interval(x: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, fl
     mean = float(x.mean())
     if x.size < 2:
         return mean, np.nan, np.nan
-    half = _t_quantile((1 + level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    half = t_quantile((1 + level) / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return mean, float(mean - half), float(mean + half)
 
 

@@ -233,9 +233,10 @@ def _run_frames(frame: pl.DataFrame) -> list[pl.DataFrame] | None:
         return lambda rows: head_means(rows.lazy(), keys).collect(engine=ENGINE)
 
     curves = run_means(frame, starts[picks["curves"]], lengths[picks["curves"]], list(GROUP), polars_means(list(GROUP)))
-    activation = run_means(
-        frame, starts[picks["activation"]], lengths[picks["activation"]], list(GROUP), polars_means(list(GROUP))
-    )
+    # the activation statistics: only the runs `last_step` keeps are summed (a run is one head mean's
+    # group, so the last step of each (trial, name, tensor) is known from the runs' first rows)
+    at_last = picks["activation"][_last_runs(first[picks["activation"]], ACTIVATION_LAST)]
+    activation = run_means(frame, starts[at_last], lengths[at_last], list(GROUP), polars_means(list(GROUP)))
     # the per-layer PR: within each chosen run (layers rise in it), each layer's heads are a run
     parent_starts, parent_lengths = starts[picks["layers"]], lengths[picks["layers"]]
     rows = run_rows(parent_starts, parent_lengths)
@@ -253,11 +254,17 @@ def _run_frames(frame: pl.DataFrame) -> list[pl.DataFrame] | None:
         curves,
         val,
         ends,
-        last_step(activation.lazy(), ACTIVATION_LAST).collect(engine=ENGINE),
+        activation,
         last_step(layers.lazy(), LAYERS_LAST).collect(engine=ENGINE),
         logits,
         clip,
     ]
+
+
+def _last_runs(first: pl.DataFrame, keys: list[str]) -> np.ndarray:
+    """The positions in `first` (one row per run: its group's keys) of the runs at the last step of
+    their `keys` group: the runs whose head means `last_step` would keep, in their order."""
+    return np.flatnonzero(first.select(pl.col("step") == pl.col("step").max().over(keys)).to_series().to_numpy())
 
 
 def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
