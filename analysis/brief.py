@@ -159,20 +159,24 @@ def brief_lines(verdict: dict, details: str) -> list[str]:
     return [f"{label}: {text}" for label, text in zip(LABELS, texts)]
 
 
-def markdown_lines(verdict: dict, figure_format: str = "png") -> list[str]:
-    """summary.md's first five lines: the brief as a list, its labels in bold."""
+def markdown_lines(verdict: dict, figure_format: str | None = "png") -> list[str]:
+    """summary.md's first five lines: the brief as a list, its labels in bold. `figure_format`
+    None: the report drew no figures (`--no-figures`), and names none."""
+    forest = "" if figure_format is None else f"figures/forest.{figure_format} (the deciding comparison, drawn); "
     details = (
-        f"the sections below (every claim, the warnings, the tables); figures/forest.{figure_format} "
-        "(the deciding comparison, drawn); verdict.json (every number); methods: docs/analysis.md in the project."
+        f"the sections below (every claim, the warnings, the tables); {forest}"
+        "verdict.json (every number); methods: docs/analysis.md in the project."
     )
     return [f"- **{line.split(': ', 1)[0]}:** {line.split(': ', 1)[1]}" for line in brief_lines(verdict, details)]
 
 
-def terminal_lines(verdict: dict, out, figure_format: str = "png") -> list[str]:
-    """The terminal's first five lines (and all of `--brief`): the same brief, the files by path."""
+def terminal_lines(verdict: dict, out, figure_format: str | None = "png") -> list[str]:
+    """The terminal's first five lines (and all of `--brief`): the same brief, the files by path
+    (`figure_format` None: no figures drawn, none named)."""
+    forest = "" if figure_format is None else f"{out}/figures/forest.{figure_format} (the deciding comparison, drawn); "
     details = (
-        f"{out}/summary.md (every claim, the warnings, the tables); {out}/figures/forest.{figure_format} "
-        f"(the deciding comparison, drawn); {out}/verdict.json (every number); methods: docs/analysis.md."
+        f"{out}/summary.md (every claim, the warnings, the tables); {forest}"
+        f"{out}/verdict.json (every number); methods: docs/analysis.md."
     )
     return brief_lines(verdict, details)
 

@@ -315,20 +315,24 @@ def table_files(r: Report) -> list[tuple[str, pl.DataFrame, str]]:
     ]
 
 
-def write_report(r: Report, out: Path, figure_format: str = "png", early_drawn: bool = False) -> None:
+def write_report(r: Report, out: Path, figure_format: str | None = "png", early_drawn: bool = False) -> None:
     """Every report file, each written whole (temporary name, then rename) and never through a
     symlink: a crafted results folder cannot redirect a write outside `out` (trainer.safeio).
-    `figure_format`: png (the default), svg or pdf (analysis.figures.FORMATS). `early_drawn`: the
-    figures.EARLY figures are in out/figures already (`report_to`), only the others are drawn."""
+    `figure_format`: png (the default), svg or pdf (analysis.figures.FORMATS); None: no figures
+    (`--no-figures`), and the figures an earlier report wrote to out/figures removed, so that the
+    folder holds what summary.md names. `early_drawn`: the figures.EARLY figures are in out/figures
+    already (`report_to`), only the others are drawn."""
     out = safe_mkdir(out)
-    tables, figs = safe_mkdir(out / "tables"), safe_mkdir(out / "figures")
+    tables = safe_mkdir(out / "tables")
     # The figures first: the last ones are rendered and written by forked children (render.py)
     # while the tables are written here; every child has finished before summary.md.
     with forked_rendering(len(figures.FIGURES)):
-        if early_drawn:
-            figures.draw_late(r, figs, figure_format)
-        else:
-            figures.draw_all(r, figs, figure_format)  # every figure: forest, PR at best LR and per LR, spectra, ...
+        if figure_format is None:
+            remove_figures(out / "figures")
+        elif early_drawn:
+            figures.draw_late(r, safe_mkdir(out / "figures"), figure_format)
+        else:  # every figure: forest, PR at best LR and per LR, spectra, ...
+            figures.draw_all(r, safe_mkdir(out / "figures"), figure_format)
         safe_write_text(out / "paradox.csv", r.paradox.write_csv())
         trial_and_arm = collapse_csv(r.collapse_trial, r.collapse_arm)
         safe_write(out / "collapse.csv", trial_and_arm.write_csv)  # 170 MB at 13,680 trials: streamed
@@ -340,7 +344,22 @@ def write_report(r: Report, out: Path, figure_format: str = "png", early_drawn: 
     safe_write_text(out / "summary.md", markdown(r, figure_format))
 
 
-def publish_report(r: Report, out, figure_format: str = "png", early_drawn: bool = False) -> Path | UriPath:
+def remove_figures(folder: Path) -> None:
+    """Remove the figure files a report writes (figures.FIGURES in every format) from `folder`, and
+    the folder when nothing else is left in it; anything else there is kept. A figure that is a
+    symlink is unlinked, never followed."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for name in figures.FIGURES:
+        for fmt in figures.FORMATS:
+            path = folder / f"{name}.{fmt}"
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def publish_report(r: Report, out, figure_format: str | None = "png", early_drawn: bool = False) -> Path | UriPath:
     """write_report into a local folder, or, for a URI (s3://...), into a temporary local folder
     that is then uploaded with pyarrow (each object one PUT); returns where the report is.
     `early_drawn`: as write_report's (a local folder only)."""
@@ -375,7 +394,7 @@ def check_out(results_dir, out) -> Path | None:
     return Path(local)
 
 
-def report_to(results_dir, out, figure_format: str = "png", **analyse_args) -> tuple[Report, Path | UriPath]:
+def report_to(results_dir, out, figure_format: str | None = "png", **analyse_args) -> tuple[Report, Path | UriPath]:
     """`analyse` then `publish_report` into `out` (None: <sweep>/report), what the command does. For
     a local folder the figures that need no fits (figures.EARLY) are drawn as soon as the finals
     and best LRs are known, and rendered by forked children while the fits run (analysis.figures.
@@ -388,9 +407,10 @@ def report_to(results_dir, out, figure_format: str = "png", **analyse_args) -> t
         figures.draw_early(e, safe_mkdir(local) / "figures", figure_format)  # draw_early makes figures/
 
     with forked_rendering(len(figures.FIGURES)):
-        report = analyse(results_dir, early=None if local is None else draw_early, **analyse_args)
+        early = None if local is None or figure_format is None else draw_early
+        report = analyse(results_dir, early=early, **analyse_args)
         where = out or report.results.sweep_dir / "report"
-        return report, publish_report(report, where, figure_format, early_drawn=local is not None)
+        return report, publish_report(report, where, figure_format, early_drawn=early is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         default="png",
         help=f"the figures' file format (default png, at {figures.PNG_DPI} dpi; svg and pdf are vector)",
     )
+    ap.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="draw no figures: the tables, verdict.json and summary.md only (at study scale about a third "
+        "faster); the figures an earlier report left in the report folder are removed",
+    )
     said = ap.add_mutually_exclusive_group()
     said.add_argument("--quiet", action="store_true", help="print nothing but errors")
     said.add_argument(
@@ -438,13 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --alpha must be in (0, 1), got {args.alpha}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    figure_format = None if args.no_figures else args.figure_format
     if len(args.results_dir) == 1:  # one folder: as it always was; several: one study (loading.combine)
         args.results_dir = args.results_dir[0]
     try:
         report, out = report_to(
             args.results_dir,
             args.out,
-            args.figure_format,
+            figure_format,
             n_boot=args.n_boot,
             seed=args.seed,
             alpha=args.alpha,
@@ -463,9 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_ENVIRONMENT
     if args.brief:
-        print("\n".join(terminal_lines(report.verdict, out, args.figure_format)))
+        print("\n".join(terminal_lines(report.verdict, out, figure_format)))
     elif not args.quiet:
-        sys.stdout.write(terminal(report, out, args.figure_format, verbose=args.verbose))
+        sys.stdout.write(terminal(report, out, figure_format, verbose=args.verbose))
         print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 

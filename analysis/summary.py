@@ -196,10 +196,11 @@ FIGURES_SHOWN = (  # (file stem, alt text) of the figures summary.md shows at it
 )
 
 
-def markdown(r: Report, figure_format: str = "png") -> str:
+def markdown(r: Report, figure_format: str | None = "png") -> str:
     """summary.md: the five lines (analysis.brief), the title, the question, answers, scope and advice
     judged, the deciding comparison drawn (forest), then the data, verdict, tables and figures.
-    `figure_format`: the extension the figures were written with (png, svg, pdf)."""
+    `figure_format`: the extension the figures were written with (png, svg, pdf); None when the
+    report drew none (`--no-figures`): no figure is shown or named."""
     v = r.verdict
     title = f"# QK-Norm collapse report: {v['sweep']}"
     if v["partial"]:
@@ -213,15 +214,16 @@ def markdown(r: Report, figure_format: str = "png") -> str:
             "",
         ]
     lines += opening(v)
-    lines += [
-        "## The deciding comparison, drawn",
-        "",
-        "Paired effects, variant minus none, with 95% t intervals: per (width, LR) cell, at each arm's "
-        "best LR per width, and the deciding row (each arm at its held-out best LR, all widths).",
-        "",
-        f"![The deciding comparison: paired effects, variant minus none](figures/forest.{figure_format})",
-        "",
-    ]
+    if figure_format is not None:
+        lines += [
+            "## The deciding comparison, drawn",
+            "",
+            "Paired effects, variant minus none, with 95% t intervals: per (width, LR) cell, at each arm's "
+            "best LR per width, and the deciding row (each arm at its held-out best LR, all widths).",
+            "",
+            f"![The deciding comparison: paired effects, variant minus none](figures/forest.{figure_format})",
+            "",
+        ]
     c = v["counts"]
     lines += [
         "## Data",
@@ -260,14 +262,16 @@ def markdown(r: Report, figure_format: str = "png") -> str:
         if note:
             lines += [note, ""]
         lines += [to_markdown(_view(df), max_rows=60), ""]
-    lines += ["## Figures", ""]
-    for stem, alt in FIGURES_SHOWN:
-        lines += [f"![{alt}](figures/{stem}.{figure_format})", ""]
+    if figure_format is not None:
+        lines += ["## Figures", ""]
+        for stem, alt in FIGURES_SHOWN:
+            lines += [f"![{alt}](figures/{stem}.{figure_format})", ""]
+    figure_files = "" if figure_format is None else f"; `figures/*.{figure_format}`"
     lines += [
         "## Files",
         "",
         "- `paradox.csv`, `verdict.json`, `collapse.csv` (level=trial and level=arm rows)",
-        f"- `tables/*.csv` and `tables/*.tex`; `figures/*.{figure_format}`",
+        f"- `tables/*.csv` and `tables/*.tex`{figure_files}",
         "- Methods: docs/analysis.md in the project.",
         "",
     ]
@@ -286,7 +290,7 @@ def _capped(items: list[str], room: int, more: str) -> list[str]:
     return items[:keep] + [f"... {len(items) - keep} more: {more}"]
 
 
-def terminal(r: Report, out: Path, figure_format: str = "png", verbose: bool = False) -> str:
+def terminal(r: Report, out: Path, figure_format: str | None = "png", verbose: bool = False) -> str:
     """What the report prints after writing to `out`: the five lines first (analysis.brief; `--brief`
     prints only them), then at most TERMINAL_BODY_LINES lines: whether the results are partial, the
     trials, the theory's claims each with its decision, the warnings (edge optima, ...) and where the
@@ -317,8 +321,9 @@ def terminal(r: Report, out: Path, figure_format: str = "png", verbose: bool = F
     tail = [
         "-- Where the files are",
         f"the verdict in full, every claim and warning, and the key tables: {out}/summary.md",
-        f"every table: {out}/tables/*.csv (and .tex); figures: {out}/figures/*.{figure_format}; "
-        f"every number: {out}/verdict.json",
+        f"every table: {out}/tables/*.csv (and .tex); "
+        + ("" if figure_format is None else f"figures: {out}/figures/*.{figure_format}; ")
+        + f"every number: {out}/verdict.json",
         "",
         f"report written to {out}",
     ]

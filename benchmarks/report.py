@@ -10,6 +10,8 @@ child process (wall time and peak RSS from the OS):
   last value, max step, count), the least any report must do; run before and after the first
   report, which is compared with the mean of the two (the machine's speed drifts);
 - the report, first time (no summary cache: every file read, the cache written);
+- the same report without figures (`--no-figures --no-cache`), printed for the record; its tables
+  and verdict must equal the first report's;
 - the report again after one chunk of the study changed (the files of 1 in CHUNKS trials touched,
   as a chunk re-run or added would): only those trials are read again; its tables and verdict must
   equal the first report's.
@@ -131,6 +133,8 @@ def run(metric_rows: int, spectra_rows: int, root: Path) -> dict:
     before_s, one_gb, one_rc = one_pass(folder)
     report = [sys.executable, "-m", "analysis.report", str(folder), "--quiet", "--out"]
     wall, rss_gb, rc, _ = child([*report, str(root / "report")])
+    # the same first report without its figures (every file read again: --no-cache), for the record
+    bare_s, bare_gb, bare_rc, _ = child([*report, str(root / "report_bare"), "--no-figures", "--no-cache"])
     after_s, after_gb, after_rc = one_pass(folder)
     touched = touch_one_chunk(folder)
     again_s, again_gb, again_rc, _ = child([*report, str(root / "report_again")])
@@ -148,6 +152,9 @@ def run(metric_rows: int, spectra_rows: int, root: Path) -> dict:
         report_s=wall,
         peak_rss_gb=rss_gb,
         rc=rc,
+        bare_s=bare_s,
+        bare_gb=bare_gb,
+        bare_same=rc == bare_rc == 0 and same_report(root / "report", root / "report_bare"),
         touched=touched,
         again_s=again_s,
         again_gb=again_gb,
@@ -184,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{TARGET_GB:.0f} GB), exit status {r['rc']}"
     )
     print(
+        f"report without figures (--no-figures --no-cache): wall {r['bare_s']:.1f} s = "
+        f"{r['bare_s'] / r['one_pass_s']:.1f} x one pass, peak RSS {r['bare_gb']:.2f} GB; tables and verdict "
+        f"{'identical to' if r['bare_same'] else 'DIFFERENT from'} the first report's (for the record: the "
+        "targets are the full report's)"
+    )
+    print(
         f"report after 1 in {CHUNKS} trials changed ({r['touched']} trials): wall {r['again_s']:.1f} s = "
         f"{r['again_s'] / r['report_s']:.2f} of the first, peak RSS {r['again_gb']:.2f} GB; tables and verdict "
         f"{'identical to' if r['same'] else 'DIFFERENT from'} the first"
@@ -191,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = (
         r["rc"] == 0
         and r["same"]
+        and r["bare_same"]
         and ratio <= TARGET_RATIO
         and r["peak_rss_gb"] < TARGET_PEAK_GB
         and r["report_s"] < TARGET_S

@@ -37,3 +37,5 @@ def test_the_report_benchmark_runs_from_an_installed_wheel(installed_wheel, tmp_
     assert "x one pass" in run.stdout and "peak RSS" in run.stdout, run.stdout
     # the second report (after a chunk's files changed) read the cache and said the same
     assert "tables and verdict identical to the first" in run.stdout, run.stdout + run.stderr[-3000:]
+    # the report without figures said the same as the full one
+    assert "report without figures" in run.stdout and "identical to the first report's" in run.stdout, run.stdout
