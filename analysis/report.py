@@ -347,16 +347,23 @@ def write_report(r: Report, out: Path, figure_format: str | None = "png", early_
 def remove_figures(folder: Path) -> None:
     """Remove the figure files a report writes (figures.FIGURES in every format) from `folder`, and
     the folder when nothing else is left in it; anything else there is kept. A figure that is a
-    symlink is unlinked, never followed."""
+    symlink is unlinked, never followed. A file that cannot be removed is a ConfigError naming it
+    (one line, exit 2), before any report file is written."""
     if folder.is_symlink() or not folder.is_dir():
         return
-    for name in figures.FIGURES:
-        for fmt in figures.FORMATS:
-            path = folder / f"{name}.{fmt}"
-            if path.is_symlink() or path.is_file():
-                path.unlink()
-    if not any(folder.iterdir()):
-        folder.rmdir()
+    try:
+        for name in figures.FIGURES:
+            for fmt in figures.FORMATS:
+                path = folder / f"{name}.{fmt}"
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError as e:
+        raise ConfigError(
+            f"--no-figures: cannot remove {e.filename!r}, a figure an earlier report wrote ({e.strerror}); "
+            "remove it or choose another --out"
+        ) from None
 
 
 def publish_report(r: Report, out, figure_format: str | None = "png", early_drawn: bool = False) -> Path | UriPath:

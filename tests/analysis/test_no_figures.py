@@ -80,3 +80,24 @@ def test_no_figure_is_drawn_named_or_left_behind(reports):
         assert "# QK-Norm collapse report" in summary and "## Verdict" in summary
     assert "figures" not in reports["printed"] and "figures" not in reports["brief"]
     assert len(reports["brief"].splitlines()) == 5 and "summary.md" in reports["brief"]
+
+
+def test_a_figure_that_cannot_be_removed_is_one_line_and_exit_2(sweep, reports, tmp_path, monkeypatch, capsys):
+    """The file system refuses (a read-only folder for a user that is not root): one line naming
+    the file, exit 2, no traceback, and no report file written."""
+    import pathlib
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reports["full"] / "figures", out / "figures")
+    refused = out / "figures" / "forest.png"
+
+    def unlink(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    assert main([str(sweep), "--out", str(out), "--no-figures", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(refused) in err[0] and "Permission denied" in err[0], err
+    assert not (out / "summary.md").exists() and not (out / "verdict.json").exists()
+    assert refused.exists()
