@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-figures",
         action="store_true",
-        help="draw no figures: the tables, verdict.json and summary.md only (at study scale about a third "
+        help="draw no figures: the tables, verdict.json and summary.md only (at study scale about a quarter "
         "faster); the figures an earlier report left in the report folder are removed",
     )
     said = ap.add_mutually_exclusive_group()
