@@ -150,7 +150,12 @@ def last_step(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
     activation statistics and the per-layer PR (analysis.finals: each at its last step), kept
     instead of every step (a study's per-step activation frame was a third of the features'
     memory: 114 of 341 MB at 13,680 trials)."""
-    return lf.filter(pl.col("step") == pl.col("step").max().over(keys))
+    return lf.filter(at_last_step(keys))
+
+
+def at_last_step(keys: list[str]) -> pl.Expr:
+    """True on the rows at the last step of their group of `keys` (what `last_step` keeps)."""
+    return pl.col("step") == pl.col("step").max().over(keys)
 
 
 PER_HEAD = pl.col("layer").is_not_null() & pl.col("head").is_not_null()
@@ -264,7 +269,7 @@ def _run_frames(frame: pl.DataFrame) -> list[pl.DataFrame] | None:
 def _last_runs(first: pl.DataFrame, keys: list[str]) -> np.ndarray:
     """The positions in `first` (one row per run: its group's keys) of the runs at the last step of
     their `keys` group: the runs whose head means `last_step` would keep, in their order."""
-    return np.flatnonzero(first.select(pl.col("step") == pl.col("step").max().over(keys)).to_series().to_numpy())
+    return np.flatnonzero(first.select(at_last_step(keys)).to_series().to_numpy())
 
 
 def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
