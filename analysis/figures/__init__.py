@@ -46,7 +46,7 @@ from trainer.schema import STAGES
 from ..alternatives import variant_settings
 from ..finals import PRIMARY_STAGE
 from .collapse import collapse_rate_vs_width
-from .common import FORMATS, PNG_DPI, VARIANT_COLOURS, arm_colours, variant_colour
+from .common import FORMATS, PNG_DPI, VARIANT_COLOURS, arm_colours, figure_style, variant_colour
 from .forest import forest_plot
 from .logits import max_logit_over_training
 from .lr import loss_vs_pr, lr_sensitivity
@@ -119,7 +119,7 @@ def draw_early(r, folder: Path, fmt: str = "png") -> list[Path]:
     Inside `forked_rendering` (draw_all, analysis.report.report_to) forked children render them
     and may still run on return; elsewhere each is rendered here, one after another."""
     folder = _figure_folder(folder, fmt)
-    with objects_frozen():
+    with objects_frozen(), figure_style():
         finals, lr_c, best = (_label_inits(df, r.finals) for df in (r.finals, r.lr_curve, r.best_lrs))
         curves, partial = r.features.curves, r.partial
         tensors = rank_tensors(curves)
@@ -143,7 +143,7 @@ def draw_late(r, folder: Path, fmt: str = "png") -> list[Path]:
     """The LATE figures of a `Report` into `folder`: the forest of paired effects and the collapse
     rate against width (rendered as `draw_early`'s)."""
     folder = _figure_folder(folder, fmt)
-    with objects_frozen():
+    with objects_frozen(), figure_style():
         partial = r.partial
         finals, best, per_arm = (_label_inits(df, r.finals) for df in (r.finals, r.best_lrs, r.collapse_arm))
         tensors = rank_tensors(r.features.curves)

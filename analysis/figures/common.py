@@ -38,6 +38,13 @@ PNG_COMPRESS_LEVEL = 3  # zlib level of the PNGs (Pillow's compress_level)
 # The same figure, the same bytes: SVG element ids from a fixed salt, no creation dates in SVG / PDF.
 matplotlib.rcParams["svg.hashsalt"] = "qk-collapse-sweep"
 METADATA = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}
+# What the figures are built under (figure_style). A panel's title at the top edge (axes.titley 1.0):
+# matplotlib's automatic place (None) measures the panel's y axis, its ticks and tick labels, at
+# every layout and every draw, only to lift the title over tick labels drawn above the panel or
+# over the y axis's offset text; these figures draw no tick labels above a panel, and with offsets
+# off (the tick labels give whole values, never "+4.4" at the axis top) nothing is there to lift it
+# over: the same place, about a tenth less of the figures' CPU time at a study's scale (181 panels).
+FIGURE_RC = {"axes.titley": 1.0, "axes.formatter.useoffset": False}
 
 # One colour per QK variant (trainer.schema.QK_NORM_VARIANTS), in every panel of every figure; a
 # variant the schema does not list takes the next spare colour. The optimizer is the line style and
@@ -48,6 +55,12 @@ VARIANT_COLOURS = dict(
 SPARE_COLOURS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 OPT_LINESTYLES = {"adamw": "-", "muon": "--", "muon_per_head": "-."}
 OPT_MARKERS = {"adamw": "o", "muon": "s", "muon_per_head": "D"}
+
+
+def figure_style():
+    """The context the figures are built in (FIGURE_RC): matplotlib's rc settings for these figures
+    only, the caller's own unchanged after."""
+    return matplotlib.rc_context(FIGURE_RC)
 
 
 def opt_linestyle(optimizer: str) -> str:

@@ -223,3 +223,40 @@ def test_tex_cells_are_escaped_character_by_character_and_symbols_set_as_math():
         for plain, math in _MATH.items():
             escaped = escaped.replace(plain.replace("_", r"\_"), math)
         assert tex_math(_tex(text)) == escaped, text
+
+
+def test_tick_labels_give_whole_values_and_titles_sit_above_their_panels(tmp_path):
+    """A sweep whose losses differ in the fifth decimal: matplotlib would label the loss axes
+    "1e-5 +2" at an axis end and ticks of 0.5, 1.0, ... (a reader adds them up); the figures give
+    the values themselves. Each panel's title sits above its panel, clear of every other panel."""
+    flat = SyntheticSpec(
+        widths=(64,), seeds=(0, 1), steps=100, lr_curvature=1e-5, loss_noise=1e-6, pr_noise=1e-6, junk_files=False
+    )
+    write_results(flat, tmp_path / "s")
+    r = analyse(tmp_path / "s", n_boot=100)
+    kept = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt, "close", lambda fig=None: kept.append(fig))
+        figures.draw_all(r, tmp_path / "figs")
+    figs = dict(zip(figures.EARLY + figures.LATE, kept, strict=True))
+    try:
+        for name, fig in figs.items():
+            fig.tight_layout()
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+            for i, ax in enumerate(fig.axes):
+                for axis in (ax.xaxis, ax.yaxis):
+                    offset = axis.get_offset_text().get_text()  # a multiplier ("1e-6") may stay, an offset not
+                    assert not re.sub("^1e\u2212?[0-9]+", "", offset), (name, ax.get_title(), offset)
+                if not ax.get_title():
+                    continue
+                title = ax.title.get_window_extent(renderer)
+                assert title.y0 >= ax.get_window_extent(renderer).y1, (name, ax.get_title())
+                others = [b for j, b in enumerate(boxes) if j != i]
+                assert not any(title.overlaps(b) for b in others), (name, ax.get_title())
+        ticks = [t.get_text() for t in figs["lr_sensitivity"].axes[0].get_yticklabels() if t.get_text()]
+        assert all(float(t.replace("\u2212", "-")) > 1 for t in ticks), ticks  # losses, not offsets from one
+    finally:
+        for fig in kept:
+            plt.close(fig)
