@@ -105,7 +105,12 @@ def test_divergent_lr_is_marked_and_the_sweep_goes_on(tmp_path):
 
 
 def test_failed_trials_retry_from_their_checkpoint(tmp_path):
-    config = write_spec(tmp_path, name="retry", grid={"optimizer": "adamw", "seed": [0, 1]}, failure={"max_retries": 1})
+    config = write_spec(
+        tmp_path,
+        name="retry",
+        grid={"optimizer": "adamw", "qk_norm": "none", "seed": [0, 1]},
+        failure={"max_retries": 1},
+    )
     assert sweep.main(cli_args(config, tmp_path, "--inject-failure-at", "10", "--quiet")) == 0
     folder = tmp_path / "retry"
     assert set(read(folder, TRIALS_FILE)["status"]) == {"completed"}
