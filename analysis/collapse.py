@@ -301,14 +301,14 @@ def collapse_per_arm(
     rows = []
     for i, idx in enumerate(members):
         row = dict(zip(keys, key_rows[i]))
-        codes = np.bincount(status[idx][status[idx] >= 0], minlength=len(FIT_STATUSES))
-        count = dict(zip(FIT_STATUSES, codes.tolist()))
+        st = status[idx]
+        count = dict(zip(FIT_STATUSES, np.bincount(st[st >= 0], minlength=len(FIT_STATUSES)).tolist()))
         row["n_trials"] = int(idx.size)
         row["n_fit_ok"] = count["fitted"]
         row["n_censored"] = count["censored_fast"] + count["too_few_points"]
         for s in FIT_STATUSES[1:-1]:
             row[f"n_{s}"] = count[s]
-        fitted = status[idx] == fitted_code
+        fitted = st == fitted_code
         for q in ("rate_per_1k_steps", "rate_per_m_tokens"):
             x = cols[q][idx][fitted]
             x = x[np.isfinite(x) & (x > 0)]

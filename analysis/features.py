@@ -335,19 +335,18 @@ def _read_batch(parts: list[Part]) -> pl.DataFrame:
     since its footer was read) has its trials read from the column, never shifted onto a
     neighbour's rows."""
     keep = pl.col("name").is_in(FEATURE_METRICS)
-    if any(p.trial_id is None and p.rows for p in parts):
-        frame = scan(parts, METRICS_PL, use_statistics=False).collect(engine=ENGINE)
-        return _categorical(frame).filter(keep).rechunk()
-    others = [c for c in METRICS_PL.names() if c != "trial_id"]
-    frame = scan(parts, METRICS_PL, use_statistics=False).select(others).collect(engine=ENGINE)
-    rows = np.array([p.rows for p in parts], dtype=np.int64)
-    if int(rows.sum()) != frame.height:  # a footer that miscounts its rows: read the ids instead
-        frame = scan(parts, METRICS_PL, use_statistics=False).collect(engine=ENGINE)
-        return _categorical(frame).filter(keep).rechunk()
-    ids = pl.Series("trial_id", [p.trial_id for p in parts], dtype=pl.Categorical).gather(
-        np.repeat(np.arange(len(parts)), rows)
-    )
-    return _categorical(frame).insert_column(0, ids).filter(keep).rechunk()
+    if all(p.trial_id is not None or not p.rows for p in parts):
+        others = [c for c in METRICS_PL.names() if c != "trial_id"]
+        frame = scan(parts, METRICS_PL, use_statistics=False).select(others).collect(engine=ENGINE)
+        rows = np.array([p.rows for p in parts], dtype=np.int64)
+        if int(rows.sum()) == frame.height:
+            ids = pl.Series("trial_id", [p.trial_id for p in parts], dtype=pl.Categorical).gather(
+                np.repeat(np.arange(len(parts)), rows)
+            )
+            return _categorical(frame).insert_column(0, ids).filter(keep).rechunk()
+    # a part whose footer names no trial, or one that holds other than its footer's row count
+    frame = scan(parts, METRICS_PL, use_statistics=False).collect(engine=ENGINE)
+    return _categorical(frame).filter(keep).rechunk()
 
 
 def _reduce(frame: pl.DataFrame) -> list[pl.DataFrame]:
