@@ -45,8 +45,53 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+# The SIMD extensions that decide which kernels torch's CPU code (ATen, oneDNN) runs: a float sum
+# in another order rounds differently, so two machines that differ here give results that differ
+# in about the sixth digit (docs/results.md, "Bit for bit").
+SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and SIMD_FLAGS it has, from /proc/cpuinfo (`cpuinfo`: its text, for
+    tests); the model from `platform.processor()` and no flags where there is none (macOS,
+    Windows)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    model, flags = None, None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and flags is None:
+            flags = set(value.split())
+    return {
+        "cpu_model": model or platform.processor() or None,
+        "cpu_simd": None if flags is None else [f for f in SIMD_FLAGS if f in flags],
+    }
+
+
+def torch_cpu_capability() -> str | None:
+    """The instruction set torch's own CPU kernels dispatch to (AVX512, AVX2, DEFAULT, ...; the
+    environment variable ATEN_CPU_CAPABILITY can lower it), None without torch."""
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return None
+
+
 def hardware() -> dict:
+    """The machine that ran this process: host, architecture, CPUs, the CPU's model and SIMD
+    extensions and torch's CPU kernel level (what decides the last digits of a CPU result), and
+    the GPU when there is one. On a cluster, sweep.json's is the driver's machine."""
     info = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    info.update(cpu_description())
+    info["torch_cpu_capability"] = torch_cpu_capability()
     try:
         import torch
 

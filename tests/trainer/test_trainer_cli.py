@@ -72,6 +72,7 @@ def test_smoke_writes_the_contract_schema(smoke):
     assert len(row["corpus_hash"]) == 16 and json.loads(row["config_json"])["width"] == 32
     meta = json.loads((smoke[0] / "sweep.json").read_text())
     assert meta["finished_at"] and meta["versions"]["torch"] and meta["n_trials"] == 1
+    assert meta["hardware"]["torch_cpu_capability"] and "cpu_simd" in meta["hardware"]  # what decides the last digits
 
 
 def test_every_metric_is_present_at_first_and_last_eval(smoke):
