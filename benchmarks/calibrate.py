@@ -21,7 +21,8 @@ of its own: other processes on a shared machine leave it nearly alone, wall time
 once) runs the same cases in N processes at the same time, so that the figures carry the
 contention of a full machine; each row is the mean over the processes. The rows replace the `cpu`
 rows of the calibration table (orchestrator/spec/calibration.json; `--out` writes another file,
-`--print` writes none).
+`--print` writes none), with `cpu_reference`: orchestrator.spec.speed's reference step timed alone
+first, which `--dry-run` times again on the machine it runs on to scale these rows to its speed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import time
 import numpy as np
 
 from trainer.cli import ArgumentParser
+from trainer.provenance import cpu_description, torch_cpu_capability
 
 BASE = dict(  # sweeps/default.yaml's train section, less what a calibration turns off
     corpus="stdlib",
@@ -140,6 +142,19 @@ def _worker(args) -> list[dict]:
     return out
 
 
+def _reference_worker(_) -> float:
+    from orchestrator.spec import speed
+
+    return speed.reference_step_s()
+
+
+def reference_step_s(processes: int = 3) -> float:
+    """orchestrator.spec.speed's reference step, the median over `processes` fresh processes run one
+    after the other (one process alone varies by about 10% from the next)."""
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return float(np.median(pool.map(_reference_worker, range(processes), chunksize=1)))
+
+
 def _commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
@@ -147,6 +162,14 @@ def _commit() -> str:
         return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _cpu() -> str:
+    """The CPU as the calibration's source names it: model, torch's CPU kernel level, system: the
+    rows hold for that machine (another CPU, or another kernel level, runs the same steps at
+    another speed)."""
+    described = cpu_description()
+    return ", ".join(str(x) for x in (described["cpu_model"], torch_cpu_capability(), platform.system()) if x)
 
 
 def calibrate(widths: list[int], steps: int, jobs: int, note: str = "") -> list[dict]:
@@ -162,7 +185,7 @@ def calibrate(widths: list[int], steps: int, jobs: int, note: str = "") -> list[
     cpus = os.cpu_count() or 1
     source = (
         f"python -m benchmarks.trainer --calibrate, {cpus}-core {platform.machine()} "
-        f"({platform.processor() or platform.system()}), {jobs} at once, CPU time, "
+        f"({_cpu()}), {jobs} at once, CPU time, "
         f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}, {note + ', ' if note else ''}"
         f"torch {torch.__version__}, {_commit()}, {dt.date.today().isoformat()}"
     )
@@ -209,8 +232,10 @@ def run(widths: list[int], steps: int, args) -> int:
     if steps < 4:
         raise SystemExit(f"--calibrate: --steps must be at least 4 (the first two are left out), got {steps}")
     t0 = time.perf_counter()
+    reference = reference_step_s()  # alone, before the jobs: what --dry-run compares this machine with
     rows = calibrate(widths, steps, max(1, args.jobs), args.note)
     print(f"calibration: {len(rows)} cpu rows in {time.perf_counter() - t0:.0f} s ({rows[0]['source']})")
+    print(f"reference step (orchestrator.spec.speed, alone): {reference * 1e3:.2f} ms of CPU")
     print(
         f"{'width':>5} {'optimizer':>9} {'qk_norm':>10} {'per_head':>8} {'step ms':>8} {'tok/s':>8} "
         f"{'eval ms':>8} {'probe ms':>8} {'startup s':>9}"
@@ -223,7 +248,12 @@ def run(widths: list[int], steps: int, args) -> int:
             flush=True,
         )
     if not args.print_only:
-        path = calibration.write_rows(rows, device="cpu", path=args.out)
+        path = calibration.write_rows(
+            rows,
+            device="cpu",
+            path=args.out,
+            cpu_reference={"step_s": round(reference, 6), "source": rows[0]["source"]},
+        )
         print(f"wrote the cpu rows of {path}")
     return 0
 

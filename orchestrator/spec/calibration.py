@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -130,9 +130,35 @@ class Table:
     rows: list[Row]
     local_ray: dict = field(default_factory=dict)
     path: str = ""
+    # the CPU seconds of orchestrator.spec.speed's reference step when the cpu rows were measured
+    # ({"step_s": ..., "source": ...}); empty in a table from before it
+    cpu_reference: dict = field(default_factory=dict)
 
     def devices(self) -> list[str]:
         return sorted({r.device for r in self.rows})
+
+    def scaled(self, device: str, factor: float) -> Table:
+        """The table with every time of `device`'s rows multiplied by `factor` (a machine that runs
+        the same work `factor` times as long: orchestrator.spec.speed)."""
+        if factor == 1.0:
+            return self
+
+        def times(r: Row) -> Row:
+            def by(x):
+                return None if x is None else x * factor
+
+            rate = None if r.tokens_per_s is None else r.tokens_per_s / factor
+            return replace(
+                r,
+                step_s=r.step_s * factor,
+                tokens_per_s=rate,
+                eval_s=by(r.eval_s),
+                probe_s=by(r.probe_s),
+                startup_s=by(r.startup_s),
+            )
+
+        rows = [times(r) if r.device == device else r for r in self.rows]
+        return replace(self, rows=rows)
 
     def for_device(self, device: str) -> list[Row]:
         return [r for r in self.rows if r.device == device]
@@ -146,14 +172,16 @@ def load_table(path: str | Path | None = None) -> Table:
         rows = [Row(**r) for r in data.get("rows", [])]
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(f"calibration table {p}: cannot be read ({err})") from None
-    return Table(rows, dict(data.get("local_ray", {})), str(p))
+    return Table(rows, dict(data.get("local_ray", {})), str(p), dict(data.get("cpu_reference") or {}))
 
 
-def write_rows(rows: list[dict], device: str, path: str | Path | None = None) -> Path:
-    """Replace the rows of `device` in the table at `path` (default: the package's) with `rows`."""
+def write_rows(rows: list[dict], device: str, path: str | Path | None = None, **top) -> Path:
+    """Replace the rows of `device` in the table at `path` (default: the package's) with `rows`, and
+    set the top-level keys `top` (the cpu rows' `cpu_reference`)."""
     p = Path(path) if path else TABLE
     data = json.loads(p.read_text()) if p.exists() else {"rows": []}
     data["rows"] = [r for r in data.get("rows", []) if r.get("device") != device] + rows
+    data.update(top)
     text = json.dumps(data, indent=1) + "\n"
     p.write_text(text)
     return p

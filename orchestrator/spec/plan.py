@@ -33,7 +33,7 @@ from trainer.architecture import parameter_count
 from trainer.config import ConfigError, TrialConfig
 from trainer.schema import QK_NORM_VARIANTS
 
-from . import calibration
+from . import calibration, speed
 from .chunks import apply_chunk, partition
 from .costs import (
     CUDA_CONTEXT_BYTES,
@@ -382,6 +382,8 @@ def render(
     sources = sorted({r["source"].split(":")[0] for r in t["calibration"]["rows"]})
     for src in sources:
         out.append(f"  rows from: {src}")
+    if t["calibration"].get("speed"):
+        out.append(f"  this machine: {t['calibration']['speed']['why']}")
 
     warnings = list(t["notes"])
     if on_gpu:
@@ -556,6 +558,18 @@ def plan_dict(title: str, configs: list[TrialConfig], resources, timing: dict, *
 
 
 # ---- the commands' --dry-run -----------------------------------------------------------------
+def machine_table(options, device: str, cluster: str | None) -> tuple[calibration.Table, dict | None]:
+    """The calibration table (--calibration, else the package's) to plan with, and how this machine's
+    speed entered it: for CPU trials on this machine (no cluster: its workers are other machines),
+    the cpu rows scaled by how fast this machine runs the trainer now against when they were
+    measured (orchestrator.spec.speed, about 2 s with torch's import), else as they are (None)."""
+    table = calibration.load_table(getattr(options, "calibration", None))
+    if device != "cpu" or cluster:
+        return table, None
+    factor, why = speed.scale_now(table.cpu_reference)
+    return table.scaled("cpu", factor), {"scale": factor, "why": why}
+
+
 def _results_note(location: str) -> list[str]:
     if "://" in location and not location.startswith("file://"):
         return []
@@ -572,7 +586,8 @@ def _render_spec(title: str, configs, spec, results, options, notes: list[str], 
     import json
 
     device, gpu = resolve_device(configs, getattr(options, "device_kind", None), options.gpu)
-    table = calibration.load_table(getattr(options, "calibration", None))
+    cluster = options.address if options.address and not options.local else None
+    table, pace = machine_table(options, device, cluster)
     timing = predict(
         configs,
         spec.resources,
@@ -580,9 +595,10 @@ def _render_spec(title: str, configs, spec, results, options, notes: list[str], 
         gpu=gpu,
         num_cpus=options.num_cpus,
         num_gpus=getattr(options, "num_gpus", None),
-        cluster=options.address if options.address and not options.local else None,
+        cluster=cluster,
         table=table,
     )
+    timing["calibration"]["speed"] = pace
     if options.mfu is not None:
         check_mfu(options.mfu)
     if getattr(options, "json", False):
@@ -659,7 +675,8 @@ def chunk_walls(spec, configs: list[TrialConfig], count: int, options, cache: di
     """Each of `count` chunks (orchestrator.spec.chunks): its trials and predicted wall time and GPU- or
     core-hours, on the device and machine the options assume (as --dry-run)."""
     device, gpu = resolve_device(configs, getattr(options, "device_kind", None), options.gpu)
-    table = calibration.load_table(getattr(options, "calibration", None))
+    cluster = options.address if options.address and not options.local else None
+    table = machine_table(options, device, cluster)[0]
     cache = {} if cache is None else cache
     out = []
     for i, part in enumerate(partition(configs, count), 1):
