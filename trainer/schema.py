@@ -177,6 +177,10 @@ ATTEMPTS_SCHEMA = pa.schema(
         ("ended_at", pa.string()),
         ("outcome", pa.string()),
         ("error", pa.string()),
+        # what decides the attempt's last digits on a CPU (docs/results.md, "Bit for bit"): torch's
+        # thread count and CPU kernel level in the process that ran it; null in older files
+        ("torch_threads", pa.int64()),
+        ("torch_cpu_capability", pa.string()),
     ]
 )
 # attempts.parquet as written: trial_id dictionary-encoded like trials.parquet's and the parts'

@@ -38,6 +38,12 @@ def _finite(value):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _whole(value) -> int | None:
+    """A count a report carries (Tune may hand it back as a float), or None."""
+    value = _finite(value)
+    return None if value is None else int(value)
+
+
 class Ledger:
     """trials.parquet and attempts.parquet in memory, written whole when they change."""
 
@@ -224,6 +230,8 @@ class Ledger:
             "ended_at": None,
             "outcome": None,
             "error": None,
+            "torch_threads": _whole(report.get("torch_threads")),
+            "torch_cpu_capability": report.get("torch_cpu_capability"),
         }
         self.attempts.append(current)
         self.current_attempt[tid] = current

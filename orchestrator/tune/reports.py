@@ -28,6 +28,8 @@ class TrialReport(TypedDict, total=False):
     # the first report opens the attempt).
     node_id: str
     resumed_step: int | None  # the checkpoint step this attempt resumed from, else None
+    torch_threads: int  # torch's CPU threads in the trial's process (what Ray's CPUs gave it)
+    torch_cpu_capability: str  # the level torch's CPU kernels run at there (AVX512, AVX2, ...)
     # Progress.
     step: int
     status: str  # "running" until the last report, then the trial's final status

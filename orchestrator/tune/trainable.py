@@ -23,6 +23,7 @@ from ray import tune
 from trainer.config import TrialConfig
 from trainer.data import TokenData, corpus_key
 from trainer.loop import TrialHooks, run_trial
+from trainer.provenance import torch_cpu_capability
 from trainer.schema import FINISHED_STATUSES
 from trainer.storage import ResultsDir
 from trainer.trials import read_trials
@@ -77,13 +78,20 @@ class TuneHooks(TrialHooks):
         self.resumed_step = resumed_step
 
     def attempt_facts(self, final: bool = False) -> TrialReport:
-        """Where this attempt runs and the step it resumed from: the driver reads them when an
+        """Where this attempt runs, with how many torch threads at which CPU kernel level, and the
+        step it resumed from: the driver reads them when an
         attempt's first report arrives (ledger.py), so they go with that report and the
         last one only, not into every line of Tune's result.json and progress.csv."""
         if self.opened and not final:
             return {}
         self.opened = True
-        return {"node_id": self.node_id, "resumed_step": self.resumed_step}
+        return {
+            "node_id": self.node_id,
+            "resumed_step": self.resumed_step,
+            # asked now, once the trial has set its threads: what ran it decides its last digits
+            "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch_cpu_capability(),
+        }
 
     def on_report(self, step, metrics, checkpoint_dir):
         self.last.update({k: v for k, v in metrics.items() if k in self.last})

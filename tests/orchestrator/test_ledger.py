@@ -100,3 +100,25 @@ def test_an_attempts_file_with_plain_string_trial_ids_is_read_and_rewritten(tmp_
     table = pq.read_table(attempts)
     assert sorted(table["trial_id"].to_pylist()) == tids
     assert table.schema.field("trial_id").type == pq.read_schema(tmp_path / "trials.parquet").field("trial_id").type
+
+
+def test_an_attempts_file_from_before_the_torch_columns_is_kept_and_extended(tmp_path):
+    """attempts.parquet written before torch_threads and torch_cpu_capability: its rows are kept,
+    with those two null, and a new attempt's report fills them."""
+    import pyarrow.parquet as pq
+
+    tids = ledger_with_attempts(tmp_path)
+    attempts = tmp_path / "attempts.parquet"
+    old = pq.read_table(attempts).drop_columns(["torch_threads", "torch_cpu_capability"])
+    pq.write_table(old, attempts)
+    ledger = Ledger(ResultsDir(tmp_path), corpus_hash="c0ffee")
+    cfg = TrialConfig(**{**SMOKE, "seed": 2})
+    done = trial_row(cfg, "c0ffee", "completed", steps_done=40, final_val_loss=2.75, wall_s=3.0)
+    ledger.started(cfg.trial_id(), cfg)
+    report = last_report(done, attempt="a2", torch_threads=1.0, torch_cpu_capability="AVX2")  # Tune's float
+    ledger.reported(cfg.trial_id(), cfg, "tune_00002", report)
+    ledger.flush(force=True)
+    rows = {r["trial_id"]: r for r in pq.read_table(attempts).to_pylist()}
+    assert sorted(rows) == sorted([*tids, cfg.trial_id()])
+    assert all(rows[t]["torch_threads"] is None and rows[t]["torch_cpu_capability"] is None for t in tids)
+    assert rows[cfg.trial_id()]["torch_threads"] == 1 and rows[cfg.trial_id()]["torch_cpu_capability"] == "AVX2"

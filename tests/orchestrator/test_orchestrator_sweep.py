@@ -13,6 +13,7 @@ from orchestrator import sweep
 from orchestrator.spec import expand, load_spec
 from orchestrator.spec.files import SWEEPS_DIR
 from tests.helpers import cli_args, write_spec
+from trainer.provenance import hardware
 from trainer.schema import ATTEMPTS_FILE, METRICS_KEY, SPECTRA_KEY, SWEEP_JSON, TRIALS_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -64,6 +65,12 @@ def test_smoke_sweep_one_completed_row_per_grid_point(tmp_path, capsys):
     assert "progress" in out and out.count("completed ") >= len(planned)
     assert "╭" not in out and "Trial status" not in out  # none of Ray's tables
     assert f"python -m analysis.report {folder}" in out
+
+    # Each attempt names what decides its last digits: one torch thread (cpus_per_trial 1), the
+    # kernel level of this machine
+    attempts = read(folder, ATTEMPTS_FILE)
+    assert set(attempts["torch_threads"]) == {1}
+    assert set(attempts["torch_cpu_capability"]) == {hardware()["torch_cpu_capability"]}
 
     # Idempotent: running it again starts nothing.
     attempts_before = read(folder, ATTEMPTS_FILE).height
