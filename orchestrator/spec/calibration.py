@@ -172,7 +172,20 @@ def load_table(path: str | Path | None = None) -> Table:
         rows = [Row(**r) for r in data.get("rows", [])]
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(f"calibration table {p}: cannot be read ({err})") from None
-    return Table(rows, dict(data.get("local_ray", {})), str(p), dict(data.get("cpu_reference") or {}))
+    return Table(rows, dict(data.get("local_ray", {})), str(p), _reference(data.get("cpu_reference"), p))
+
+
+def _reference(found, path: Path) -> dict:
+    """The table's `cpu_reference`, checked: {} when absent, else a mapping whose `step_s` is a
+    positive number of seconds (ConfigError naming the table otherwise)."""
+    if found is None:
+        return {}
+    step = found.get("step_s") if isinstance(found, dict) else None
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
+        raise ConfigError(
+            f"calibration table {path}: cpu_reference.step_s must be a positive number of seconds, got {step!r}"
+        )
+    return dict(found)
 
 
 def write_rows(rows: list[dict], device: str, path: str | Path | None = None, **top) -> Path:

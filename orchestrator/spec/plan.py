@@ -562,7 +562,7 @@ def machine_table(options, device: str, cluster: str | None) -> tuple[calibratio
     """The calibration table (--calibration, else the package's) to plan with, and how this machine's
     speed entered it: for CPU trials on this machine (no cluster: its workers are other machines),
     the cpu rows scaled by how fast this machine runs the trainer now against when they were
-    measured (orchestrator.spec.speed, about 2 s with torch's import), else as they are (None)."""
+    measured (orchestrator.spec.speed, about 3 s with torch's import), else as they are (None)."""
     table = calibration.load_table(getattr(options, "calibration", None))
     if device != "cpu" or cluster:
         return table, None

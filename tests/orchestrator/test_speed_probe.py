@@ -122,3 +122,14 @@ def test_a_probe_that_fails_leaves_the_rows_as_they_are(capsys, monkeypatch):
     plan = _plan(capsys)
     assert plan["calibration"]["speed"]["scale"] == 1.0
     assert "could not be timed here: RuntimeError: no torch kernels here" in plan["calibration"]["speed"]["why"]
+
+
+@pytest.mark.parametrize("reference", [{"step_s": "fast"}, {"step_s": -1}, {"step_s": float("nan")}, [1, 2]])
+def test_a_table_with_a_broken_reference_is_one_line_naming_it(tmp_path, capsys, reference):
+    data = json.loads(calibration.TABLE.read_text())
+    data["cpu_reference"] = reference
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(data))  # a NaN as JSON's NaN, which Python's json reads back
+    assert sweep.main(["--config", "default", "--dry-run", "--calibration", str(table)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cpu_reference.step_s must be a positive number" in err[0] and str(table) in err[0]
