@@ -47,7 +47,7 @@ def versions() -> dict[str, str | None]:
 
 # The SIMD extensions that decide which kernels torch's CPU code (ATen, oneDNN) runs: a float sum
 # in another order rounds differently, so two machines that differ here give results that differ
-# in about the sixth digit (docs/results.md, "Bit for bit").
+# in their last digits, more in a trial near its stability limit (docs/results.md, "Bit for bit").
 SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 

@@ -3,8 +3,8 @@
 A cloud machine of the same name is not always equally fast: on the 2-core machine the default
 sweep's CPU steps took 1.4-1.9x their calibrated CPU time a day after the calibration (1.66x over
 its arms; same code, same libraries: docs/findings.md), and the plan from those rows said 8:24 for
-a sweep of 13:51. So
-`--dry-run` times a reference step here and scales the table's `cpu` rows by it:
+a sweep of 13:51. So `--dry-run` times a reference step here and scales the table's `cpu` rows
+by it:
 
     scale = reference step now / reference step at calibration (the table's `cpu_reference`)
 
@@ -13,7 +13,7 @@ backward and an SGD update of the default sweep's width-64 model (depth 2, d_hea
 random byte tokens), the fastest of REFERENCE_STEPS steps after WARM_UP of warm-up. The fastest,
 because other work on the machine only adds time (between processes it varied by 5%, the median
 by 7%); CPU time, as the calibration's, so that another process leaves it (nearly) alone. It costs
-a dry run about 2-3 s (torch's import, 1-1.5 s, and 25 steps). The plan says the scale it used;
+a dry run about 3 s (torch's import, 1-1.5 s, the model and 25 steps: 3.6-3.9 s in all). The plan says the scale it used;
 QKC_SPEED_PROBE=0 in the environment turns the probe off (the rows as they are).
 """
 
